@@ -1,0 +1,41 @@
+"""mxprivacy: differential privacy for Apache MXNet Gluon.
+
+Importing the package is cheap: the MXNet-dependent parts (``PrivateBlock``,
+``DPTrainer``, samplers) load on first attribute access, so the accounting CLI runs
+without importing MXNet.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .errors import *  # noqa: F401,F403
+from .errors import __all__ as _error_names
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "PrivateBlock": "mxprivacy.gluon.private_block",
+    "DPTrainer": "mxprivacy.gluon.trainer",
+    "per_sample_grad_norms": "mxprivacy.gluon.norms",
+    "register_grad_rule": "mxprivacy.gluon.rules",
+    "PoissonBatchSampler": "mxprivacy.gluon.sampling",
+    "DPDataLoader": "mxprivacy.gluon.sampling",
+    "validate": "mxprivacy.gluon.validators",
+    "RDPAccountant": "mxprivacy.accounting",
+    "calibrate_noise_multiplier": "mxprivacy.accounting",
+}
+
+__all__ = sorted(list(_LAZY) + list(_error_names) + ["accounting", "datasets"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in ("accounting", "datasets", "gluon"):
+        return importlib.import_module(f"mxprivacy.{name}")
+    raise AttributeError(f"module 'mxprivacy' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

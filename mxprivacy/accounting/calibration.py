@@ -1,0 +1,81 @@
+"""Noise calibration: the smallest noise multiplier that meets a target epsilon."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from ..errors import InvalidParameterError, UnreachableTargetError
+from .events import GaussianEvent, PoissonSampledEvent
+from .rdp import RDPAccountant
+
+__all__ = ["calibrate_noise_multiplier", "epsilon_for", "make_accountant", "resolve_steps"]
+
+_MAX_SIGMA = 1e4
+
+
+def make_accountant(name: str):
+    """Build an accountant by name (``"rdp"``)."""
+    if name == "rdp":
+        return RDPAccountant()
+    raise InvalidParameterError(f"Unknown accountant {name!r}; available: 'rdp'.")
+
+
+def resolve_steps(sample_rate: float, steps: Optional[int], epochs: Optional[float]) -> int:
+    """Number of steps from ``steps`` or from ``epochs`` (steps = ceil(epochs / q))."""
+    if (steps is None) == (epochs is None):
+        raise InvalidParameterError("Give exactly one of steps= or epochs=.")
+    if steps is not None:
+        if int(steps) != steps or steps < 1:
+            raise InvalidParameterError(f"steps must be a positive integer, got {steps!r}.")
+        return int(steps)
+    if not epochs > 0:
+        raise InvalidParameterError(f"epochs must be > 0, got {epochs!r}.")
+    return int(math.ceil(epochs / sample_rate - 1e-9))
+
+
+def epsilon_for(noise_multiplier: float, sample_rate: float, steps: int, delta: float,
+                accountant: str = "rdp") -> float:
+    """Epsilon of ``steps`` Poisson-subsampled Gaussian steps."""
+    acc = make_accountant(accountant)
+    acc.compose(PoissonSampledEvent(sample_rate, GaussianEvent(noise_multiplier)), steps)
+    return acc.get_epsilon(delta)
+
+
+def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate: float,
+                               steps: Optional[int] = None, epochs: Optional[float] = None,
+                               accountant: str = "rdp", *, rtol: float = 0.005) -> float:
+    """Smallest noise multiplier (within ``rtol``) whose epsilon is at most the target.
+
+    The returned sigma never overshoots: ``epsilon_for(sigma, ...) <= target_epsilon``.
+    It is within ``rtol`` (0.5 %) above the smallest such sigma.
+
+    Raises
+    ------
+    UnreachableTargetError
+        When even sigma = 1e4 does not reach the target.
+    """
+    if not target_epsilon > 0 or not math.isfinite(target_epsilon):
+        raise InvalidParameterError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}.")
+    if not 0 < sample_rate <= 1:
+        raise InvalidParameterError(f"sample_rate must lie in (0, 1], got {sample_rate!r}.")
+    n_steps = resolve_steps(sample_rate, steps, epochs)
+
+    def eps(sigma: float) -> float:
+        return epsilon_for(sigma, sample_rate, n_steps, delta, accountant)
+
+    hi = 1.0
+    while eps(hi) > target_epsilon:
+        hi *= 2.0
+        if hi > _MAX_SIGMA:
+            raise UnreachableTargetError(
+                f"epsilon={target_epsilon} at delta={delta} is out of reach with "
+                f"{n_steps} steps at q={sample_rate}: raise the target or delta, or train "
+                "for fewer steps.")
+    lo = hi / 2.0 if hi > 1.0 else 0.0
+    while hi - lo > rtol * hi:
+        mid = 0.5 * (lo + hi)
+        if eps(mid) > target_epsilon:
+            lo = mid
+        else:
+            hi = mid
+    return hi

@@ -1,0 +1,150 @@
+"""Immutable privacy events: what happened, kept apart from the accountants that count it.
+
+Events serialize to plain JSON-compatible dicts (`to_dict` / `event_from_dict`) so a
+privacy ledger can travel inside a checkpoint.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Tuple
+
+from ..errors import InvalidParameterError
+
+__all__ = [
+    "DpEvent",
+    "GaussianEvent",
+    "LaplaceEvent",
+    "PoissonSampledEvent",
+    "SelfComposedEvent",
+    "ComposedEvent",
+    "event_from_dict",
+]
+
+
+class DpEvent:
+    """Base class of privacy events."""
+
+    def to_dict(self) -> Dict[str, Any]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def children(self) -> Tuple["DpEvent", ...]:
+        """Sub-events, for validation walks."""
+        return ()
+
+
+def _check_finite_nonneg(name: str, value: float) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise InvalidParameterError(f"{name} must be a finite number >= 0, got {value!r}.")
+    return value
+
+
+@dataclass(frozen=True)
+class GaussianEvent(DpEvent):
+    """The Gaussian mechanism with noise std = ``noise_multiplier`` x sensitivity."""
+
+    noise_multiplier: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "noise_multiplier", _check_finite_nonneg("noise_multiplier", self.noise_multiplier)
+        )
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"type": "gaussian", "noise_multiplier": self.noise_multiplier}
+
+
+@dataclass(frozen=True)
+class LaplaceEvent(DpEvent):
+    """The Laplace mechanism with scale b = ``noise_multiplier`` x L1 sensitivity."""
+
+    noise_multiplier: float
+
+    def __post_init__(self) -> None:
+        value = _check_finite_nonneg("noise_multiplier", self.noise_multiplier)
+        object.__setattr__(self, "noise_multiplier", value)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"type": "laplace", "noise_multiplier": self.noise_multiplier}
+
+
+@dataclass(frozen=True)
+class PoissonSampledEvent(DpEvent):
+    """``event`` applied to a Poisson subsample: each record is in with prob. ``sample_rate``."""
+
+    sample_rate: float
+    event: DpEvent
+
+    def __post_init__(self) -> None:
+        q = float(self.sample_rate)
+        if not (0.0 <= q <= 1.0) or math.isnan(q):
+            raise InvalidParameterError(f"sample_rate must lie in [0, 1], got {q!r}.")
+        if not isinstance(self.event, DpEvent):
+            raise InvalidParameterError(f"event must be a DpEvent, got {type(self.event).__name__}.")
+        object.__setattr__(self, "sample_rate", q)
+
+    def children(self) -> Tuple[DpEvent, ...]:
+        return (self.event,)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"type": "poisson_sampled", "sample_rate": self.sample_rate,
+                "event": self.event.to_dict()}
+
+
+@dataclass(frozen=True)
+class SelfComposedEvent(DpEvent):
+    """``event`` repeated ``count`` times."""
+
+    event: DpEvent
+    count: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.count, bool) or int(self.count) != self.count or self.count < 0:
+            raise InvalidParameterError(f"count must be an integer >= 0, got {self.count!r}.")
+        if not isinstance(self.event, DpEvent):
+            raise InvalidParameterError(f"event must be a DpEvent, got {type(self.event).__name__}.")
+        object.__setattr__(self, "count", int(self.count))
+
+    def children(self) -> Tuple[DpEvent, ...]:
+        return (self.event,)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"type": "self_composed", "count": self.count, "event": self.event.to_dict()}
+
+
+@dataclass(frozen=True)
+class ComposedEvent(DpEvent):
+    """Several events, one after the other."""
+
+    events: Tuple[DpEvent, ...]
+
+    def __post_init__(self) -> None:
+        events = tuple(self.events)
+        for event in events:
+            if not isinstance(event, DpEvent):
+                raise InvalidParameterError(
+                    f"ComposedEvent takes DpEvents, got {type(event).__name__}.")
+        object.__setattr__(self, "events", events)
+
+    def children(self) -> Tuple[DpEvent, ...]:
+        return self.events
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"type": "composed", "events": [e.to_dict() for e in self.events]}
+
+
+def event_from_dict(data: Dict[str, Any]) -> DpEvent:
+    """Rebuild an event from :meth:`DpEvent.to_dict` output."""
+    kind = data.get("type")
+    if kind == "gaussian":
+        return GaussianEvent(data["noise_multiplier"])
+    if kind == "laplace":
+        return LaplaceEvent(data["noise_multiplier"])
+    if kind == "poisson_sampled":
+        return PoissonSampledEvent(data["sample_rate"], event_from_dict(data["event"]))
+    if kind == "self_composed":
+        return SelfComposedEvent(event_from_dict(data["event"]), data["count"])
+    if kind == "composed":
+        return ComposedEvent(tuple(event_from_dict(e) for e in data["events"]))
+    raise InvalidParameterError(f"Unknown privacy event type {kind!r} in ledger.")

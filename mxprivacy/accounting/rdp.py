@@ -1,0 +1,268 @@
+"""Rényi DP (the moments accountant) for the Poisson-subsampled Gaussian mechanism.
+
+Orders
+    Integer orders use the exact binomial expansion of Mironov, Talwar & Zhang (2019),
+    eq. (2). Fractional orders use their two-series expansion (Section 3.3), which is
+    exact up to truncation of terms below e^-30 relative size. ``tests/accounting``
+    checks both against direct numerical integration of the Rényi divergence in *both*
+    directions: the series equals the true divergence, and the other direction is
+    smaller, so the value is a valid (and tight) upper bound. dp-accounting 0.6.0
+    returns a larger value at fractional orders (6.7058e-4 against the exact 6.5007e-4
+    at q=0.01, sigma=2.5, 50 steps, alpha=1.5): valid, but looser.
+
+Conversion
+    RDP to (epsilon, delta) uses the improved conversion of Balle et al. (2020) /
+    Canonne, Kamath & Steinke (2020), Proposition 12:
+    ``eps = rdp + log((a-1)/a) - (log(delta) + log(a)) / (a-1)``.
+    The classic ``rdp - log(delta)/(a-1)`` is :func:`rdp_to_epsilon_classic`, kept only
+    to reproduce published numbers.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence, Tuple
+
+import numpy as np
+from scipy import special
+
+from ..errors import InvalidParameterError, UnsupportedEventError
+from .base import PrivacyAccountant
+from .events import (ComposedEvent, DpEvent, GaussianEvent, LaplaceEvent,
+                     PoissonSampledEvent, SelfComposedEvent)
+
+__all__ = [
+    "DEFAULT_ORDERS",
+    "RDPAccountant",
+    "compute_rdp",
+    "rdp_to_epsilon",
+    "rdp_to_epsilon_classic",
+    "rdp_to_delta",
+]
+
+DEFAULT_ORDERS: Tuple[float, ...] = tuple(
+    [1.0 + x / 20.0 for x in range(1, 20)]          # 1.05 .. 1.95
+    + [2.0 + x / 10.0 for x in range(0, 90)]        # 2.0 .. 10.9
+    + list(range(11, 64))
+    + [64, 72, 80, 96, 112, 128, 160, 192, 256, 384, 512, 768, 1024]
+)
+
+_TRUNCATION_LOG = -30.0
+
+
+def _log_add(a: float, b: float) -> float:
+    hi, lo = max(a, b), min(a, b)
+    if hi == -np.inf:
+        return -np.inf
+    return hi + math.log1p(math.exp(lo - hi))
+
+
+def _log_sub(a: float, b: float) -> float:
+    """log(exp(a) - exp(b)) for a >= b; tiny negative round-off is clamped to -inf."""
+    if b == -np.inf:
+        return a
+    if b >= a:
+        return -np.inf
+    return a + math.log(-math.expm1(b - a))
+
+
+def _log_erfc(x: float) -> float:
+    return math.log(2.0) + float(special.log_ndtr(-x * math.sqrt(2.0)))
+
+
+def _log_a_int(q: float, sigma: float, alpha: int) -> float:
+    k = np.arange(alpha + 1, dtype=np.float64)
+    log_binom = special.gammaln(alpha + 1) - special.gammaln(k + 1) - special.gammaln(alpha - k + 1)
+    terms = log_binom + k * math.log(q) + (alpha - k) * math.log1p(-q) + (k * k - k) / (2 * sigma ** 2)
+    return float(special.logsumexp(terms))
+
+
+def _log_a_frac(q: float, sigma: float, alpha: float) -> float:
+    log_a0, log_a1 = -np.inf, -np.inf
+    z0 = sigma ** 2 * math.log(1.0 / q - 1.0) + 0.5
+    i = 0
+    while True:
+        coef = special.binom(alpha, i)
+        log_coef = math.log(abs(coef))
+        j = alpha - i
+        log_t0 = log_coef + i * math.log(q) + j * math.log1p(-q)
+        log_t1 = log_coef + j * math.log(q) + i * math.log1p(-q)
+        log_e0 = math.log(0.5) + _log_erfc((i - z0) / (math.sqrt(2) * sigma))
+        log_e1 = math.log(0.5) + _log_erfc((z0 - j) / (math.sqrt(2) * sigma))
+        log_s0 = log_t0 + (i * i - i) / (2 * sigma ** 2) + log_e0
+        log_s1 = log_t1 + (j * j - j) / (2 * sigma ** 2) + log_e1
+        if coef > 0:
+            log_a0, log_a1 = _log_add(log_a0, log_s0), _log_add(log_a1, log_s1)
+        else:
+            log_a0, log_a1 = _log_sub(log_a0, log_s0), _log_sub(log_a1, log_s1)
+        i += 1
+        if max(log_s0, log_s1) < _TRUNCATION_LOG and i > alpha:
+            return _log_add(log_a0, log_a1)
+
+
+def _rdp_one_order(q: float, sigma: float, alpha: float) -> float:
+    if q == 0.0:
+        return 0.0
+    if sigma == 0.0:
+        return np.inf
+    if q == 1.0:
+        return alpha / (2 * sigma ** 2)
+    if np.isinf(alpha):
+        return np.inf
+    if float(alpha).is_integer():
+        log_a = _log_a_int(q, sigma, int(alpha))
+    else:
+        log_a = _log_a_frac(q, sigma, float(alpha))
+    return max(log_a, 0.0) / (alpha - 1)
+
+
+@functools.lru_cache(maxsize=256)
+def _rdp_cached(q: float, sigma: float, orders: Tuple[float, ...]) -> np.ndarray:
+    values = np.array([_rdp_one_order(q, sigma, a) for a in orders], dtype=np.float64)
+    values.setflags(write=False)
+    return values
+
+
+def _as_orders(orders: Sequence[float] | None) -> Tuple[float, ...]:
+    result = tuple(float(a) for a in (DEFAULT_ORDERS if orders is None else orders))
+    if not result or any(not a > 1 for a in result):
+        raise InvalidParameterError("RDP orders must all be > 1.")
+    return result
+
+
+def compute_rdp(q: float, noise_multiplier: float, steps: int = 1,
+                orders: Sequence[float] | None = None) -> np.ndarray:
+    """RDP of ``steps`` Poisson-subsampled Gaussian steps at each order.
+
+    Parameters
+    ----------
+    q : float
+        Sampling rate in [0, 1].
+    noise_multiplier : float
+        Noise std divided by the sensitivity.
+    steps : int
+        Number of compositions.
+    orders : sequence of float, optional
+        Rényi orders (> 1); :data:`DEFAULT_ORDERS` when omitted.
+    """
+    event = PoissonSampledEvent(q, GaussianEvent(noise_multiplier))  # validates
+    return steps * _rdp_cached(event.sample_rate, event.event.noise_multiplier,
+                               _as_orders(orders))
+
+
+def _check_delta(delta: float) -> float:
+    delta = float(delta)
+    if not 0.0 < delta < 1.0:
+        raise InvalidParameterError(f"delta must lie in (0, 1), got {delta!r}.")
+    return delta
+
+
+def rdp_to_epsilon(orders: Sequence[float], rdp: Sequence[float], delta: float) -> Tuple[float, float]:
+    """Improved RDP to (epsilon, delta) conversion; returns ``(epsilon, best_order)``."""
+    delta = _check_delta(delta)
+    a = np.asarray(orders, dtype=np.float64)
+    r = np.asarray(rdp, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        eps = r + np.log1p(-1.0 / a) - (math.log(delta) + np.log(a)) / (a - 1)
+    eps = np.where(np.isnan(eps), np.inf, eps)
+    idx = int(np.argmin(eps))
+    return max(float(eps[idx]), 0.0), float(a[idx])
+
+
+def rdp_to_epsilon_classic(orders: Sequence[float], rdp: Sequence[float],
+                           delta: float) -> Tuple[float, float]:
+    """The original moments-accountant conversion ``rdp - log(delta)/(a-1)`` (looser)."""
+    delta = _check_delta(delta)
+    a = np.asarray(orders, dtype=np.float64)
+    eps = np.asarray(rdp, dtype=np.float64) - math.log(delta) / (a - 1)
+    idx = int(np.nanargmin(eps))
+    return float(eps[idx]), float(a[idx])
+
+
+def rdp_to_delta(orders: Sequence[float], rdp: Sequence[float], epsilon: float) -> Tuple[float, float]:
+    """Inverse of :func:`rdp_to_epsilon`: smallest delta at ``epsilon``, and its order."""
+    epsilon = float(epsilon)
+    if not epsilon >= 0:
+        raise InvalidParameterError(f"epsilon must be >= 0, got {epsilon!r}.")
+    a = np.asarray(orders, dtype=np.float64)
+    r = np.asarray(rdp, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        log_delta = (a - 1) * (r - epsilon + np.log1p(-1.0 / a)) - np.log(a)
+    log_delta = np.where(np.isnan(log_delta), np.inf, log_delta)
+    idx = int(np.argmin(log_delta))
+    return float(min(math.exp(min(log_delta[idx], 0.0)), 1.0)), float(a[idx])
+
+
+def _laplace_rdp(b: float, orders: Tuple[float, ...]) -> np.ndarray:
+    """RDP of the Laplace mechanism with scale/sensitivity ``b`` (Mironov 2017, Prop. 6)."""
+    if b == 0:
+        return np.full(len(orders), np.inf)
+    a = np.asarray(orders)
+    log_terms = np.logaddexp(np.log(a / (2 * a - 1)) + (a - 1) / b,
+                             np.log((a - 1) / (2 * a - 1)) - a / b)
+    return log_terms / (a - 1)
+
+
+class RDPAccountant(PrivacyAccountant):
+    """Moments accountant: sums RDP curves of composed events over a grid of orders.
+
+    Parameters
+    ----------
+    orders : sequence of float, optional
+        Rényi orders; the default grid is dense (0.05 apart near 1, 0.1 up to 11).
+    """
+
+    name = "rdp"
+    _handlers = {
+        GaussianEvent: "_on_gaussian",
+        LaplaceEvent: "_on_laplace",
+        PoissonSampledEvent: "_on_poisson",
+        SelfComposedEvent: "_on_self_composed",
+        ComposedEvent: "_on_composed",
+    }
+
+    def __init__(self, orders: Sequence[float] | None = None) -> None:
+        super().__init__()
+        self.orders = _as_orders(orders)
+        self._rdp = np.zeros(len(self.orders))
+
+    def _validate_specific(self, event: DpEvent) -> None:
+        if isinstance(event, PoissonSampledEvent) and not isinstance(event.event, GaussianEvent):
+            raise UnsupportedEventError(
+                "RDPAccountant supports Poisson subsampling only of a GaussianEvent, "
+                f"got sub-event {event.event!r}.")
+
+    def _reset(self) -> None:
+        self._rdp = np.zeros(len(self.orders))
+
+    def _on_gaussian(self, event: GaussianEvent, count: int) -> None:
+        self._rdp = self._rdp + count * _rdp_cached(1.0, event.noise_multiplier, self.orders)
+
+    def _on_laplace(self, event: LaplaceEvent, count: int) -> None:
+        self._rdp = self._rdp + count * _laplace_rdp(event.noise_multiplier, self.orders)
+
+    def _on_poisson(self, event: PoissonSampledEvent, count: int) -> None:
+        curve = _rdp_cached(event.sample_rate, event.event.noise_multiplier, self.orders)
+        self._rdp = self._rdp + count * curve
+
+    def _on_self_composed(self, event: SelfComposedEvent, count: int) -> None:
+        self._apply(event.event, count * event.count)
+
+    def _on_composed(self, event: ComposedEvent, count: int) -> None:
+        for sub in event.events:
+            self._apply(sub, count)
+
+    @property
+    def rdp(self) -> np.ndarray:
+        """The accumulated RDP curve over :attr:`orders` (a copy)."""
+        return np.array(self._rdp)
+
+    def get_epsilon_and_order(self, delta: float) -> Tuple[float, float]:
+        """Epsilon at ``delta`` and the Rényi order that attains it."""
+        return rdp_to_epsilon(self.orders, self._rdp, delta)
+
+    def get_epsilon(self, delta: float) -> float:
+        return self.get_epsilon_and_order(delta)[0]
+
+    def get_delta(self, epsilon: float) -> float:
+        return rdp_to_delta(self.orders, self._rdp, epsilon)[0]

@@ -1,0 +1,93 @@
+"""Exception and warning classes of mxprivacy.
+
+Every path that could weaken the privacy guarantee raises one of these, with a message
+that says what to do. Nothing here imports MXNet.
+"""
+
+__all__ = [
+    "MXPrivacyError",
+    "InvalidParameterError",
+    "UnsupportedLayerError",
+    "UnsupportedEventError",
+    "HybridizedCaptureError",
+    "PerSampleGradientError",
+    "StaleGradientError",
+    "BatchSizeMismatchError",
+    "ScalarLossError",
+    "ForeignParameterError",
+    "EmptyBatchError",
+    "CheckpointError",
+    "PrivacyBudgetExceeded",
+    "UnreachableTargetError",
+    "DatasetError",
+    "NonFiniteGradientWarning",
+    "PrivacyWarning",
+]
+
+
+class MXPrivacyError(Exception):
+    """Base class of all mxprivacy errors."""
+
+
+class InvalidParameterError(MXPrivacyError, ValueError):
+    """A user-supplied option is out of its valid range."""
+
+
+class UnsupportedLayerError(MXPrivacyError, TypeError):
+    """A layer cannot be trained privately in the requested mode."""
+
+
+class UnsupportedEventError(MXPrivacyError, TypeError):
+    """An accountant was given an event it cannot count."""
+
+
+class PerSampleGradientError(MXPrivacyError, RuntimeError):
+    """Per-sample gradients are missing, incomplete or inconsistent."""
+
+
+class HybridizedCaptureError(PerSampleGradientError):
+    """A hybridized graph skipped the per-sample capture of a layer."""
+
+
+class StaleGradientError(PerSampleGradientError):
+    """`step` was called without a fresh forward and backward pass."""
+
+
+class BatchSizeMismatchError(PerSampleGradientError):
+    """`step(n)` got an `n` different from the number of captured samples."""
+
+
+class ScalarLossError(PerSampleGradientError):
+    """The loss was reduced to a scalar, so per-sample gradients are impossible."""
+
+
+class ForeignParameterError(MXPrivacyError, ValueError):
+    """The trainer was given parameters that no PrivateBlock captures."""
+
+
+class EmptyBatchError(MXPrivacyError, RuntimeError):
+    """Poisson sampling drew an empty batch and no trainer was given to step on it."""
+
+
+class CheckpointError(MXPrivacyError, RuntimeError):
+    """A trainer checkpoint is unreadable or does not match this trainer."""
+
+
+class PrivacyBudgetExceeded(MXPrivacyError, RuntimeError):
+    """Answering would spend more privacy budget than allowed."""
+
+
+class UnreachableTargetError(MXPrivacyError, ValueError):
+    """No noise level reaches the requested privacy target."""
+
+
+class DatasetError(MXPrivacyError, OSError):
+    """A data set could not be found, read or downloaded."""
+
+
+class PrivacyWarning(UserWarning):
+    """The guarantee is weaker than a user probably expects (for example a large epsilon)."""
+
+
+class NonFiniteGradientWarning(UserWarning):
+    """Some per-sample gradients were not finite and were zeroed."""
