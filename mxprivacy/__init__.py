@@ -15,13 +15,13 @@ from .errors import __all__ as _error_names
 __version__ = "0.1.0"
 
 _LAZY = {
-    "PrivateBlock": "mxprivacy.gluon.private_block",
-    "DPTrainer": "mxprivacy.gluon.trainer",
-    "per_sample_grad_norms": "mxprivacy.gluon.norms",
-    "register_grad_rule": "mxprivacy.gluon.rules",
-    "PoissonBatchSampler": "mxprivacy.gluon.sampling",
-    "DPDataLoader": "mxprivacy.gluon.sampling",
-    "validate": "mxprivacy.gluon.validators",
+    "PrivateBlock": "mxprivacy.gluon",
+    "DPTrainer": "mxprivacy.gluon",
+    "per_sample_grad_norms": "mxprivacy.gluon",
+    "register_grad_rule": "mxprivacy.gluon",
+    "PoissonBatchSampler": "mxprivacy.gluon",
+    "DPDataLoader": "mxprivacy.gluon",
+    "validate": "mxprivacy.gluon",
     "RDPAccountant": "mxprivacy.accounting",
     "calibrate_noise_multiplier": "mxprivacy.accounting",
 }

@@ -1,0 +1,13 @@
+"""DP-SGD for Gluon: PrivateBlock, DPTrainer, rules, validators and Poisson sampling."""
+from . import rules
+from .rules import dense as _dense_rules  # noqa: F401  (explicit rule registration)
+from .norms import per_sample_grad_norms, per_sample_grads
+from .private_block import PrivateBlock
+from .rules import GradRule, register_grad_rule
+from .sampling import DPDataLoader, PoissonBatchSampler
+from .trainer import DPTrainer
+from .validators import validate
+
+__all__ = ["PrivateBlock", "DPTrainer", "GradRule", "register_grad_rule", "rules",
+           "per_sample_grad_norms", "per_sample_grads", "DPDataLoader",
+           "PoissonBatchSampler", "validate"]

@@ -1,0 +1,262 @@
+"""``PrivateBlock``: wraps a Gluon Block and captures per-sample gradients.
+
+Modes
+-----
+``vectorized``
+    Every parameterized layer has a rule (see :mod:`mxprivacy.gluon.rules`). During a
+    recorded forward pass each such layer stores its input and adds a zero "probe"
+    with ``attach_grad()`` to its output; after ``loss.backward()`` the probe's gradient
+    is the per-sample output gradient. One forward, one backward, no Python callbacks.
+``microbatch``
+    Exact for any Block, hybridized too. Each microbatch is forwarded with its own
+    replicas of the parameters (views with ``attach_grad()`` swapped in for the
+    Parameter's data), so the ordinary ``loss.backward()`` leaves each microbatch's
+    exact gradient on its replicas. With ``num_microbatches=None`` (default) every
+    sample is its own microbatch. With ``num_microbatches=M`` each sample is assigned
+    to one of M microbatches independently and uniformly at random, so that removing a
+    sample never moves any other sample; the sensitivity of the clipped sum is then 2C
+    (see :class:`~mxprivacy.gluon.shards.MicrobatchShard`) and ``DPTrainer`` doubles
+    the noise so that the reported epsilon stays true.
+``auto``
+    ``vectorized`` when every parameterized layer has a rule, else ``microbatch``.
+"""
+from __future__ import annotations
+
+import contextlib
+import weakref
+from typing import List, Optional
+
+import numpy as np
+from mxnet import autograd, gluon, nd
+
+from ..errors import HybridizedCaptureError, InvalidParameterError
+from . import validators
+from .shards import MicrobatchShard, VectorizedShard, trainable_params
+
+__all__ = ["PrivateBlock", "owner_of"]
+
+_OWNERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_MODES = ("auto", "vectorized", "microbatch")
+
+
+def owner_of(param) -> Optional["PrivateBlock"]:
+    """The PrivateBlock that captures per-sample gradients of ``param``, if any."""
+    return _OWNERS.get(param)
+
+
+class PrivateBlock(gluon.Block):
+    """Wrap ``net`` so that its per-sample gradients are captured for DP training.
+
+    Parameters
+    ----------
+    net : gluon.Block
+        An initialized or deferred-initialized network. Its output rows must depend
+        only on the matching input rows (per-sample losses).
+    mode : {"auto", "vectorized", "microbatch"}
+    num_microbatches : int, optional
+        Microbatch mode only. ``None``: one sample per microbatch (sensitivity C).
+        An integer M: random assignment to M microbatches (sensitivity 2C).
+    seed : int, optional
+        Seed of the microbatch assignment.
+    """
+
+    def __init__(self, net: gluon.Block, *, mode: str = "auto",
+                 num_microbatches: Optional[int] = None, seed: Optional[int] = None) -> None:
+        super().__init__(prefix=net.prefix + "private_")
+        if mode not in _MODES:
+            raise InvalidParameterError(f"mode must be one of {_MODES}, got {mode!r}.")
+        if num_microbatches is not None and (int(num_microbatches) != num_microbatches
+                                             or num_microbatches < 1):
+            raise InvalidParameterError(
+                f"num_microbatches must be a positive integer or None, got {num_microbatches!r}.")
+        if mode == "auto":
+            mode = "vectorized" if (validators.has_all_rules(net) and num_microbatches is None) \
+                else "microbatch"
+        if mode == "vectorized" and num_microbatches is not None:
+            raise InvalidParameterError("num_microbatches applies to mode='microbatch' only.")
+        validators.check(net, mode)
+        for param in net.collect_params().values():
+            if _OWNERS.get(param) is not None:
+                raise InvalidParameterError(
+                    f"Parameter {param.name} is already captured by another PrivateBlock; "
+                    "call .release() on it first.")
+        self.net = net
+        self.mode = mode
+        self.num_microbatches = num_microbatches
+        self._rng = np.random.default_rng(seed)
+        self._shards: List = []
+        self._current: Optional[VectorizedShard] = None
+        self._patched: List = []
+        for param in net.collect_params().values():
+            _OWNERS[param] = self
+        if mode == "vectorized":
+            for layer in validators.parameterized_layers(net):
+                self._install_probe(layer)
+
+    # -- capture plumbing ---------------------------------------------------------------
+    def _install_probe(self, layer) -> None:
+        original = layer.forward
+        owner = weakref.ref(self)
+
+        def forward(x, *args):
+            block = owner()
+            if block is None or block._current is None or not isinstance(x, nd.NDArray):
+                return original(x, *args)
+            with _without_activation(layer) as activation:
+                out = original(x, *args)
+            probe = nd.zeros_like(out)
+            probe.attach_grad()
+            block._current.add(layer, x, probe)
+            out = out + probe
+            return activation(out) if activation is not None else out
+
+        layer.forward = forward
+        self._patched.append(weakref.ref(layer))
+
+    def release(self) -> gluon.Block:
+        """Undo the wrapping: remove probes and ownership; return the plain net."""
+        for ref in self._patched:
+            layer = ref()
+            if layer is not None:
+                layer.__dict__.pop("forward", None)
+        self._patched = []
+        for param in self.net.collect_params().values():
+            if _OWNERS.get(param) is self:
+                del _OWNERS[param]
+        self._shards = []
+        return self.net
+
+    def hybridize(self, active: bool = True, **kwargs) -> None:
+        """Hybridize the wrapped net (microbatch mode only)."""
+        if active and self.mode == "vectorized":
+            raise HybridizedCaptureError(
+                "Vectorized capture runs in imperative mode: a hybridized graph would skip "
+                "the per-sample probes. Use PrivateBlock(net, mode='microbatch') to train a "
+                "hybridized net, or do not hybridize.")
+        self.net.hybridize(active, **kwargs)
+
+    def discard_capture(self) -> None:
+        """Drop captured forward passes that will not be stepped on."""
+        self._shards = []
+
+    def take_shards(self) -> List:
+        """Hand over (and forget) the shards captured since the last call."""
+        shards, self._shards = self._shards, []
+        return shards
+
+    # -- forward ------------------------------------------------------------------------
+    def forward(self, x, *args):
+        if not autograd.is_recording():
+            return self.net(x, *args)
+        if not isinstance(x, nd.NDArray):
+            raise InvalidParameterError("PrivateBlock needs an NDArray batch as first input.")
+        if self.mode == "vectorized":
+            return self._vectorized_forward(x, *args)
+        return self._microbatch_forward(x, *args)
+
+    def _vectorized_forward(self, x, *args):
+        if validators.is_hybridized(self.net):
+            raise HybridizedCaptureError(
+                "The wrapped net is hybridized, so vectorized per-sample capture cannot run. "
+                "Call net.hybridize(active=False), or use mode='microbatch'.")
+        shard = VectorizedShard(x.context, x.shape[0])
+        self._current = shard
+        try:
+            out = self.net(x, *args)
+        finally:
+            self._current = None
+        if not shard.layers and validators.parameterized_layers(self.net):
+            raise HybridizedCaptureError(
+                "The forward pass ran without reaching any per-sample probe (a hybridized "
+                "or replaced sub-block?). Nothing was captured; use mode='microbatch'.")
+        self._shards.append(shard)
+        return out
+
+    def _groups(self, batch: int) -> List[np.ndarray]:
+        if self.num_microbatches is None:
+            return [np.array([i]) for i in range(batch)]
+        labels = self._rng.integers(0, self.num_microbatches, size=batch)
+        return [np.flatnonzero(labels == k) for k in range(self.num_microbatches)
+                if np.any(labels == k)]
+
+    def _ensure_initialized(self, x, args) -> None:
+        if any(p._data is None for p in self.net.collect_params().values()):
+            with autograd.pause():
+                self.net(x[0:1], *[_rows(a, np.array([0])) for a in args])
+
+    def _microbatch_forward(self, x, *args):
+        self._ensure_initialized(x, args)
+        params = [p for layer in validators.parameterized_layers(self.net)
+                  for p in trainable_params(layer)]
+        params = list({id(p): p for p in params}.values())
+        groups = self._groups(x.shape[0])
+        factor = 1 if self.num_microbatches is None else 2
+        shard = MicrobatchShard(x.context, x.shape[0], groups, params, factor)
+        outputs = []
+        pieces = nd.split(x, num_outputs=len(groups), axis=0) \
+            if self.num_microbatches is None and len(groups) > 1 else None
+        for number, idx in enumerate(groups):
+            if pieces is not None:
+                part = pieces[number]
+            else:
+                part = _rows(x, idx)
+            replicas = {p: p.data(x.context).detach() for p in params}
+            for r in replicas.values():
+                r.attach_grad()
+            with _swapped(replicas, x.context):
+                outputs.append(self.net(part, *[_rows(a, idx) for a in args]))
+            shard.add_unit(replicas)
+        self._shards.append(shard)
+        return _merge_outputs(outputs, groups, x.context)
+
+
+@contextlib.contextmanager
+def _without_activation(layer):
+    """Run a layer's own fused activation (``Dense(act=...)``) outside it.
+
+    Rules need the gradient with respect to the pre-activation output, so the probe
+    goes between the affine part and the activation.
+    """
+    activation = layer.__dict__.get("act")
+    if activation is None:
+        yield None
+        return
+    object.__setattr__(layer, "act", None)
+    try:
+        yield activation
+    finally:
+        object.__setattr__(layer, "act", activation)
+
+
+def _rows(array, idx: np.ndarray):
+    if not isinstance(array, nd.NDArray):
+        return array
+    return array.take(nd.array(idx, ctx=array.context, dtype="int64"), axis=0)
+
+
+@contextlib.contextmanager
+def _swapped(replicas, ctx):
+    saved = []
+    try:
+        for param, replica in replicas.items():
+            slot = param.list_ctx().index(ctx)
+            saved.append((param, slot, param._data[slot]))
+            param._data[slot] = replica
+        yield
+    finally:
+        for param, slot, original in saved:
+            param._data[slot] = original
+
+
+def _merge_outputs(outputs, groups, ctx):
+    order = np.concatenate(groups)
+    natural = np.array_equal(order, np.arange(len(order)))
+    inverse = np.argsort(order)
+
+    def merge(parts):
+        joined = nd.concat(*parts, dim=0) if len(parts) > 1 else parts[0]
+        return joined if natural else _rows(joined, inverse)
+
+    if isinstance(outputs[0], (list, tuple)):
+        return type(outputs[0])(merge([o[k] for o in outputs]) for k in range(len(outputs[0])))
+    return merge(outputs)

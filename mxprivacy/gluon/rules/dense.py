@@ -1,0 +1,90 @@
+"""Rule for ``gluon.nn.Dense``: 2-D and N-D inputs, ``flatten`` True or False.
+
+For a sample with inputs a_t (t over sequence positions, T = 1 for 2-D inputs) and
+output gradients d_t, the weight gradient is G = sum_t d_t a_t^T. Its squared norm is
+computed without materializing G when that is cheaper (ghost norm):
+``||G||^2 = sum_{t,s} (a_t . a_s)(d_t . d_s)``, which for T = 1 is ``|a|^2 |d|^2``.
+The clipped sum is one matrix product: ``sum_i f_i G_i = (f * D)^T A``.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+from mxnet import gluon, nd
+
+from . import GradRule, register_grad_rule
+
+__all__ = ["DenseRule"]
+
+
+def _as_sequences(layer, inputs: List, out_grads: List) -> Tuple:
+    """Stack all calls as (B, T, in) inputs and (B, T, out) output gradients."""
+    acts, grads = [], []
+    for a, d in zip(inputs, out_grads):
+        batch = a.shape[0]
+        if layer._flatten:
+            acts.append(a.reshape((batch, 1, -1)))
+            grads.append(d.reshape((batch, 1, -1)))
+        else:
+            acts.append(a.reshape((batch, -1, a.shape[-1])))
+            grads.append(d.reshape((batch, -1, d.shape[-1])))
+    if len(acts) == 1:
+        return acts[0], grads[0]
+    return nd.concat(*acts, dim=1), nd.concat(*grads, dim=1)
+
+
+def _weight_sq_norms(a, d):
+    batch, steps, n_in = a.shape
+    n_out = d.shape[2]
+    if steps == 1:
+        return nd.sum(nd.square(a), axis=(1, 2)) * nd.sum(nd.square(d), axis=(1, 2))
+    if steps * steps * (n_in + n_out) < steps * n_in * n_out:
+        gram_a = nd.batch_dot(a, a, transpose_b=True)
+        gram_d = nd.batch_dot(d, d, transpose_b=True)
+        return nd.sum(gram_a * gram_d, axis=(1, 2))
+    per_sample = nd.batch_dot(d, a, transpose_a=True)
+    return nd.sum(nd.square(per_sample), axis=(1, 2))
+
+
+def _trainable(layer, params: Sequence) -> Tuple[bool, bool]:
+    wanted = set(id(p) for p in params)
+    has_bias = layer.bias is not None and id(layer.bias) in wanted
+    return id(layer.weight) in wanted, has_bias
+
+
+@register_grad_rule(gluon.nn.Dense)
+class DenseRule(GradRule):
+    """Per-sample gradients of ``nn.Dense`` (weight (out, in), optional bias (out,))."""
+
+    def sq_norms(self, layer, inputs, out_grads, params):
+        a, d = _as_sequences(layer, inputs, out_grads)
+        use_weight, use_bias = _trainable(layer, params)
+        total = nd.zeros((a.shape[0],), ctx=a.context, dtype=a.dtype)
+        if use_weight:
+            total = total + _weight_sq_norms(a, d)
+        if use_bias:
+            total = total + nd.sum(nd.square(nd.sum(d, axis=1)), axis=1)
+        return total
+
+    def clipped_sum(self, layer, inputs, out_grads, params, factors) -> Dict:
+        a, d = _as_sequences(layer, inputs, out_grads)
+        use_weight, use_bias = _trainable(layer, params)
+        scaled = nd.broadcast_mul(d, factors.reshape((-1, 1, 1)))
+        result = {}
+        if use_weight:
+            flat_d = scaled.reshape((-1, scaled.shape[2]))
+            flat_a = a.reshape((-1, a.shape[2]))
+            result[layer.weight] = nd.dot(flat_d, flat_a, transpose_a=True)
+        if use_bias:
+            result[layer.bias] = nd.sum(scaled, axis=(0, 1))
+        return result
+
+    def per_sample(self, layer, inputs, out_grads, params) -> Dict:
+        a, d = _as_sequences(layer, inputs, out_grads)
+        use_weight, use_bias = _trainable(layer, params)
+        result = {}
+        if use_weight:
+            result[layer.weight] = nd.batch_dot(d, a, transpose_a=True)
+        if use_bias:
+            result[layer.bias] = nd.sum(d, axis=1)
+        return result

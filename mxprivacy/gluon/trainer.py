@@ -1,0 +1,337 @@
+"""``DPTrainer``: a drop-in ``gluon.Trainer`` that runs DP-SGD.
+
+``step(n) = allreduce_grads() -> update(n)``, as in Gluon, where ``allreduce_grads``
+privatizes: per context it clips every unit's (sample's or microbatch's) whole
+gradient to ``max_grad_norm`` and sums, then reduces across contexts, adds Gaussian
+noise N(0, (sigma * sensitivity)^2) *once* (drawn on the first context and copied to
+the others), and records the step in the accountant. ``update`` divides by the
+*expected* batch size, never the actual one, because the actual size of a Poisson
+batch is itself private.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import tempfile
+import warnings
+from typing import Dict, List, Optional
+
+import numpy as np
+from mxnet import gluon, nd
+
+from ..accounting import GaussianEvent, PoissonSampledEvent, RDPAccountant
+from ..errors import (BatchSizeMismatchError, CheckpointError, ForeignParameterError,
+                      HybridizedCaptureError, InvalidParameterError, NonFiniteGradientWarning,
+                      PerSampleGradientError, PrivacyWarning, StaleGradientError)
+from .private_block import owner_of
+
+__all__ = ["DPTrainer"]
+
+_FORMAT = "mxprivacy-dptrainer-1"
+
+
+def _positive(name: str, value, allow_zero: bool = False) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise InvalidParameterError(f"{name} must be a number, got {value!r}.") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise InvalidParameterError(f"{name} must be a finite number {bound}, got {value!r}.")
+    return value
+
+
+class DPTrainer(gluon.Trainer):
+    """DP-SGD with Gluon's Trainer interface.
+
+    Parameters
+    ----------
+    params, optimizer, optimizer_params, kvstore, compression_params
+        As in :class:`mxnet.gluon.Trainer`. The parameters must belong to a
+        :class:`~mxprivacy.PrivateBlock`.
+    update_on_kvstore : None or False
+        Forced to False: noise must be added between reduction and update.
+    noise_multiplier : float
+        sigma: noise std divided by the sensitivity (``max_grad_norm``, or twice it for
+        microbatches of several samples).
+    max_grad_norm : float
+        C: the L2 bound of each clipping unit's whole gradient.
+    expected_batch_size : int
+        q x N: the batch size the gradient sum is divided by.
+    sample_rate, dataset_size : float, int
+        The Poisson sampling rate q, or N so that q = expected_batch_size / N.
+    warn_epsilon : float
+        Warn once when epsilon at ``warn_delta`` passes this value.
+    warn_delta : float, optional
+        Delta for that warning; 1/N (or 1e-5 when N is unknown).
+    """
+
+    def __init__(self, params, optimizer, optimizer_params=None, kvstore="device",
+                 compression_params=None, update_on_kvstore=None, *,
+                 noise_multiplier: float, max_grad_norm: float, expected_batch_size: int,
+                 sample_rate: Optional[float] = None, dataset_size: Optional[int] = None,
+                 warn_epsilon: float = 10.0, warn_delta: Optional[float] = None) -> None:
+        if update_on_kvstore:
+            raise InvalidParameterError(
+                "DPTrainer adds noise between reduction and update, so it needs "
+                "update_on_kvstore=False (leave it None).")
+        if isinstance(kvstore, str) and kvstore.startswith("dist"):
+            raise InvalidParameterError(
+                "Distributed kvstores are not supported yet: noise would be added once per "
+                "worker. Train on one machine (several devices are fine).")
+        self.noise_multiplier = _positive("noise_multiplier", noise_multiplier, allow_zero=True)
+        self.max_grad_norm = _positive("max_grad_norm", max_grad_norm)
+        self.expected_batch_size = _positive("expected_batch_size", expected_batch_size)
+        self.sample_rate = self._resolve_rate(sample_rate, dataset_size)
+        self.warn_epsilon = warn_epsilon
+        self.warn_delta = warn_delta or (1.0 / dataset_size if dataset_size else 1e-5)
+        super().__init__(params, optimizer, optimizer_params, kvstore, compression_params,
+                         update_on_kvstore=False)
+        self._block = self._find_block()
+        self.accountant = RDPAccountant()
+        self.steps = 0
+        self.nonfinite_count = 0
+        self._privatized_batch: Optional[int] = None
+        self._warned = False
+
+    def _resolve_rate(self, sample_rate, dataset_size) -> float:
+        if sample_rate is None and dataset_size is None:
+            raise InvalidParameterError(
+                "DPTrainer needs the Poisson sampling rate to account for privacy: pass "
+                "sample_rate=q or dataset_size=N (then q = expected_batch_size / N).")
+        if sample_rate is None:
+            sample_rate = self.expected_batch_size / _positive("dataset_size", dataset_size)
+        rate = float(sample_rate)
+        if not 0.0 < rate <= 1.0:
+            raise InvalidParameterError(f"sample_rate must lie in (0, 1], got {sample_rate!r}.")
+        return rate
+
+    def _find_block(self):
+        trainable = [p for p in self._params if p.grad_req != "null"]
+        owners = {id(owner_of(p)): owner_of(p) for p in trainable}
+        if None in owners.values() or not owners:
+            foreign = [p.name for p in trainable if owner_of(p) is None]
+            raise ForeignParameterError(
+                f"Parameters {foreign[:5]} do not belong to a PrivateBlock, so their "
+                "per-sample gradients are not captured. Wrap the network with "
+                "mxprivacy.PrivateBlock(net) and pass wrapped.collect_params().")
+        if len(owners) > 1:
+            raise ForeignParameterError(
+                "The parameters belong to several PrivateBlocks; wrap the whole model once.")
+        return next(iter(owners.values()))
+
+    # -- privatization -----------------------------------------------------------------
+    @property
+    def sensitivity(self) -> float:
+        """L2 sensitivity of the clipped gradient sum."""
+        factor = 1 if self._block.mode == "vectorized" or self._block.num_microbatches is None \
+            else 2
+        return factor * self.max_grad_norm
+
+    def allreduce_grads(self, batch_size: Optional[int] = None) -> None:
+        """Clip per unit, sum, reduce over contexts, and add noise once.
+
+        Parameters
+        ----------
+        batch_size : int, optional
+            When given, it must equal the number of captured samples.
+        """
+        shards = self._block.take_shards()
+        captured = sum(s.batch_size for s in shards)
+        if batch_size is not None and int(batch_size) != captured:
+            raise BatchSizeMismatchError(
+                f"step({batch_size}) but {captured} per-sample gradients were captured since "
+                "the last step. Pass the actual batch size, x.shape[0] (0 for an empty "
+                "Poisson batch), and run exactly one forward/backward per step.")
+        for shard in shards:
+            shard.check_fresh()
+        self._check_uncaptured_use(shards)
+        sums = self._clipped_sums(shards)
+        if not self._kv_initialized:
+            self._init_kvstore()
+        if self._params_to_init:
+            self._init_params()
+        self._write_grads(sums)
+        self._reduce_across_contexts()
+        self._add_noise()
+        self.accountant.compose(
+            PoissonSampledEvent(self.sample_rate, GaussianEvent(self.noise_multiplier)))
+        self._privatized_batch = captured
+
+    def _trainable(self) -> List:
+        return [p for p in self._params if p.grad_req != "null"]
+
+    def _check_uncaptured_use(self, shards) -> None:
+        captured = {(id(p), s.ctx) for s in shards for p in s.captured_params}
+        for param in self._trainable():
+            for data in param.list_data():
+                if data._fresh_grad and (id(param), data.context) not in captured:
+                    raise HybridizedCaptureError(
+                        f"Parameter {param.name} received a gradient on {data.context} that "
+                        "no per-sample capture saw (a hybridized sub-block, or the parameter "
+                        "used outside the PrivateBlock). Its update would not be private; "
+                        "use mode='microbatch' or un-hybridize the net.")
+
+    def _clipped_sums(self, shards) -> Dict:
+        sums: Dict = {}
+        for shard in shards:
+            factors = self._clip_factors(shard)
+            for param, grad in shard.clipped_sums(factors).items():
+                key = (id(param), shard.ctx)
+                sums[key] = grad if key not in sums else sums[key] + grad
+        return sums
+
+    def _clip_factors(self, shard):
+        norms = nd.sqrt(shard.unit_sq_norms())
+        finite = nd.contrib.isfinite(norms)
+        bad = int(shard.num_units - finite.sum().asscalar())
+        if bad:
+            self.nonfinite_count += bad
+            warnings.warn(
+                f"{bad} per-sample gradient(s) were not finite and were zeroed (not clipped) "
+                f"this step; {self.nonfinite_count} so far. Check the inputs or lower the "
+                "learning rate.", NonFiniteGradientWarning, stacklevel=4)
+            shard.zero_units(finite)
+            norms = nd.where(finite, norms, nd.zeros_like(norms))
+        factors = nd.minimum(nd.ones_like(norms), self.max_grad_norm / (norms + 1e-6))
+        return nd.where(finite, factors, nd.zeros_like(factors))
+
+    def _write_grads(self, sums: Dict) -> None:
+        for param in self._trainable():
+            for grad in param.list_grad():
+                value = sums.get((id(param), grad.context))
+                if value is None:
+                    grad[:] = 0
+                else:
+                    grad[:] = value.as_in_context(grad.context)
+
+    def _reduce_across_contexts(self) -> None:
+        if self._kvstore:
+            self._allreduce_grads()
+            return
+        for param in self._trainable():
+            grads = param.list_grad()
+            if len(grads) > 1:
+                total = grads[0].copy()
+                for other in grads[1:]:
+                    total += other.as_in_context(total.context)
+                for grad in grads:
+                    grad[:] = total.as_in_context(grad.context)
+
+    def _add_noise(self) -> None:
+        std = self.noise_multiplier * self.sensitivity
+        for param in self._trainable():
+            grads = param.list_grad()
+            if std > 0:
+                noise = nd.random.normal(0.0, std, shape=grads[0].shape,
+                                         ctx=grads[0].context, dtype=grads[0].dtype)
+                for grad in grads:
+                    grad += noise.as_in_context(grad.context)
+            for data in param.list_data():
+                data._fresh_grad = True
+
+    # -- update ------------------------------------------------------------------------
+    def update(self, batch_size: int, ignore_stale_grad: bool = False) -> None:
+        """Apply the privatized gradient, divided by the expected batch size."""
+        if self._privatized_batch is None:
+            raise StaleGradientError(
+                "update() needs a privatized gradient: call allreduce_grads() (or step()) "
+                "after loss.backward().")
+        if int(batch_size) != self._privatized_batch:
+            raise BatchSizeMismatchError(
+                f"update({batch_size}) but the privatized batch had {self._privatized_batch} "
+                "samples.")
+        self._check_and_rescale_grad(self._scale / self.expected_batch_size)
+        self._update(ignore_stale_grad=False)
+        self._privatized_batch = None
+        self.steps += 1
+        self._maybe_warn()
+
+    def step(self, batch_size: int, ignore_stale_grad: bool = False) -> None:
+        """One DP-SGD step; ``batch_size`` must be the actual number of samples."""
+        if ignore_stale_grad:
+            raise InvalidParameterError(
+                "ignore_stale_grad is not supported: every parameter takes a noisy step.")
+        self.allreduce_grads(batch_size)
+        self.update(batch_size)
+
+    def _maybe_warn(self) -> None:
+        if self._warned or self.steps % 50:
+            return
+        eps = self.epsilon(self.warn_delta)
+        if eps > self.warn_epsilon:
+            self._warned = True
+            warnings.warn(
+                f"epsilon has reached {eps:.2f} at delta={self.warn_delta:g} after "
+                f"{self.steps} steps: that is a weak guarantee. Raise noise_multiplier or "
+                "train for fewer steps.", PrivacyWarning, stacklevel=3)
+
+    def epsilon(self, delta: float) -> float:
+        """The (RDP) epsilon spent so far at ``delta``."""
+        return self.accountant.get_epsilon(delta)
+
+    # -- checkpoints -------------------------------------------------------------------
+    def save_states(self, fname: str) -> None:
+        """Write optimizer states, privacy ledger and step count atomically to ``fname``."""
+        if not self._kv_initialized:
+            self._init_kvstore()
+        if self._params_to_init:
+            self._init_params()
+        payload = {
+            "format": _FORMAT,
+            "updater": base64.b64encode(self._updaters[0].get_states(dump_optimizer=True))
+            .decode("ascii"),
+            "privacy": self.accountant.state_dict(),
+            "steps": self.steps,
+            "nonfinite_count": self.nonfinite_count,
+            "config": {"noise_multiplier": self.noise_multiplier,
+                       "max_grad_norm": self.max_grad_norm,
+                       "expected_batch_size": self.expected_batch_size,
+                       "sample_rate": self.sample_rate},
+        }
+        _atomic_write(fname, json.dumps(payload).encode("utf-8"))
+
+    def load_states(self, fname: str) -> None:
+        """Restore what :meth:`save_states` wrote; nothing changes if the file is bad."""
+        try:
+            with open(fname, "rb") as handle:
+                payload = json.loads(handle.read().decode("utf-8"))
+            if payload.get("format") != _FORMAT:
+                raise ValueError(f"format {payload.get('format')!r}")
+            states = base64.b64decode(payload["updater"])
+            accountant = RDPAccountant(self.accountant.orders)
+            accountant.load_state_dict(payload["privacy"])
+            steps = int(payload["steps"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(
+                f"{fname} is not a readable DPTrainer checkpoint ({exc}). The trainer is "
+                "unchanged.") from exc
+        if not self._kv_initialized:
+            self._init_kvstore()
+        if self._params_to_init:
+            self._init_params()
+        for updater in self._updaters:
+            updater.set_states(states)
+            updater.optimizer = self._updaters[0].optimizer
+        self._optimizer = self._updaters[0].optimizer
+        self._optimizer.param_dict = dict(enumerate(self._params))
+        self.accountant = accountant
+        self.steps = steps
+        self.nonfinite_count = int(payload.get("nonfinite_count", 0))
+
+
+def _atomic_write(fname: str, data: bytes) -> None:
+    directory = os.path.dirname(os.path.abspath(fname))
+    handle, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".states")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, fname)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

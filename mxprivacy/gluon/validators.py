@@ -1,0 +1,97 @@
+"""Checks that a Gluon network can be trained with per-sample privacy.
+
+:func:`validate` lists every problem; :func:`check` raises on the first list.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+from mxnet import gluon
+
+from ..errors import UnsupportedLayerError
+from .rules import rule_for
+
+__all__ = ["validate", "check", "parameterized_layers", "is_hybridized", "has_all_rules"]
+
+_SAMPLE_MIXING = tuple(
+    t for t in (getattr(gluon.nn, "BatchNorm", None), getattr(gluon.nn, "SyncBatchNorm", None),
+                getattr(getattr(gluon, "contrib", None) and gluon.contrib.nn, "SyncBatchNorm", None))
+    if t is not None)
+
+
+def _walk(block):
+    yield block
+    for child in block._children.values():
+        yield from _walk(child)
+
+
+def parameterized_layers(net) -> List:
+    """Blocks that directly own at least one trainable Parameter."""
+    return [b for b in _walk(net)
+            if any(p.grad_req != "null" for p in b._reg_params.values())]
+
+
+def is_hybridized(net) -> bool:
+    """Whether any block in ``net`` has an active hybridized (cached) graph."""
+    return any(getattr(b, "_active", False) for b in _walk(net))
+
+
+def has_all_rules(net) -> bool:
+    """Whether every parameterized layer has a vectorized rule."""
+    return all(rule_for(layer) is not None for layer in parameterized_layers(net))
+
+
+def _shared_parameters(layers: Sequence) -> Dict[str, List[str]]:
+    owners: Dict[int, List[str]] = {}
+    names: Dict[int, str] = {}
+    for layer in layers:
+        for p in layer._reg_params.values():
+            if p.grad_req != "null":
+                owners.setdefault(id(p), []).append(layer.name)
+                names[id(p)] = p.name
+    return {names[k]: v for k, v in owners.items() if len(v) > 1}
+
+
+def validate(net, mode: str = "vectorized") -> List[str]:
+    """List every reason ``net`` cannot be trained privately in ``mode``.
+
+    Parameters
+    ----------
+    net : gluon.Block
+    mode : {"vectorized", "microbatch"}
+
+    Returns
+    -------
+    list of str
+        Empty when the network is fine.
+    """
+    problems = []
+    for block in _walk(net):
+        if _SAMPLE_MIXING and isinstance(block, _SAMPLE_MIXING):
+            problems.append(
+                f"{block.name} ({type(block).__name__}) mixes samples through batch statistics "
+                "and its running averages see raw data: replace it with nn.GroupNorm, "
+                "nn.LayerNorm or nn.InstanceNorm.")
+    if mode == "vectorized":
+        layers = parameterized_layers(net)
+        for layer in layers:
+            if rule_for(layer) is None:
+                problems.append(
+                    f"{layer.name} ({type(layer).__name__}) has trainable parameters but no "
+                    "vectorized per-sample gradient rule: use PrivateBlock(net, "
+                    "mode='microbatch'), freeze it (grad_req='null'), or register a rule "
+                    "with @mxprivacy.register_grad_rule.")
+        for param, owners in _shared_parameters(layers).items():
+            problems.append(
+                f"Parameter {param} is shared by layers {owners}; vectorized mode cannot "
+                "combine their per-sample gradients: use mode='microbatch'.")
+    return problems
+
+
+def check(net, mode: str) -> None:
+    """Raise :class:`UnsupportedLayerError` listing every problem of ``validate``."""
+    problems = validate(net, mode)
+    if problems:
+        raise UnsupportedLayerError(
+            f"The network cannot be trained privately in {mode} mode:\n- "
+            + "\n- ".join(problems))
