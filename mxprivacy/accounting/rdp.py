@@ -259,10 +259,14 @@ class RDPAccountant(PrivacyAccountant):
 
     def get_epsilon_and_order(self, delta: float) -> Tuple[float, float]:
         """Epsilon at ``delta`` and the Rényi order that attains it."""
+        if not np.any(self._rdp):
+            return 0.0, float(self.orders[0])
         return rdp_to_epsilon(self.orders, self._rdp, delta)
 
     def get_epsilon(self, delta: float) -> float:
         return self.get_epsilon_and_order(delta)[0]
 
     def get_delta(self, epsilon: float) -> float:
+        if not np.any(self._rdp):
+            return 0.0
         return rdp_to_delta(self.orders, self._rdp, epsilon)[0]

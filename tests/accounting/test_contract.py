@@ -1,0 +1,120 @@
+"""The contract every accountant satisfies, plus property tests."""
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mxprivacy.accounting import (ComposedEvent, GaussianEvent, LaplaceEvent, PoissonSampledEvent,
+                                  RDPAccountant, SelfComposedEvent, calibrate_noise_multiplier,
+                                  epsilon_for)
+from mxprivacy.errors import InvalidParameterError, UnreachableTargetError, UnsupportedEventError
+
+SAMPLED = PoissonSampledEvent(0.01, GaussianEvent(1.1))
+
+
+class AccountantContract:
+    """Inherited by the test class of every accountant."""
+
+    def make(self):
+        raise NotImplementedError
+
+    def test_count_equals_repetition(self):
+        once = self.make().compose(SAMPLED, 7)
+        repeated = self.make()
+        for _ in range(7):
+            repeated.compose(SAMPLED)
+        assert once.get_epsilon(1e-5) == pytest.approx(repeated.get_epsilon(1e-5), rel=1e-12)
+
+    def test_self_composed_honours_count(self):
+        a = self.make().compose(SelfComposedEvent(SAMPLED, 5), 3)
+        b = self.make().compose(SAMPLED, 15)
+        assert a.get_epsilon(1e-5) == pytest.approx(b.get_epsilon(1e-5), rel=1e-12)
+
+    def test_composed_honours_count(self):
+        a = self.make().compose(ComposedEvent([SAMPLED, GaussianEvent(5.0)]), 4)
+        b = self.make().compose(SAMPLED, 4).compose(GaussianEvent(5.0), 4)
+        assert a.get_epsilon(1e-5) == pytest.approx(b.get_epsilon(1e-5), rel=1e-12)
+
+    def test_invalid_event_leaves_state_unchanged(self):
+        acc = self.make().compose(SAMPLED, 10)
+        before = acc.get_epsilon(1e-5)
+        bad = ComposedEvent([SAMPLED, PoissonSampledEvent(0.1, LaplaceEvent(1.0))])
+        with pytest.raises(UnsupportedEventError, match="LaplaceEvent"):
+            acc.compose(bad)
+        assert acc.get_epsilon(1e-5) == before
+        assert sum(c for _, c in acc.ledger) == 10
+
+    def test_state_dict_round_trip_is_json(self):
+        acc = self.make().compose(SAMPLED, 12).compose(GaussianEvent(3.0))
+        state = json.loads(json.dumps(acc.state_dict()))
+        other = self.make()
+        other.load_state_dict(state)
+        assert other.get_epsilon(1e-6) == acc.get_epsilon(1e-6)
+
+    def test_zero_count_is_no_op(self):
+        assert self.make().compose(SAMPLED, 0).get_epsilon(1e-5) == 0.0
+
+    def test_bad_count_rejected(self):
+        with pytest.raises(InvalidParameterError):
+            self.make().compose(SAMPLED, -1)
+
+
+class TestRDPAccountant(AccountantContract):
+    def make(self):
+        return RDPAccountant()
+
+
+def test_events_validate_parameters():
+    with pytest.raises(InvalidParameterError):
+        GaussianEvent(-1.0)
+    with pytest.raises(InvalidParameterError):
+        PoissonSampledEvent(1.5, GaussianEvent(1.0))
+    with pytest.raises(InvalidParameterError):
+        SelfComposedEvent(SAMPLED, 1.5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(q=st.floats(1e-3, 0.2), sigma=st.floats(0.6, 3.0), steps=st.integers(10, 3000))
+def test_epsilon_monotone(q, sigma, steps):
+    eps = epsilon_for(sigma, q, steps, 1e-5)
+    assert epsilon_for(sigma * 1.1, q, steps, 1e-5) <= eps + 1e-12
+    assert epsilon_for(sigma, q, steps * 2, 1e-5) >= eps - 1e-12
+    assert epsilon_for(sigma, min(1.0, q * 1.5), steps, 1e-5) >= eps - 1e-12
+
+
+@settings(max_examples=25, deadline=None)
+@given(q=st.floats(1e-3, 0.1), sigma=st.floats(0.7, 3.0), steps=st.integers(10, 3000),
+       log_delta=st.floats(-9, -3))
+def test_get_delta_inverts_get_epsilon(q, sigma, steps, log_delta):
+    acc = RDPAccountant().compose(PoissonSampledEvent(q, GaussianEvent(sigma)), steps)
+    delta = 10 ** log_delta
+    eps = acc.get_epsilon(delta)
+    if eps > 0:
+        assert acc.get_delta(eps) == pytest.approx(delta, rel=1e-6)
+
+
+@pytest.mark.parametrize("target,q,steps", [(1.0, 0.01, 1000), (2.6, 256 / 60000, 14100),
+                                            (8.0, 0.05, 500)])
+def test_calibration_never_overshoots_and_is_tight(target, q, steps):
+    sigma = calibrate_noise_multiplier(target, 1e-5, q, steps=steps)
+    assert epsilon_for(sigma, q, steps, 1e-5) <= target
+    assert epsilon_for(sigma * 0.99, q, steps, 1e-5) > target
+
+
+def test_calibration_epochs_and_errors():
+    by_epochs = calibrate_noise_multiplier(2.0, 1e-5, 0.01, epochs=3)
+    by_steps = calibrate_noise_multiplier(2.0, 1e-5, 0.01, steps=300)
+    assert by_epochs == by_steps
+    with pytest.raises(InvalidParameterError):
+        calibrate_noise_multiplier(-1, 1e-5, 0.01, steps=10)
+    with pytest.raises(UnreachableTargetError):
+        calibrate_noise_multiplier(1e-9, 1e-12, 1.0, steps=10 ** 6)
+
+
+def test_laplace_rdp_limits_to_pure_dp():
+    # RDP of Laplace(b) at order -> inf tends to the pure-DP epsilon 1/b.
+    acc = RDPAccountant(orders=[1e6]).compose(LaplaceEvent(2.0))
+    assert acc.rdp[0] == pytest.approx(0.5, rel=1e-4)
+    assert np.all(np.diff(RDPAccountant().compose(LaplaceEvent(2.0)).rdp) >= -1e-12)
