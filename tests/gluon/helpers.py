@@ -1,0 +1,34 @@
+"""Shared nets and the microbatch-of-one reference harness."""
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon, nd
+
+LOSS = gluon.loss.SoftmaxCrossEntropyLoss()
+
+
+def mlp(hidden=8, classes=3, seed=0, **dense_kwargs):
+    mx.random.seed(seed)
+    net = gluon.nn.HybridSequential()
+    net.add(gluon.nn.Dense(hidden, activation="relu", **dense_kwargs), gluon.nn.Dense(classes))
+    net.initialize(mx.init.Xavier())
+    return net
+
+
+def reference_grads(net, loss_fn, x, y):
+    """Each sample's loss differentiated alone: dict param name -> (B, *shape)."""
+    params = [p for p in net.collect_params().values() if p.grad_req != "null"]
+    rows = {p.name: [] for p in params}
+    for i in range(x.shape[0]):
+        with autograd.record():
+            loss = loss_fn(net(x[i:i + 1]), y[i:i + 1])
+        loss.backward()
+        for p in params:
+            rows[p.name].append(p.grad().asnumpy().copy())
+    return {name: np.stack(v) for name, v in rows.items()}
+
+
+def batch(b=6, features=5, classes=3, seed=1):
+    rng = np.random.default_rng(seed)
+    x = nd.array(rng.normal(size=(b, features)))
+    y = nd.array(rng.integers(0, classes, size=b))
+    return x, y
