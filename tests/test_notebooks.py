@@ -1,0 +1,28 @@
+"""Execute every committed notebook at small sizes."""
+import os
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+from nbclient import NotebookClient  # noqa: E402
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+
+
+def test_notebooks_exist():
+    assert any(p.name == "01_dp_sgd_quickstart.ipynb" for p in NOTEBOOKS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_executes(path, monkeypatch):
+    monkeypatch.setenv("MXPRIVACY_NB_EPOCHS", "3")
+    nb = nbformat.read(path, as_version=4)
+    assert all(c.get("outputs") for c in nb.cells if c.cell_type == "code" and
+               "import" not in c.source.splitlines()[0]), "commit notebooks with outputs"
+    NotebookClient(nb, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+              if "image/png" in o.get("data", {})]
+    assert images, "the notebook should draw its plots"
