@@ -1,5 +1,4 @@
 """Execute every committed notebook at small sizes."""
-import os
 from pathlib import Path
 
 import pytest

@@ -18,13 +18,12 @@ import tempfile
 import warnings
 from typing import Dict, List, Optional
 
-import numpy as np
 from mxnet import gluon, nd
 
 from ..accounting import GaussianEvent, PoissonSampledEvent, RDPAccountant
 from ..errors import (BatchSizeMismatchError, CheckpointError, ForeignParameterError,
                       HybridizedCaptureError, InvalidParameterError, NonFiniteGradientWarning,
-                      PerSampleGradientError, PrivacyWarning, StaleGradientError)
+                      PrivacyWarning, StaleGradientError)
 from .private_block import owner_of
 
 __all__ = ["DPTrainer"]

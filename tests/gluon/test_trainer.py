@@ -1,12 +1,11 @@
 """DPTrainer: clipping, noise, normalization, errors and checkpoints."""
 import json
 import os
-import warnings
 
 import mxnet as mx
 import numpy as np
 import pytest
-from mxnet import autograd, gluon, nd
+from mxnet import autograd, gluon
 from scipy import stats
 
 from mxprivacy import (BatchSizeMismatchError, CheckpointError, DPTrainer, ForeignParameterError,
