@@ -42,9 +42,11 @@ def data_home(data_dir: Optional[str] = None) -> Path:
     return Path(chosen).expanduser()
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Parse an IDX file (optionally gzip-compressed) into a numpy array."""
-    opener = gzip.open if str(path).endswith(".gz") else open
+def read_idx(path: Path, compressed: Optional[bool] = None) -> np.ndarray:
+    """Parse an IDX file into a numpy array; gzip is assumed for names ending in .gz."""
+    if compressed is None:
+        compressed = str(path).endswith(".gz")
+    opener = gzip.open if compressed else open
     try:
         with opener(path, "rb") as handle:
             raw = handle.read()
@@ -77,7 +79,7 @@ def _download(stem: str, target_dir: Path) -> Path:
         try:
             with urllib.request.urlopen(url, timeout=30) as response, os.fdopen(handle, "wb") as out:
                 out.write(response.read())
-            _check_gzip_idx(Path(tmp))
+            read_idx(Path(tmp), compressed=True)
             final = target_dir / (stem + ".gz")
             os.replace(tmp, final)
             return final
@@ -86,15 +88,6 @@ def _download(stem: str, target_dir: Path) -> Path:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     raise DatasetError(f"Could not download {stem}: " + "; ".join(errors))
-
-
-def _check_gzip_idx(path: Path) -> None:
-    gz_path = path.with_name(path.name + ".gz")
-    os.replace(path, gz_path)
-    try:
-        read_idx(gz_path)
-    finally:
-        os.replace(gz_path, path)
 
 
 def load_mnist(data_dir: Optional[str] = None, *, download: bool = True) -> Tuple[Split, Split]:

@@ -45,10 +45,29 @@ def test_update_is_clipped_sum_over_expected_batch():
     trainer.step(6)
     flat = np.concatenate([g.reshape(6, -1) for g in ref.values()], axis=1)
     factors = np.minimum(1.0, clip / (np.linalg.norm(flat, axis=1) + 1e-6))
-    assert np.all(np.linalg.norm(flat * factors[:, None], axis=1) <= clip + 1e-6)
     for (name, g), old, p in zip(ref.items(), before, block.collect_params().values()):
         want = old - np.tensordot(factors, g, axes=1) / 10.0  # expected, not actual (6)
         np.testing.assert_allclose(p.data().asnumpy(), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["vectorized", "microbatch"])
+def test_trainer_clips_every_unit_to_c(mode):
+    x, y = batch(b=6)
+    block, trainer = make(mlp(seed=6), mode=mode)
+    forward_backward(block, x, y)
+    (shard,) = block.take_shards()
+    raw = np.sqrt(shard.unit_sq_norms().asnumpy())
+    clip = float(np.median(raw))
+    trainer.max_grad_norm = clip  # half the samples above C, half below
+    above, below = raw > clip, raw <= clip
+    assert above.sum() >= 2 and below.sum() >= 2
+    factors = trainer._clip_factors(shard)
+    grads = shard.per_unit_grads()
+    flat = np.concatenate([g.asnumpy().reshape(6, -1) for g in grads.values()], axis=1)
+    clipped = np.linalg.norm(flat * factors.asnumpy()[:, None], axis=1)
+    assert np.all(clipped <= clip * (1 + 1e-6))
+    np.testing.assert_allclose(clipped[above], clip, rtol=1e-4)  # clipped to C, not below
+    np.testing.assert_allclose(clipped[below], raw[below], rtol=1e-4)  # left untouched
 
 
 @pytest.mark.parametrize("block_kwargs", [{}, {"num_microbatches": 3, "seed": 0}])
