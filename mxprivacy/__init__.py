@@ -23,6 +23,8 @@ _LAZY = {
     "DPDataLoader": "mxprivacy.gluon",
     "validate": "mxprivacy.gluon",
     "RDPAccountant": "mxprivacy.accounting",
+    "PLDAccountant": "mxprivacy.accounting",
+    "epsilon_for": "mxprivacy.accounting",
     "calibrate_noise_multiplier": "mxprivacy.accounting",
 }
 

@@ -5,9 +5,10 @@ import argparse
 import json
 import math
 import sys
+import warnings
 from typing import List, Optional
 
-from .errors import MXPrivacyError
+from .errors import MXPrivacyError, PrivacyWarning
 
 __all__ = ["main"]
 
@@ -19,12 +20,20 @@ def _add_rate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="expected batch size B (q = B/N)")
     parser.add_argument("--epochs", type=float, help="epochs (steps = ceil(E*N/B))")
     parser.add_argument("--delta", type=float, required=True)
-    parser.add_argument("--accountant", choices=["rdp"], default="rdp")
+    _add_accountant_option(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
+
+
+def _add_accountant_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--accountant", choices=["rdp", "pld"], default="rdp",
+                        help="rdp: moments accountant; pld: privacy loss distributions "
+                             "(tighter, slower)")
 
 
 def _rate_and_steps(args) -> tuple:
     if args.sample_rate is not None and args.steps is not None:
+        if args.steps < 1:
+            raise MXPrivacyError(f"--steps must be a positive integer, got {args.steps}.")
         return args.sample_rate, args.steps
     if None not in (args.dataset_size, args.batch_size, args.epochs):
         rate = args.batch_size / args.dataset_size
@@ -37,10 +46,15 @@ def _cmd_epsilon(args) -> dict:
     from .accounting import epsilon_for
 
     rate, steps = _rate_and_steps(args)
-    eps = epsilon_for(args.noise_multiplier, rate, steps, args.delta, args.accountant)
+    with warnings.catch_warnings():  # an infinite epsilon is explained below instead
+        warnings.simplefilter("ignore", PrivacyWarning)
+        eps = epsilon_for(args.noise_multiplier, rate, steps, args.delta, args.accountant)
     print(f"{steps} steps at sampling rate {rate:.6g} with noise multiplier "
           f"{args.noise_multiplier:g} satisfy ({eps:.4f}, {args.delta:g})-DP "
           f"({args.accountant.upper()} accountant).")
+    if math.isinf(eps):
+        print("Epsilon is infinite: this noise does not hide a single record at this delta "
+              "(noise multiplier 0 releases it exactly). Add noise or raise delta.")
     return {"epsilon": eps, "delta": args.delta, "accountant": args.accountant,
             "sample_rate": rate, "noise_multiplier": args.noise_multiplier, "steps": steps}
 
@@ -67,6 +81,7 @@ def _cmd_train(args) -> dict:
                       noise_multiplier=args.noise_multiplier, target_epsilon=args.target_epsilon,
                       delta=args.delta, max_grad_norm=args.max_grad_norm, lr=args.lr,
                       momentum=args.momentum, mode=args.mode, seed=args.seed,
+                      accountant=args.accountant,
                       progress=not args.no_progress)
     if cfg.target_epsilon is not None:
         cfg.noise_multiplier = None
@@ -76,6 +91,13 @@ def _cmd_train(args) -> dict:
           f"(sigma={result.noise_multiplier:.3f}, C={result.max_grad_norm:g}, "
           f"q={result.sample_rate:.5f}, {result.seconds:.1f} s)")
     return result.to_dict()
+
+
+def _json_safe(value):
+    """Strict JSON has no Infinity: an infinite epsilon is written as the string "inf"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--momentum", type=float, default=0.0)
     train.add_argument("--mode", choices=["auto", "vectorized", "microbatch"], default="auto")
     train.add_argument("--seed", type=int, default=0)
+    _add_accountant_option(train)
     train.add_argument("--no-progress", action="store_true")
     train.add_argument("--json", action="store_true", help="print one JSON object last")
     train.set_defaults(func=_cmd_train)
@@ -121,7 +144,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"mxprivacy: error: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps({key: _json_safe(value) for key, value in result.items()}))
     return 0
 
 

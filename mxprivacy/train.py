@@ -35,6 +35,7 @@ class TrainConfig:
     lr: float = 0.5
     momentum: float = 0.0
     mode: str = "auto"
+    accountant: str = "rdp"
     seed: int = 0
     train_limit: Optional[int] = None
     progress: bool = True
@@ -55,6 +56,7 @@ class TrainResult:
     lr: float
     mode: str
     seconds: float
+    accountant: str = "rdp"
     curve: List[Dict[str, float]] = field(default_factory=list)
 
     def to_dict(self, with_curve: bool = False) -> Dict:
@@ -114,7 +116,8 @@ def _accuracy(net, x: np.ndarray, y: np.ndarray, ctx) -> float:
 
 def _resolve_sigma(cfg: TrainConfig, rate: float, steps: int) -> float:
     if cfg.target_epsilon is not None:
-        return calibrate_noise_multiplier(cfg.target_epsilon, cfg.delta, rate, steps=steps)
+        return calibrate_noise_multiplier(cfg.target_epsilon, cfg.delta, rate, steps=steps,
+                                          accountant=cfg.accountant)
     if cfg.noise_multiplier is None:
         raise InvalidParameterError("Give noise_multiplier or target_epsilon.")
     return cfg.noise_multiplier
@@ -142,7 +145,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
                         {"learning_rate": cfg.lr, "momentum": cfg.momentum},
                         noise_multiplier=sigma, max_grad_norm=cfg.max_grad_norm,
                         expected_batch_size=cfg.batch_size, sample_rate=rate,
-                        warn_delta=cfg.delta)
+                        warn_delta=cfg.delta, accountant=cfg.accountant)
     loader = DPDataLoader((xtr, ytr), rate, trainer=trainer, ctx=ctx,
                           num_batches=total_steps, seed=cfg.seed)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
@@ -170,4 +173,5 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         test_accuracy=_accuracy(net, xte, yte, ctx), epsilon=trainer.epsilon(cfg.delta),
         delta=cfg.delta, steps=trainer.steps, noise_multiplier=sigma, sample_rate=rate,
         max_grad_norm=cfg.max_grad_norm, epochs=cfg.epochs, batch_size=cfg.batch_size,
-        lr=cfg.lr, mode=net.mode, seconds=time.perf_counter() - start, curve=curve)
+        lr=cfg.lr, mode=net.mode, seconds=time.perf_counter() - start, curve=curve,
+        accountant=cfg.accountant)

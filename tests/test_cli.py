@@ -57,3 +57,33 @@ def test_train_target_epsilon(capsys):
                  "--no-progress", "--json"]) == 0
     out = _json_last_line(capsys)
     assert out["epsilon"] <= 1.0
+
+
+def test_pld_epsilon_and_calibrate_json(capsys):
+    assert main(["epsilon", "--noise-multiplier", "1.1", "--sample-rate", "0.01", "--steps",
+                 "1000", "--delta", "1e-5", "--accountant", "pld", "--json"]) == 0
+    out = _json_last_line(capsys)
+    assert out["accountant"] == "pld"
+    assert out["epsilon"] == pytest.approx(epsilon_for(1.1, 0.01, 1000, 1e-5, "pld"))
+    assert out["epsilon"] < epsilon_for(1.1, 0.01, 1000, 1e-5, "rdp")
+    assert main(["calibrate", "--target-epsilon", "1", "--delta", "1e-5", "--sample-rate",
+                 "0.01", "--steps", "1000", "--accountant", "pld", "--json"]) == 0
+    out = _json_last_line(capsys)
+    assert out["achieved_epsilon"] <= 1.0 and out["accountant"] == "pld"
+    assert epsilon_for(out["noise_multiplier"] * 0.99, 0.01, 1000, 1e-5, "pld") > 1.0
+
+
+def test_infinite_epsilon_is_explained_and_strict_json(capsys):
+    assert main(["epsilon", "--noise-multiplier", "0", "--sample-rate", "1", "--steps", "3",
+                 "--delta", "1e-5", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "infinite" in out.lower()
+    assert json.loads(out.strip().splitlines()[-1])["epsilon"] == "inf"
+
+
+@pytest.mark.parametrize("args", [["--sample-rate", "1.5", "--steps", "10"],
+                                  ["--sample-rate", "0.1", "--steps", "0"]])
+def test_bad_rates_and_steps_are_clear_errors(capsys, args):
+    assert main(["epsilon", "--noise-multiplier", "1", "--delta", "1e-5", *args]) == 2
+    err = capsys.readouterr().err
+    assert "sample_rate" in err or "--steps" in err

@@ -77,6 +77,10 @@ class PrivacyAccountant(abc.ABC):
         handler: Callable[[DpEvent, int], None] = getattr(self, self._handlers[type(event)])
         handler(event, count)
 
+    def empty_like(self) -> "PrivacyAccountant":
+        """A new accountant of the same kind and settings, with nothing composed."""
+        return type(self)()
+
     @abc.abstractmethod
     def _reset(self) -> None:
         """Forget all composed events (the ledger is handled by the base class)."""

@@ -2,22 +2,32 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional
 
-from ..errors import InvalidParameterError, UnreachableTargetError
+from ..errors import InvalidParameterError, PrivacyWarning, UnreachableTargetError
 from .events import GaussianEvent, PoissonSampledEvent
+from .base import PrivacyAccountant
+from .pld import PLDAccountant
 from .rdp import RDPAccountant
 
-__all__ = ["calibrate_noise_multiplier", "epsilon_for", "make_accountant", "resolve_steps"]
+__all__ = ["ACCOUNTANTS", "calibrate_noise_multiplier", "epsilon_for", "make_accountant",
+           "resolve_steps"]
 
 _MAX_SIGMA = 1e4
 
+ACCOUNTANTS = {"rdp": RDPAccountant, "pld": PLDAccountant}
+"""Accountants by name: ``"rdp"`` (moments accountant) and ``"pld"`` (tighter, slower)."""
 
-def make_accountant(name: str):
-    """Build an accountant by name (``"rdp"``)."""
-    if name == "rdp":
-        return RDPAccountant()
-    raise InvalidParameterError(f"Unknown accountant {name!r}; available: 'rdp'.")
+
+def make_accountant(accountant: "str | PrivacyAccountant" = "rdp") -> PrivacyAccountant:
+    """An empty accountant: by name (``"rdp"`` or ``"pld"``), or like a given one."""
+    if isinstance(accountant, PrivacyAccountant):
+        return accountant.empty_like()
+    if accountant not in ACCOUNTANTS:
+        raise InvalidParameterError(
+            f"Unknown accountant {accountant!r}; available: {sorted(ACCOUNTANTS)}.")
+    return ACCOUNTANTS[accountant]()
 
 
 def resolve_steps(sample_rate: float, steps: Optional[int], epochs: Optional[float]) -> int:
@@ -35,10 +45,21 @@ def resolve_steps(sample_rate: float, steps: Optional[int], epochs: Optional[flo
 
 def epsilon_for(noise_multiplier: float, sample_rate: float, steps: int, delta: float,
                 accountant: str = "rdp") -> float:
-    """Epsilon of ``steps`` Poisson-subsampled Gaussian steps."""
+    """Epsilon of ``steps`` Poisson-subsampled Gaussian steps (warns when infinite)."""
+    _check_rate(sample_rate)
     acc = make_accountant(accountant)
     acc.compose(PoissonSampledEvent(sample_rate, GaussianEvent(noise_multiplier)), steps)
-    return acc.get_epsilon(delta)
+    eps = acc.get_epsilon(delta)
+    if math.isinf(eps):
+        warnings.warn(f"epsilon is infinite at delta={delta:g}: noise multiplier "
+                      f"{noise_multiplier:g} does not hide a record. Add noise or raise "
+                      "delta.", PrivacyWarning, stacklevel=2)
+    return eps
+
+
+def _check_rate(sample_rate: float) -> None:
+    if not 0 < sample_rate <= 1:
+        raise InvalidParameterError(f"sample_rate must lie in (0, 1], got {sample_rate!r}.")
 
 
 def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate: float,
@@ -56,8 +77,7 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
     """
     if not target_epsilon > 0 or not math.isfinite(target_epsilon):
         raise InvalidParameterError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}.")
-    if not 0 < sample_rate <= 1:
-        raise InvalidParameterError(f"sample_rate must lie in (0, 1], got {sample_rate!r}.")
+    _check_rate(sample_rate)
     n_steps = resolve_steps(sample_rate, steps, epochs)
 
     def eps(sigma: float) -> float:

@@ -235,6 +235,9 @@ class RDPAccountant(PrivacyAccountant):
     def _reset(self) -> None:
         self._rdp = np.zeros(len(self.orders))
 
+    def empty_like(self) -> "RDPAccountant":
+        return RDPAccountant(self.orders)
+
     def _on_gaussian(self, event: GaussianEvent, count: int) -> None:
         self._rdp = self._rdp + count * _rdp_cached(1.0, event.noise_multiplier, self.orders)
 

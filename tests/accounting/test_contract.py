@@ -6,10 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mxprivacy.accounting import (ComposedEvent, GaussianEvent, LaplaceEvent, PoissonSampledEvent,
-                                  RDPAccountant, SelfComposedEvent, calibrate_noise_multiplier,
-                                  epsilon_for)
-from mxprivacy.errors import InvalidParameterError, UnreachableTargetError, UnsupportedEventError
+from mxprivacy.accounting import (ComposedEvent, GaussianEvent, LaplaceEvent, PLDAccountant,
+                                  PoissonSampledEvent, RDPAccountant, SelfComposedEvent,
+                                  calibrate_noise_multiplier, epsilon_for, make_accountant)
+from mxprivacy.errors import (InvalidParameterError, PrivacyWarning, UnreachableTargetError,
+                              UnsupportedEventError)
 
 SAMPLED = PoissonSampledEvent(0.01, GaussianEvent(1.1))
 
@@ -75,32 +76,61 @@ def test_events_validate_parameters():
         SelfComposedEvent(SAMPLED, 1.5)
 
 
-@settings(max_examples=25, deadline=None)
+class TestPLDAccountant(AccountantContract):
+    def make(self):
+        return PLDAccountant()
+
+
+ACCOUNTANT_NAMES = pytest.mark.parametrize("name", ["rdp", "pld"])
+
+
+@ACCOUNTANT_NAMES
+@settings(max_examples=15, deadline=None)
 @given(q=st.floats(1e-3, 0.2), sigma=st.floats(0.6, 3.0), steps=st.integers(10, 3000))
-def test_epsilon_monotone(q, sigma, steps):
-    eps = epsilon_for(sigma, q, steps, 1e-5)
-    assert epsilon_for(sigma * 1.1, q, steps, 1e-5) <= eps + 1e-12
-    assert epsilon_for(sigma, q, steps * 2, 1e-5) >= eps - 1e-12
-    assert epsilon_for(sigma, min(1.0, q * 1.5), steps, 1e-5) >= eps - 1e-12
+def test_epsilon_monotone(name, q, sigma, steps):
+    eps = epsilon_for(sigma, q, steps, 1e-5, name)
+    slack = 1e-9 * (1 + eps)  # PLD: discretization round-off only
+    assert epsilon_for(sigma * 1.1, q, steps, 1e-5, name) <= eps + slack
+    assert epsilon_for(sigma, q, steps * 2, 1e-5, name) >= eps - slack
+    assert epsilon_for(sigma, min(1.0, q * 1.5), steps, 1e-5, name) >= eps - slack
 
 
-@settings(max_examples=25, deadline=None)
+@ACCOUNTANT_NAMES
+@settings(max_examples=15, deadline=None)
 @given(q=st.floats(1e-3, 0.1), sigma=st.floats(0.7, 3.0), steps=st.integers(10, 3000),
        log_delta=st.floats(-9, -3))
-def test_get_delta_inverts_get_epsilon(q, sigma, steps, log_delta):
-    acc = RDPAccountant().compose(PoissonSampledEvent(q, GaussianEvent(sigma)), steps)
+def test_get_delta_inverts_get_epsilon(name, q, sigma, steps, log_delta):
+    acc = make_accountant(name).compose(PoissonSampledEvent(q, GaussianEvent(sigma)), steps)
     delta = 10 ** log_delta
     eps = acc.get_epsilon(delta)
     if eps > 0:
         assert acc.get_delta(eps) == pytest.approx(delta, rel=1e-6)
 
 
-@pytest.mark.parametrize("target,q,steps", [(1.0, 0.01, 1000), (2.6, 256 / 60000, 14100),
-                                            (8.0, 0.05, 500)])
-def test_calibration_never_overshoots_and_is_tight(target, q, steps):
-    sigma = calibrate_noise_multiplier(target, 1e-5, q, steps=steps)
-    assert epsilon_for(sigma, q, steps, 1e-5) <= target
-    assert epsilon_for(sigma * 0.99, q, steps, 1e-5) > target
+@pytest.mark.parametrize("name,target,q,steps", [
+    ("rdp", 1.0, 0.01, 1000), ("rdp", 2.6, 256 / 60000, 14100), ("rdp", 8.0, 0.05, 500),
+    ("pld", 1.0, 0.01, 1000), ("pld", 2.0, 256 / 60000, 14100)])
+def test_calibration_never_overshoots_and_is_tight(name, target, q, steps):
+    sigma = calibrate_noise_multiplier(target, 1e-5, q, steps=steps, accountant=name)
+    assert epsilon_for(sigma, q, steps, 1e-5, name) <= target
+    assert epsilon_for(sigma * 0.99, q, steps, 1e-5, name) > target
+
+
+@pytest.mark.parametrize("bad", [dict(sample_rate=0.0), dict(sample_rate=1.5),
+                                 dict(noise_multiplier=-1.0), dict(steps=-1),
+                                 dict(delta=0.0), dict(delta=1.0)])
+@ACCOUNTANT_NAMES
+def test_bad_input_is_a_clear_error(name, bad):
+    args = dict(noise_multiplier=1.0, sample_rate=0.01, steps=10, delta=1e-5)
+    args.update(bad)
+    with pytest.raises(InvalidParameterError):
+        epsilon_for(accountant=name, **args)
+
+
+@ACCOUNTANT_NAMES
+def test_zero_noise_is_infinite_epsilon_and_says_so(name):
+    with pytest.warns(PrivacyWarning, match="infinite"):
+        assert epsilon_for(0.0, 1.0, 10, 1e-5, name) == float("inf")
 
 
 def test_calibration_epochs_and_errors():

@@ -297,3 +297,25 @@ def test_large_epsilon_warns():
     with pytest.warns(PrivacyWarning):
         for _ in range(50):
             trainer.step(0)
+
+
+def test_pld_accountant_is_used_and_survives_checkpoints(tmp_path):
+    from mxprivacy.accounting import PLDAccountant, epsilon_for
+    block, trainer = make(sigma=1.0, accountant="pld")
+    x, y = batch()
+    for _ in range(4):
+        forward_backward(block, x, y)
+        trainer.step(6)
+    assert isinstance(trainer.accountant, PLDAccountant)
+    expected = epsilon_for(1.0, 0.1, 4, 1e-5, "pld")
+    assert trainer.epsilon(1e-5) == pytest.approx(expected, rel=1e-12)
+    assert trainer.epsilon(1e-5) < epsilon_for(1.0, 0.1, 4, 1e-5, "rdp")
+    path = str(tmp_path / "pld.states")
+    trainer.save_states(path)
+    fresh_block, fresh = make(mlp(seed=3), sigma=1.0, accountant="pld")
+    fresh_block(x)
+    fresh.load_states(path)
+    assert isinstance(fresh.accountant, PLDAccountant)
+    assert fresh.epsilon(1e-5) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(InvalidParameterError, match="pld"):
+        make(accountant="moments")
