@@ -10,7 +10,8 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 
 
 def test_notebooks_exist():
-    assert any(p.name == "01_dp_sgd_quickstart.ipynb" for p in NOTEBOOKS)
+    names = {p.name for p in NOTEBOOKS}
+    assert {"01_dp_sgd_quickstart.ipynb", "02_privacy_accounting.ipynb"} <= names
 
 
 @pytest.mark.slow
