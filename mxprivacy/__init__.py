@@ -24,17 +24,21 @@ _LAZY = {
     "validate": "mxprivacy.gluon",
     "RDPAccountant": "mxprivacy.accounting",
     "PLDAccountant": "mxprivacy.accounting",
+    "NoisyOutput": "mxprivacy.mechanisms",
+    "LaplaceMechanism": "mxprivacy.mechanisms",
+    "GaussianMechanism": "mxprivacy.mechanisms",
+    "ReportNoisyMax": "mxprivacy.mechanisms",
     "epsilon_for": "mxprivacy.accounting",
     "calibrate_noise_multiplier": "mxprivacy.accounting",
 }
 
-__all__ = sorted(list(_LAZY) + list(_error_names) + ["accounting", "datasets"])
+__all__ = sorted(list(_LAZY) + list(_error_names) + ["accounting", "datasets", "mechanisms"])
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
-    if name in ("accounting", "datasets", "gluon"):
+    if name in ("accounting", "datasets", "gluon", "mechanisms"):
         return importlib.import_module(f"mxprivacy.{name}")
     raise AttributeError(f"module 'mxprivacy' has no attribute {name!r}")
 

@@ -15,6 +15,7 @@ __all__ = [
     "DpEvent",
     "GaussianEvent",
     "LaplaceEvent",
+    "EpsilonDeltaEvent",
     "PoissonSampledEvent",
     "SelfComposedEvent",
     "ComposedEvent",
@@ -67,6 +68,24 @@ class LaplaceEvent(DpEvent):
 
     def to_dict(self) -> Dict[str, Any]:
         return {"type": "laplace", "noise_multiplier": self.noise_multiplier}
+
+
+@dataclass(frozen=True)
+class EpsilonDeltaEvent(DpEvent):
+    """Any (epsilon, delta)-DP mechanism, for example the exponential mechanism (delta 0)."""
+
+    epsilon: float
+    delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "epsilon", _check_finite_nonneg("epsilon", self.epsilon))
+        delta = float(self.delta)
+        if not 0.0 <= delta < 1.0:
+            raise InvalidParameterError(f"delta must lie in [0, 1), got {delta!r}.")
+        object.__setattr__(self, "delta", delta)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"type": "epsilon_delta", "epsilon": self.epsilon, "delta": self.delta}
 
 
 @dataclass(frozen=True)
@@ -141,6 +160,8 @@ def event_from_dict(data: Dict[str, Any]) -> DpEvent:
         return GaussianEvent(data["noise_multiplier"])
     if kind == "laplace":
         return LaplaceEvent(data["noise_multiplier"])
+    if kind == "epsilon_delta":
+        return EpsilonDeltaEvent(data["epsilon"], data["delta"])
     if kind == "poisson_sampled":
         return PoissonSampledEvent(data["sample_rate"], event_from_dict(data["event"]))
     if kind == "self_composed":

@@ -30,7 +30,7 @@ from scipy import special
 from ..errors import InvalidParameterError, UnsupportedEventError
 from ._pmf import TAIL_MASS, DiscretePLD, WindowTooLarge
 from .base import PrivacyAccountant
-from .events import (ComposedEvent, DpEvent, GaussianEvent, LaplaceEvent,
+from .events import (ComposedEvent, DpEvent, EpsilonDeltaEvent, GaussianEvent, LaplaceEvent,
                      PoissonSampledEvent, SelfComposedEvent)
 
 __all__ = ["PLDAccountant", "PLDPair"]
@@ -91,8 +91,8 @@ def _connect_the_dots(law: _LossLaw, loss_lo: float, loss_hi: float,
                       interval: float) -> DiscretePLD:
     first = int(math.floor(loss_lo / interval))
     last = max(first + 1, int(math.ceil(loss_hi / interval)))
-    if last - first > _MAX_GRID:  # losses beyond the grid go to infinity (pessimistic)
-        last = first + _MAX_GRID
+    if last - first > _MAX_GRID:
+        raise WindowTooLarge(last - first)
     grid = np.arange(first, last + 1) * interval
     mass_p = _cell_masses(law.cdf_p, law.sf_p, grid)
     mass_q = _cell_masses(law.cdf_q, law.sf_q, grid)
@@ -113,6 +113,8 @@ def _point_masses(interval: float, losses: Tuple[float, ...], masses: Tuple[floa
     """A PLD of finitely many atoms, each rounded up to the grid."""
     idx = [int(math.ceil(loss / interval - 1e-12)) for loss in losses]
     first = min(idx)
+    if max(idx) - first > _MAX_GRID:
+        raise WindowTooLarge(max(idx) - first)
     pmf = np.zeros(max(idx) - first + 1)
     for i, mass in zip(idx, masses):
         pmf[i - first] += mass
@@ -191,6 +193,15 @@ def _laplace_pair(scale: float, interval: float) -> PLDPair:
     return PLDPair(_connect_the_dots(law, -eps0, eps0, interval))
 
 
+@functools.lru_cache(maxsize=64)
+def _epsilon_delta_pair(epsilon: float, delta: float, interval: float) -> PLDPair:
+    """The dominating pair of any (eps, delta)-DP mechanism (Kairouz et al. 2015): with
+    probability delta the record is revealed, otherwise randomized response at eps."""
+    keep = (1.0 - delta) / (1.0 + math.exp(-epsilon)) if epsilon > 0 else (1.0 - delta) / 2
+    return PLDPair(_point_masses(interval, (epsilon, -epsilon), (keep, 1.0 - delta - keep),
+                                 delta))
+
+
 class PLDAccountant(PrivacyAccountant):
     """Tight accounting with privacy loss distributions (connect-the-dots, FFT).
 
@@ -210,6 +221,7 @@ class PLDAccountant(PrivacyAccountant):
     _handlers = {
         GaussianEvent: "_pair_gaussian",
         LaplaceEvent: "_pair_laplace",
+        EpsilonDeltaEvent: "_pair_epsilon_delta",
         PoissonSampledEvent: "_pair_poisson",
         SelfComposedEvent: "_pair_self_composed",
         ComposedEvent: "_pair_composed",
@@ -256,6 +268,10 @@ class PLDAccountant(PrivacyAccountant):
     def _pair_laplace(self, event: LaplaceEvent, count: int) -> PLDPair:
         return _laplace_pair(event.noise_multiplier, self._active_interval).self_compose(count)
 
+    def _pair_epsilon_delta(self, event: EpsilonDeltaEvent, count: int) -> PLDPair:
+        return _epsilon_delta_pair(event.epsilon, event.delta,
+                                   self._active_interval).self_compose(count)
+
     def _pair_self_composed(self, event: SelfComposedEvent, count: int) -> PLDPair:
         if event.count == 0:
             return _identity(self._active_interval)
@@ -283,8 +299,8 @@ class PLDAccountant(PrivacyAccountant):
                 except WindowTooLarge:
                     if interval >= _COARSEST:
                         raise InvalidParameterError(
-                            "This history is too long for PLD accounting (epsilon is in "
-                            "the thousands); use the RDP accountant.") from None
+                            "This history is beyond what PLD accounting resolves (epsilon "
+                            "in the thousands or more); use the RDP accountant.") from None
                     interval = min(_COARSEST, interval * 4)
             self._cache = {key: result}
         return self._cache[key]

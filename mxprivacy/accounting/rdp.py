@@ -28,7 +28,7 @@ from scipy import special
 
 from ..errors import InvalidParameterError, UnsupportedEventError
 from .base import PrivacyAccountant
-from .events import (ComposedEvent, DpEvent, GaussianEvent, LaplaceEvent,
+from .events import (ComposedEvent, DpEvent, EpsilonDeltaEvent, GaussianEvent, LaplaceEvent,
                      PoissonSampledEvent, SelfComposedEvent)
 
 __all__ = [
@@ -212,6 +212,7 @@ class RDPAccountant(PrivacyAccountant):
     _handlers = {
         GaussianEvent: "_on_gaussian",
         LaplaceEvent: "_on_laplace",
+        EpsilonDeltaEvent: "_on_epsilon_delta",
         PoissonSampledEvent: "_on_poisson",
         SelfComposedEvent: "_on_self_composed",
         ComposedEvent: "_on_composed",
@@ -223,6 +224,10 @@ class RDPAccountant(PrivacyAccountant):
         self._rdp = np.zeros(len(self.orders))
 
     def _validate_specific(self, event: DpEvent) -> None:
+        if isinstance(event, EpsilonDeltaEvent) and event.delta > 0:
+            raise UnsupportedEventError(
+                f"RDPAccountant cannot count {event!r}: an (epsilon, delta>0) guarantee has "
+                "no RDP curve. Use PLDAccountant.")
         if isinstance(event, PoissonSampledEvent) and not isinstance(event.event, GaussianEvent):
             raise UnsupportedEventError(
                 "RDPAccountant supports Poisson subsampling only of a GaussianEvent, "
@@ -239,6 +244,12 @@ class RDPAccountant(PrivacyAccountant):
 
     def _on_laplace(self, event: LaplaceEvent, count: int) -> None:
         self._rdp = self._rdp + count * _laplace_rdp(event.noise_multiplier, self.orders)
+
+    def _on_epsilon_delta(self, event: EpsilonDeltaEvent, count: int) -> None:
+        # Pure eps-DP implies (alpha, min(eps, alpha eps^2 / 2))-RDP (Bun & Steinke 2016).
+        eps = event.epsilon
+        curve = np.minimum(eps, np.asarray(self.orders) * eps * eps / 2.0)
+        self._rdp = self._rdp + count * curve
 
     def _on_poisson(self, event: PoissonSampledEvent, count: int) -> None:
         curve = _rdp_cached(event.sample_rate, event.event.noise_multiplier, self.orders)

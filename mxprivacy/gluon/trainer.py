@@ -13,14 +13,13 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
-import tempfile
 import warnings
 from typing import Dict, List, Optional
 
 from mxnet import gluon, nd
 
 from ..accounting import GaussianEvent, PoissonSampledEvent, PrivacyAccountant, make_accountant
+from .._io import atomic_write
 from ..errors import (BatchSizeMismatchError, CheckpointError, ForeignParameterError,
                       HybridizedCaptureError, InvalidParameterError, MXPrivacyError,
                       NonFiniteGradientWarning,
@@ -296,7 +295,7 @@ class DPTrainer(gluon.Trainer):
                        "expected_batch_size": self.expected_batch_size,
                        "sample_rate": self.sample_rate},
         }
-        _atomic_write(fname, json.dumps(payload).encode("utf-8"))
+        atomic_write(fname, json.dumps(payload).encode("utf-8"))
 
     def load_states(self, fname: str) -> None:
         """Restore what :meth:`save_states` wrote; nothing changes if the file is bad."""
@@ -325,18 +324,3 @@ class DPTrainer(gluon.Trainer):
         self.accountant = accountant
         self.steps = steps
         self.nonfinite_count = int(payload.get("nonfinite_count", 0))
-
-
-def _atomic_write(fname: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(fname))
-    handle, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".states")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, fname)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

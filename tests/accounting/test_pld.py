@@ -135,3 +135,20 @@ def test_heterogeneous_history_matches_dp_accounting():
     ours.compose(ComposedEvent([PoissonSampledEvent(0.05, GaussianEvent(2.0))]), 200)
     ours.compose(LaplaceEvent(5.0), 3)
     assert ours.get_epsilon(1e-6) == pytest.approx(theirs.get_epsilon_for_delta(1e-6), rel=0.01)
+
+
+def test_epsilon_delta_event_composition_bounds():
+    from mxprivacy.accounting import EpsilonDeltaEvent, event_from_dict
+    from mxprivacy.errors import UnsupportedEventError
+    event = EpsilonDeltaEvent(0.1, 1e-7)
+    assert event_from_dict(event.to_dict()) == event
+    one = _pld(event)
+    assert one.get_epsilon(1e-7) == pytest.approx(0.1, abs=1e-4)
+    k, delta = 100, 1e-5
+    composed = _pld(event, k).get_epsilon(delta + k * 1e-7)
+    advanced = math.sqrt(2 * k * math.log(1 / delta)) * 0.1 + k * 0.1 * math.expm1(0.1)
+    assert composed <= advanced < k * 0.1  # the optimal composition beats both classic bounds
+    pure_rdp = RDPAccountant().compose(EpsilonDeltaEvent(0.1), k).get_epsilon(delta)
+    assert composed < pure_rdp < k * 0.1
+    with pytest.raises(UnsupportedEventError, match="PLDAccountant"):
+        RDPAccountant().compose(event)

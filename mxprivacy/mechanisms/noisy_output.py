@@ -1,0 +1,228 @@
+"""``NoisyOutput``: a Gluon Block whose every released output row is a private query.
+
+What it protects: each output row is clipped to norm ``output_bound`` and then noised,
+so a row's replace-one sensitivity is ``2 * output_bound`` for *any* change of the
+model or of the input. That covers the training data behind the model: a model trained
+on a dataset with or without one person gives outputs that are equally well hidden.
+Every released row is charged to a budget, and the query that would exceed the budget
+raises :class:`~mxprivacy.PrivacyBudgetExceeded` before the model is even run.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+from mxnet import gluon, nd
+
+from .._io import atomic_write
+from ..accounting import make_accountant
+from ..errors import CheckpointError, InvalidParameterError, PrivacyBudgetExceeded
+from .calibration import check_delta, check_epsilon, check_sensitivity
+from .mechanisms import GaussianMechanism, LaplaceMechanism
+
+__all__ = ["NoisyOutput"]
+
+_LEDGER_FORMAT = "mxprivacy-noisy-output-1"
+
+
+class NoisyOutput(gluon.Block):
+    """Wrap ``block`` so that its outputs are released under (epsilon, delta)-DP per row.
+
+    Parameters
+    ----------
+    block : gluon.Block
+        The model; each output row (first axis) is one answer.
+    mechanism : {"gaussian", "laplace"}
+        Gaussian clips rows in L2 norm; Laplace clips them in L1 norm.
+    epsilon, delta : float
+        Privacy of one row. Laplace needs ``delta=0``; Gaussian needs ``0 < delta < 1``.
+    output_bound : float
+        Rows are clipped to this norm, so the sensitivity is ``2 * output_bound``.
+    budget_epsilon, budget_delta : float
+        Total privacy all released rows may spend.
+    mode : {"values", "label"}
+        ``label`` returns only the arg-max class of each noisy row. This is
+        post-processing, so it has the same guarantee as ``values``.
+    accountant : {"auto", "basic", "rdp", "pld"}
+        How rows compose. ``auto`` uses basic composition (k * epsilon) when everything
+        is pure; otherwise it uses PLD, or RDP for the secure Gaussian (its guarantee
+        is zCDP).
+    secure : bool
+        Noise from exact samplers with a CSPRNG (see :mod:`mxprivacy.mechanisms.secure`).
+    random_state : int, optional
+        Seed of the fast-mode noise.
+    """
+
+    def __init__(self, block: gluon.Block, *, mechanism: str = "gaussian", epsilon: float,
+                 delta: float = 0.0, output_bound: float, budget_epsilon: float,
+                 budget_delta: float = 0.0, mode: str = "values", accountant: str = "auto",
+                 secure: bool = False, random_state: Optional[int] = None) -> None:
+        super().__init__()
+        self.output_bound = check_sensitivity(output_bound)
+        self.budget_epsilon = check_epsilon(budget_epsilon)
+        self.budget_delta = check_delta(budget_delta, allow_zero=True)
+        if mode not in ("values", "label"):
+            raise InvalidParameterError(f"mode must be 'values' or 'label', got {mode!r}.")
+        self.mode = mode
+        self.mechanism = _build_mechanism(mechanism, epsilon, delta, 2 * self.output_bound,
+                                          secure, random_state)
+        self.mechanism_name = mechanism
+        self.accountant = _resolve_accountant(accountant, self.mechanism, self.budget_delta)
+        self.queries = 0
+        self._max_queries: Optional[int] = None
+        with self.name_scope():
+            self.block = block
+        if self.max_queries() == 0:
+            raise InvalidParameterError(
+                f"The budget (epsilon={budget_epsilon}, delta={budget_delta}) does not "
+                "cover a single row: raise the budget or lower the per-row epsilon.")
+
+    # -- budget ----------------------------------------------------------------------
+    def _spend(self, rows: int) -> Tuple[float, float]:
+        """(epsilon, delta) of ``rows`` answered rows."""
+        if rows == 0:
+            return 0.0, 0.0
+        basic = rows * self.mechanism.epsilon
+        if self.accountant == "basic":
+            return basic, 0.0
+        acc = make_accountant(self.accountant).compose(self.mechanism.event, rows)
+        try:
+            eps = acc.get_epsilon(self.budget_delta)
+        except InvalidParameterError:  # beyond the accountant's resolution
+            eps = math.inf
+        if isinstance(self.mechanism, LaplaceMechanism):
+            eps = min(eps, basic)  # both are valid bounds for a pure mechanism
+        return eps, self.budget_delta
+
+    def _fits(self, rows: int) -> bool:
+        return self._spend(rows)[0] <= self.budget_epsilon * (1 + 1e-12)
+
+    def max_queries(self) -> int:
+        """The number of rows the whole budget pays for."""
+        if self._max_queries is None:
+            lo, hi = 0, 1
+            while self._fits(hi):
+                lo, hi = hi, hi * 2
+                if hi > 1 << 40:
+                    break
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if self._fits(mid) else (lo, mid)
+            self._max_queries = lo
+        return self._max_queries
+
+    def spent(self) -> Tuple[float, float]:
+        """(epsilon, delta) spent by the rows answered so far."""
+        return self._spend(self.queries)
+
+    def remaining(self) -> Tuple[float, float]:
+        """Budget left as (epsilon, delta), and see :meth:`remaining_queries`."""
+        eps, delta = self.spent()
+        return max(0.0, self.budget_epsilon - eps), max(0.0, self.budget_delta - delta)
+
+    def remaining_queries(self) -> int:
+        return self.max_queries() - self.queries
+
+    # -- answering ---------------------------------------------------------------------
+    def forward(self, x):
+        rows = int(x.shape[0])
+        if rows > self.remaining_queries():
+            raise PrivacyBudgetExceeded(
+                f"Answering {rows} rows would exceed the budget (epsilon="
+                f"{self.budget_epsilon}, delta={self.budget_delta}): only "
+                f"{self.remaining_queries()} of {self.max_queries()} rows remain. Nothing "
+                "was computed.")
+        out = self.block(x)
+        values = out.asnumpy().astype(np.float64).reshape(rows, -1)
+        if not np.all(np.isfinite(values)):
+            raise InvalidParameterError(
+                "The wrapped block produced NaN or inf; nothing was released or charged.")
+        noisy = self.mechanism.randomise(_clip_rows(values, self.output_bound,
+                                                    self.mechanism_name))
+        self.queries += rows
+        if self.mode == "label":
+            return nd.array(noisy.argmax(axis=1), ctx=out.context, dtype="int64")
+        return nd.array(noisy.reshape(out.shape), ctx=out.context, dtype=out.dtype)
+
+    # -- persistence -----------------------------------------------------------------
+    def _config(self) -> Dict[str, Any]:
+        mech = self.mechanism
+        return {"mechanism": self.mechanism_name, "epsilon": mech.epsilon,
+                "delta": getattr(mech, "delta", 0.0), "output_bound": self.output_bound,
+                "secure": mech.secure, "accountant": self.accountant}
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"format": _LEDGER_FORMAT, "queries": self.queries, "config": self._config(),
+                "budget": {"epsilon": self.budget_epsilon, "delta": self.budget_delta}}
+
+    def save_ledger(self, fname: str) -> None:
+        """Write the ledger (rows answered and settings) atomically as JSON."""
+        atomic_write(fname, json.dumps(self.state_dict()).encode("utf-8"))
+
+    def load_ledger(self, fname: str) -> None:
+        """Restore a ledger; it must come from the same mechanism settings."""
+        try:
+            with open(fname, "rb") as handle:
+                state = json.loads(handle.read().decode("utf-8"))
+            if state.get("format") != _LEDGER_FORMAT:
+                raise ValueError(f"format {state.get('format')!r}")
+            queries = int(state["queries"])
+            if queries < 0:
+                raise ValueError("negative query count")
+            if state["config"] != self._config():
+                raise ValueError(f"settings differ: {state['config']} != {self._config()}")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{fname} is not a usable NoisyOutput ledger ({exc}). "
+                                  "The ledger is unchanged.") from exc
+        self.queries = max(self.queries, queries)  # never forget spent privacy
+
+    def save_parameters(self, filename: str, deduplicate: bool = False) -> None:
+        """Save the wrapped block's parameters and, next to them, the ledger."""
+        self.block.save_parameters(filename, deduplicate=deduplicate)
+        self.save_ledger(filename + ".ledger.json")
+
+    def load_parameters(self, filename: str, ctx=None, **kwargs) -> None:
+        """Load parameters and the ledger saved with them (a missing ledger is an error)."""
+        self.load_ledger(filename + ".ledger.json")
+        self.block.load_parameters(filename, ctx=ctx, **kwargs)
+
+
+def _build_mechanism(name: str, epsilon: float, delta: float, sensitivity: float,
+                     secure: bool, random_state: Optional[int]):
+    if name == "gaussian":
+        return GaussianMechanism(epsilon, delta, sensitivity, secure=secure,
+                                 random_state=random_state)
+    if name == "laplace":
+        if delta:
+            raise InvalidParameterError("The Laplace mechanism is pure: use delta=0.")
+        return LaplaceMechanism(epsilon, sensitivity, secure=secure, random_state=random_state)
+    raise InvalidParameterError(f"mechanism must be 'gaussian' or 'laplace', got {name!r}.")
+
+
+def _resolve_accountant(name: str, mechanism, budget_delta: float) -> str:
+    pure = isinstance(mechanism, LaplaceMechanism)
+    if not pure and budget_delta == 0:
+        raise InvalidParameterError("The Gaussian mechanism needs budget_delta > 0.")
+    if name == "auto":
+        if pure and budget_delta == 0:
+            return "basic"
+        return "rdp" if mechanism.secure and not pure else "pld"
+    if name not in ("basic", "rdp", "pld"):
+        raise InvalidParameterError(
+            f"accountant must be 'auto', 'basic', 'rdp' or 'pld', got {name!r}.")
+    if name == "basic" and not pure:
+        raise InvalidParameterError("Basic composition counts pure epsilon only: the "
+                                    "Gaussian mechanism needs 'rdp' or 'pld'.")
+    if name == "pld" and mechanism.secure and not pure:
+        raise InvalidParameterError("The secure Gaussian is accounted through zCDP: use "
+                                    "accountant='rdp' (or 'auto').")
+    return name
+
+
+def _clip_rows(values: np.ndarray, bound: float, mechanism: str) -> np.ndarray:
+    order = 1 if mechanism == "laplace" else 2
+    norms = np.linalg.norm(values, ord=order, axis=1)
+    factors = np.minimum(1.0, bound / np.maximum(norms, 1e-300))
+    return values * factors[:, None]
