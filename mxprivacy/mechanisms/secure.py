@@ -26,7 +26,8 @@ def uniform_below(bound: np.ndarray) -> np.ndarray:
     bound = np.asarray(bound, dtype=np.int64)
     if np.any(bound < 1) or np.any(bound > _MAX_BOUND):
         raise ValueError("uniform_below needs bounds in [1, 2^62].")
-    bits = np.ceil(np.log2(bound.astype(np.float64))).astype(np.int64) + 1
+    # Bit length of bound - 1 (float rounding can only widen it, never narrow it).
+    bits = np.frexp((bound - 1).astype(np.float64))[1].astype(np.int64)
     mask = (np.left_shift(np.int64(1), np.minimum(bits, 62)) - 1).astype(np.uint64)
     out = np.empty(bound.shape, dtype=np.int64)
     todo = np.arange(bound.size)
