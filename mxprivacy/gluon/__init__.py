@@ -1,6 +1,7 @@
 """DP-SGD for Gluon: PrivateBlock, DPTrainer, rules, validators and Poisson sampling."""
 from . import rules
-from .rules import dense as _dense_rules  # noqa: F401  (explicit rule registration)
+from .rules import conv as _conv_rules  # noqa: F401  (explicit rule registration)
+from .rules import dense as _dense_rules  # noqa: F401
 from .norms import per_sample_grad_norms, per_sample_grads
 from .private_block import PrivateBlock
 from .rules import GradRule, register_grad_rule

@@ -39,6 +39,7 @@ class VectorizedShard:
         self.num_units = self.batch_size
         self._inputs: Dict = {}
         self._probes: Dict = {}
+        self._cache: Dict = {}
 
     def add(self, layer, layer_input, probe) -> None:
         """Record one call of ``layer``; its input must be batch-major."""
@@ -73,13 +74,25 @@ class VectorizedShard:
     def unit_sq_norms(self):
         total = nd.zeros((self.batch_size,), ctx=self.ctx)
         for layer in self._inputs:
-            total = total + rule_for(layer).sq_norms(*self._rule_args(layer))
+            cache = self._cache.setdefault(layer, {})
+            total = total + rule_for(layer).sq_norms(*self._rule_args(layer), cache)
         return total
 
+    def layer_sq_norms(self) -> Dict:
+        """Dict layer -> (B,) squared norms of that layer's per-sample gradient."""
+        return {layer: rule_for(layer).sq_norms(*self._rule_args(layer),
+                                                self._cache.setdefault(layer, {}))
+                for layer in self._inputs}
+
     def clipped_sums(self, factors) -> Dict:
+        """Dict Parameter -> sum of factor-weighted per-sample gradients; ``factors`` is
+        (B,) or a dict layer -> (B,) (per-layer clipping)."""
         result = {}
         for layer in self._inputs:
-            result.update(rule_for(layer).clipped_sum(*self._rule_args(layer), factors))
+            layer_factors = factors[layer] if isinstance(factors, dict) else factors
+            cache = self._cache.setdefault(layer, {})
+            result.update(rule_for(layer).clipped_sum(*self._rule_args(layer), layer_factors,
+                                                      cache))
         return result
 
     def per_unit_grads(self) -> Dict:
@@ -90,6 +103,7 @@ class VectorizedShard:
 
     def zero_units(self, keep) -> None:
         """Zero the stored tensors of units where ``keep`` is 0 (non-finite gradients)."""
+        self._cache = {}
         for layer in self._inputs:
             self._inputs[layer] = [_zero_rows(a, keep) for a in self._inputs[layer]]
             for probe in self._probes[layer]:

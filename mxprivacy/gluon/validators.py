@@ -38,7 +38,8 @@ def is_hybridized(net) -> bool:
 
 def has_all_rules(net) -> bool:
     """Whether every parameterized layer has a vectorized rule."""
-    return all(rule_for(layer) is not None for layer in parameterized_layers(net))
+    return all(rule_for(layer) is not None and rule_for(layer).problem(layer) is None
+               for layer in parameterized_layers(net))
 
 
 def _shared_parameters(layers: Sequence) -> Dict[str, List[str]]:
@@ -75,7 +76,11 @@ def validate(net, mode: str = "vectorized") -> List[str]:
     if mode == "vectorized":
         layers = parameterized_layers(net)
         for layer in layers:
-            if rule_for(layer) is None:
+            rule = rule_for(layer)
+            reason = rule.problem(layer) if rule is not None else None
+            if reason:
+                problems.append(f"{layer.name} ({type(layer).__name__}): {reason}")
+            if rule is None:
                 problems.append(
                     f"{layer.name} ({type(layer).__name__}) has trainable parameters but no "
                     "vectorized per-sample gradient rule: use PrivateBlock(net, "

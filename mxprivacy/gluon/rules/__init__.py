@@ -25,14 +25,21 @@ class GradRule:
 
     A rule sees ``inputs`` and ``out_grads``: lists with one NDArray per call of the
     layer in the forward pass (a layer may be called several times), each with the
-    batch on axis 0. ``params`` lists the layer's trainable Parameters.
+    batch on axis 0. ``params`` lists the layer's trainable Parameters. ``cache`` is a
+    dict private to this layer and this forward pass: ``sq_norms`` may leave there what
+    ``clipped_sum`` can reuse (for example materialized per-sample gradients).
     """
 
-    def sq_norms(self, layer, inputs: List, out_grads: List, params: Sequence):
+    def problem(self, layer) -> Optional[str]:
+        """Why this rule cannot handle ``layer`` (for example its layout), or None."""
+        return None
+
+    def sq_norms(self, layer, inputs: List, out_grads: List, params: Sequence, cache: Dict):
         """(B,) per-sample squared norms of the gradient of all ``params`` together."""
         raise NotImplementedError
 
-    def clipped_sum(self, layer, inputs: List, out_grads: List, params: Sequence, factors):
+    def clipped_sum(self, layer, inputs: List, out_grads: List, params: Sequence, factors,
+                    cache: Dict):
         """Dict Parameter -> sum over samples of ``factors[i]`` x per-sample gradient."""
         raise NotImplementedError
 

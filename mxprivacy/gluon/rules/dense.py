@@ -56,7 +56,7 @@ def _trainable(layer, params: Sequence) -> Tuple[bool, bool]:
 class DenseRule(GradRule):
     """Per-sample gradients of ``nn.Dense`` (weight (out, in), optional bias (out,))."""
 
-    def sq_norms(self, layer, inputs, out_grads, params):
+    def sq_norms(self, layer, inputs, out_grads, params, cache):
         a, d = _as_sequences(layer, inputs, out_grads)
         use_weight, use_bias = _trainable(layer, params)
         total = nd.zeros((a.shape[0],), ctx=a.context, dtype=a.dtype)
@@ -66,7 +66,7 @@ class DenseRule(GradRule):
             total = total + nd.sum(nd.square(nd.sum(d, axis=1)), axis=1)
         return total
 
-    def clipped_sum(self, layer, inputs, out_grads, params, factors) -> Dict:
+    def clipped_sum(self, layer, inputs, out_grads, params, factors, cache) -> Dict:
         a, d = _as_sequences(layer, inputs, out_grads)
         use_weight, use_bias = _trainable(layer, params)
         scaled = nd.broadcast_mul(d, factors.reshape((-1, 1, 1)))

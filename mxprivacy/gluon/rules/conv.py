@@ -1,0 +1,171 @@
+"""Rules for ``nn.Conv1D/2D/3D`` and ``nn.Conv1D/2D/3DTranspose`` (channels-first layouts).
+
+Convolution: with the input unfolded by ``im2col`` into ``U`` (C*K, L) per sample and the
+output gradient ``D`` (O, L), the weight gradient of one sample is ``D U^T`` (per group).
+Its squared norm is computed either by materializing it, or without doing so (ghost norm)
+through Gram matrices: ``||D U^T||^2 = sum_{l,m} (U^T U)_{lm} (D^T D)_{lm}``. The rule picks
+whichever costs fewer operations.
+
+Transposed convolution swaps the roles: the output gradient is unfolded (it has the
+spatial size of the output) and the input plays the part of ``D``.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+from mxnet import gluon, nd
+
+from . import GradRule, register_grad_rule
+
+__all__ = ["ConvRule"]
+
+_LAYOUTS = ("NCW", "NCHW", "NCDHW")
+_CONV = (gluon.nn.Conv1D, gluon.nn.Conv2D, gluon.nn.Conv3D)
+_TRANSPOSED = (gluon.nn.Conv1DTranspose, gluon.nn.Conv2DTranspose, gluon.nn.Conv3DTranspose)
+
+
+def _factors(layer, a, d) -> Tuple:
+    """(U, D, groups): U (B*g, rows, L) unfolded operand, D (B*g, cols, L) the other one."""
+    kw = layer._kwargs
+    groups = int(kw.get("num_group", 1))
+    batch = a.shape[0]
+    unfold_src, other = (d, a) if isinstance(layer, _TRANSPOSED) else (a, d)
+    kernel, stride, dilate, pad = kw["kernel"], kw["stride"], kw["dilate"], kw["pad"]
+    if len(kernel) == 1:  # MXNet's 1-D im2col fails at run time: unfold as 2-D, height 1
+        unfold_src = unfold_src.reshape((batch, unfold_src.shape[1], 1, -1))
+        kernel, stride, dilate, pad = ((1,) + tuple(kernel), (1,) + tuple(stride),
+                                       (1,) + tuple(dilate), (0,) + tuple(pad))
+    if len(kernel) == 3:  # MXNet's 3-D im2col fails at run time too: unfold by slicing
+        unfolded = _unfold_3d(unfold_src, kernel, stride, dilate, pad)
+    else:
+        unfolded = nd.im2col(unfold_src, kernel=kernel, stride=stride, dilate=dilate, pad=pad)
+    length = unfolded.shape[2]
+    unfolded = unfolded.reshape((batch * groups, -1, length))
+    other = other.reshape((batch * groups, -1, length))
+    return unfolded, other, groups
+
+
+def _unfold_3d(x, kernel, stride, dilate, pad):
+    """(B, C*K, L) patches of a (B, C, D, H, W) input, in im2col's (C, kd, kh, kw) order."""
+    if any(pad):
+        x = nd.pad(x, mode="constant", pad_width=(0, 0, 0, 0) + sum(((p, p) for p in pad), ()))
+    spatial = x.shape[2:]
+    out = [(n - dl * (k - 1) - 1) // st + 1 for n, k, st, dl in zip(spatial, kernel, stride, dilate)]
+    patches = []
+    for kd in range(kernel[0]):
+        for kh in range(kernel[1]):
+            for kw in range(kernel[2]):
+                start = (kd * dilate[0], kh * dilate[1], kw * dilate[2])
+                end = tuple(s + st * (o - 1) + 1 for s, st, o in zip(start, stride, out))
+                patches.append(nd.slice(x, begin=(None, None) + start, end=(None, None) + end,
+                                        step=(1, 1) + tuple(stride)))
+    stacked = nd.stack(*patches, axis=2)  # (B, C, K, *out)
+    return stacked.reshape((x.shape[0], -1, out[0] * out[1] * out[2]))
+
+
+def _trainable(layer, params) -> Tuple[bool, bool]:
+    wanted = set(id(p) for p in params)
+    bias = getattr(layer, "bias", None)
+    return id(layer.weight) in wanted, bias is not None and id(bias) in wanted
+
+
+def _bias_grads(layer, d):
+    """(B, O) per-sample bias gradients: the output gradient summed over positions."""
+    return nd.sum(d.reshape((d.shape[0], d.shape[1], -1)), axis=2)
+
+
+def _weight_per_sample(layer, unfolded, other, batch):
+    """(B, *weight.shape) per-sample weight gradients."""
+    grads = nd.batch_dot(other, unfolded, transpose_b=True)
+    return grads.reshape((batch,) + layer.weight.shape)
+
+
+def _weight_sq_norms(layer, unfolded, other, batch, cache: Dict):
+    rows, length = unfolded.shape[1], unfolded.shape[2]
+    cols = other.shape[1]
+    if length * length * (rows + cols) < rows * cols * length:
+        gram_u = nd.batch_dot(unfolded, unfolded, transpose_a=True)
+        gram_o = nd.batch_dot(other, other, transpose_a=True)
+        return nd.sum((gram_u * gram_o).reshape((batch, -1)), axis=1)
+    grads = _weight_per_sample(layer, unfolded, other, batch)
+    cache["weight"] = grads
+    return nd.sum(nd.square(grads.reshape((batch, -1))), axis=1)
+
+
+def _clipped_weight(layer, inputs, out_grads, factors):
+    """sum_i f_i D_i U_i^T as one matrix product over all samples and positions."""
+    total = None
+    for a, d in zip(inputs, out_grads):
+        unfolded, other, groups = _factors(layer, a, d)
+        scaled = nd.broadcast_mul(other, nd.repeat(factors, groups).reshape((-1, 1, 1)))
+        if groups == 1:
+            lhs = nd.transpose(scaled, axes=(1, 0, 2)).reshape((scaled.shape[1], -1))
+            rhs = nd.transpose(unfolded, axes=(1, 0, 2)).reshape((unfolded.shape[1], -1))
+            part = nd.dot(lhs, rhs, transpose_b=True).reshape(layer.weight.shape)
+        else:
+            per = nd.batch_dot(scaled, unfolded, transpose_b=True)
+            part = nd.sum(per.reshape((a.shape[0],) + layer.weight.shape), axis=0)
+        total = part if total is None else total + part
+    return total
+
+
+@register_grad_rule(*(_CONV + _TRANSPOSED))
+class ConvRule(GradRule):
+    """Per-sample gradients of convolutions (stride, padding, dilation, groups, bias)."""
+
+    def problem(self, layer) -> Optional[str]:
+        layout = layer._kwargs.get("layout", "NCHW")
+        if layout not in _LAYOUTS:
+            return (f"layout {layout} is not supported by the vectorized rule; use a "
+                    "channels-first layout (NCW, NCHW, NCDHW) or mode='microbatch'.")
+        return None
+
+    def sq_norms(self, layer, inputs, out_grads, params, cache):
+        use_weight, use_bias = _trainable(layer, params)
+        batch = inputs[0].shape[0]
+        total = nd.zeros((batch,), ctx=inputs[0].context, dtype=inputs[0].dtype)
+        cache.clear()
+        if len(inputs) > 1:  # a layer called several times: per-call gradients add up
+            grads = self.per_sample(layer, inputs, out_grads, params)
+            for param, g in grads.items():
+                cache["weight" if param is layer.weight else "bias"] = g
+                total = total + nd.sum(nd.square(g.reshape((batch, -1))), axis=1)
+            return total
+        if use_weight:
+            unfolded, other, _ = _factors(layer, inputs[0], out_grads[0])
+            total = total + _weight_sq_norms(layer, unfolded, other, batch, cache)
+        if use_bias:
+            cache["bias"] = _bias_grads(layer, out_grads[0])
+            total = total + nd.sum(nd.square(cache["bias"]), axis=1)
+        return total
+
+    def clipped_sum(self, layer, inputs, out_grads, params, factors, cache) -> Dict:
+        use_weight, use_bias = _trainable(layer, params)
+        result = {}
+        if use_weight:
+            grads = cache.get("weight")
+            if grads is None:
+                result[layer.weight] = _clipped_weight(layer, inputs, out_grads, factors)
+            else:
+                flat = nd.dot(factors.reshape((1, -1)), grads.reshape((grads.shape[0], -1)))
+                result[layer.weight] = flat.reshape(layer.weight.shape)
+        if use_bias:
+            grads = cache.get("bias")
+            if grads is None:
+                grads = sum(_bias_grads(layer, d) for d in out_grads)
+            result[layer.bias] = nd.dot(factors.reshape((1, -1)), grads).reshape((-1,))
+        return result
+
+    def per_sample(self, layer, inputs, out_grads, params) -> Dict:
+        use_weight, use_bias = _trainable(layer, params)
+        batch = inputs[0].shape[0]
+        result = {}
+        for a, d in zip(inputs, out_grads):
+            if use_weight:
+                unfolded, other, _ = _factors(layer, a, d)
+                g = _weight_per_sample(layer, unfolded, other, batch)
+                result[layer.weight] = g if layer.weight not in result else result[layer.weight] + g
+            if use_bias:
+                g = _bias_grads(layer, d)
+                result[layer.bias] = g if layer.bias not in result else result[layer.bias] + g
+        return result

@@ -1,0 +1,91 @@
+"""Every rule against the per-sample reference loop (each sample's loss alone)."""
+import mxnet as mx
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mxnet import gluon, nd
+
+from mxprivacy.gluon import per_sample_grad_norms, per_sample_grads
+
+from .helpers import LOSS, reference_grads
+
+
+class Head(gluon.nn.HybridBlock):
+    """``body`` followed by a Dense classifier (so every net ends in class scores)."""
+
+    def __init__(self, body, classes=3, **kwargs):
+        super().__init__(**kwargs)
+        self.body = body
+        self.out = gluon.nn.Dense(classes)
+
+    def hybrid_forward(self, F, x):
+        return self.out(self.body(x))
+
+
+def check_against_reference(body, x, classes=3, seed=0, rtol=1e-5):
+    mx.random.seed(seed)
+    net = Head(body, classes)
+    net.initialize(mx.init.Xavier(magnitude=2.0))
+    net(x)
+    y = nd.array(np.random.default_rng(seed).integers(0, classes, size=x.shape[0]))
+    want = reference_grads(net, LOSS, x, y)
+    got = per_sample_grads(net, LOSS, x, y, mode="vectorized")
+    assert set(got) == set(want)
+    for name in want:
+        np.testing.assert_allclose(got[name].asnumpy(), want[name], rtol=rtol, atol=1e-6,
+                                   err_msg=name)
+    norms = per_sample_grad_norms(net, LOSS, x, y, mode="vectorized").asnumpy()
+    flat = np.concatenate([want[n].reshape(x.shape[0], -1) for n in want], axis=1)
+    np.testing.assert_allclose(norms, np.linalg.norm(flat, axis=1), rtol=rtol)
+    return net
+
+
+CONV_CASES = [
+    dict(channels=4, kernel_size=3),
+    dict(channels=4, kernel_size=3, strides=2, padding=1),
+    dict(channels=4, kernel_size=2, dilation=2, use_bias=False),
+    dict(channels=4, kernel_size=3, groups=2, padding=1),
+    dict(channels=6, kernel_size=(2, 3), strides=(1, 2), activation="relu"),
+]
+
+
+@pytest.mark.parametrize("kwargs", CONV_CASES)
+def test_conv2d(kwargs):
+    check_against_reference(gluon.nn.Conv2D(**kwargs), nd.random.normal(shape=(5, 2, 7, 7)))
+
+
+@pytest.mark.parametrize("kwargs", [dict(channels=3, kernel_size=3, strides=2, padding=1),
+                                    dict(channels=4, kernel_size=2, groups=2, use_bias=False)])
+def test_conv1d_and_conv3d(kwargs):
+    check_against_reference(gluon.nn.Conv1D(**kwargs), nd.random.normal(shape=(4, 2, 9)))
+    check_against_reference(gluon.nn.Conv3D(**kwargs), nd.random.normal(shape=(3, 2, 5, 5, 5)))
+
+
+@pytest.mark.parametrize("kwargs", [dict(channels=3, kernel_size=3),
+                                    dict(channels=4, kernel_size=3, strides=2, padding=1,
+                                         output_padding=1),
+                                    dict(channels=4, kernel_size=2, groups=2, in_channels=2,
+                                         use_bias=False)])
+def test_conv2d_transpose(kwargs):
+    check_against_reference(gluon.nn.Conv2DTranspose(**kwargs), nd.random.normal(shape=(4, 2, 5, 5)))
+
+
+@settings(max_examples=10, deadline=None)
+@given(batch=st.integers(1, 4), size=st.integers(5, 9), kernel=st.integers(1, 3),
+       stride=st.integers(1, 2), channels=st.integers(1, 5))
+def test_conv2d_shapes(batch, size, kernel, stride, channels):
+    check_against_reference(gluon.nn.Conv2D(channels, kernel, strides=stride),
+                            nd.random.normal(shape=(batch, 2, size, size)))
+
+
+def test_conv_called_twice():
+    class Twice(gluon.nn.HybridBlock):
+        def __init__(self):
+            super().__init__()
+            self.conv = gluon.nn.Conv2D(3, 3, padding=1)
+
+        def hybrid_forward(self, F, x):
+            return self.conv(x) + self.conv(x * 0.5)
+
+    check_against_reference(Twice(), nd.random.normal(shape=(3, 2, 5, 5)))
