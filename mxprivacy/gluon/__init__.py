@@ -2,6 +2,8 @@
 from . import rules
 from .rules import conv as _conv_rules  # noqa: F401  (explicit rule registration)
 from .rules import dense as _dense_rules  # noqa: F401
+from .rules import embedding as _embedding_rules  # noqa: F401
+from .rules import norm as _norm_rules  # noqa: F401
 from .norms import per_sample_grad_norms, per_sample_grads
 from .private_block import PrivateBlock
 from .rules import GradRule, register_grad_rule

@@ -89,3 +89,57 @@ def test_conv_called_twice():
             return self.conv(x) + self.conv(x * 0.5)
 
     check_against_reference(Twice(), nd.random.normal(shape=(3, 2, 5, 5)))
+
+
+class EmbedPool(gluon.nn.HybridBlock):
+    def __init__(self, vocab=7, dim=4, **kwargs):
+        super().__init__(**kwargs)
+        self.embed = gluon.nn.Embedding(vocab, dim)
+
+    def hybrid_forward(self, F, x):
+        return F.tanh(self.embed(x)).mean(axis=1)
+
+
+def test_embedding_with_repeated_tokens():
+    ids = nd.array([[0, 1, 1, 3], [2, 2, 2, 2], [6, 5, 0, 1]])
+    check_against_reference(EmbedPool(), ids)
+
+
+@settings(max_examples=8, deadline=None)
+@given(batch=st.integers(1, 4), length=st.integers(1, 6), vocab=st.integers(2, 9))
+def test_embedding_shapes(batch, length, vocab):
+    ids = nd.array(np.random.default_rng(batch * 31 + length).integers(0, vocab, (batch, length)))
+    check_against_reference(EmbedPool(vocab=vocab), ids)
+
+
+def _seq(*layers):
+    net = gluon.nn.HybridSequential()
+    net.add(*layers)
+    return net
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: _seq(gluon.nn.Dense(6, flatten=False), gluon.nn.LayerNorm()), (4, 3, 5)),
+    (lambda: _seq(gluon.nn.LayerNorm(axis=1, center=False)), (4, 3, 5)),
+    (lambda: _seq(gluon.nn.Conv2D(4, 3), gluon.nn.GroupNorm(num_groups=2)), (3, 2, 6, 6)),
+    (lambda: _seq(gluon.nn.Conv2D(4, 3), gluon.nn.InstanceNorm(scale=True)), (3, 2, 6, 6)),
+    (lambda: _seq(gluon.nn.Conv1D(3, 2), gluon.nn.PReLU()), (4, 2, 7)),
+    (lambda: _seq(gluon.nn.Conv1D(3, 2), gluon.nn.PReLU(in_channels=3)), (4, 2, 7)),
+])
+def test_normalization_and_prelu(make, shape):
+    check_against_reference(make(), nd.random.normal(shape=shape))
+
+
+def test_frozen_parameters_are_skipped():
+    body = _seq(gluon.nn.Conv2D(3, 3), gluon.nn.LayerNorm(axis=1))
+    net = Head(body)
+    net.initialize()
+    net(nd.ones((2, 2, 5, 5)))
+    body[0].weight.grad_req = "null"
+    body[1].gamma.grad_req = "null"
+    x, y = nd.random.normal(shape=(3, 2, 5, 5)), nd.array([0, 1, 2])
+    got = per_sample_grads(net, LOSS, x, y, mode="vectorized")
+    want = reference_grads(net, LOSS, x, y)
+    assert body[0].weight.name not in got and body[1].gamma.name not in got
+    for name in want:
+        np.testing.assert_allclose(got[name].asnumpy(), want[name], rtol=1e-5, atol=1e-6)

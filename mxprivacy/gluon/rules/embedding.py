@@ -1,0 +1,62 @@
+"""Rule for ``nn.Embedding``.
+
+A sample's gradient is the sum of its output gradients d_t scattered to the rows of its
+token ids. Its squared norm needs no scatter:
+``||G||^2 = sum_{t,s} [id_t == id_s] (d_t . d_s)``, a masked Gram matrix per sample.
+The clipped sum is the scatter of ``f_i d_t`` over all samples, computed by MXNet's own
+Embedding backward with the scaled output gradients as head gradients.
+"""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+from mxnet import autograd, gluon, nd
+
+from . import GradRule, register_grad_rule
+
+__all__ = ["EmbeddingRule"]
+
+
+def _tokens(inputs, out_grads) -> Tuple:
+    """(B, T) ids and (B, T, D) output gradients over all calls."""
+    ids = [x.reshape((x.shape[0], -1)) for x in inputs]
+    grads = [d.reshape((d.shape[0], -1, d.shape[-1])) for d in out_grads]
+    if len(ids) == 1:
+        return ids[0], grads[0]
+    return nd.concat(*ids, dim=1), nd.concat(*grads, dim=1)
+
+
+def _scatter(layer, ids, grads):
+    """sum over (sample, position) of grads scattered to rows ``ids``: weight-shaped."""
+    weight = nd.zeros(layer.weight.shape, ctx=grads.context, dtype=grads.dtype)
+    weight.attach_grad()
+    with autograd.record():
+        out = nd.Embedding(ids, weight, input_dim=weight.shape[0], output_dim=weight.shape[1])
+    out.backward(grads)
+    return weight.grad
+
+
+@register_grad_rule(gluon.nn.Embedding)
+class EmbeddingRule(GradRule):
+    """Per-sample gradients of ``nn.Embedding`` (dense gradients)."""
+
+    def problem(self, layer):
+        if layer._kwargs.get("sparse_grad"):
+            return "sparse_grad=True is not supported; use the default dense gradient."
+        return None
+
+    def sq_norms(self, layer, inputs, out_grads, params, cache):
+        ids, grads = _tokens(inputs, out_grads)
+        same = nd.broadcast_equal(ids.expand_dims(2), ids.expand_dims(1))
+        gram = nd.batch_dot(grads, grads, transpose_b=True)
+        return nd.sum(same * gram, axis=(1, 2))
+
+    def clipped_sum(self, layer, inputs, out_grads, params, factors, cache) -> Dict:
+        ids, grads = _tokens(inputs, out_grads)
+        scaled = nd.broadcast_mul(grads, factors.reshape((-1, 1, 1)))
+        return {layer.weight: _scatter(layer, ids, scaled)}
+
+    def per_sample(self, layer, inputs, out_grads, params) -> Dict:
+        ids, grads = _tokens(inputs, out_grads)
+        rows = [_scatter(layer, ids[i:i + 1], grads[i:i + 1]) for i in range(ids.shape[0])]
+        return {layer.weight: nd.stack(*rows, axis=0)}
