@@ -4,13 +4,15 @@ from .rules import conv as _conv_rules  # noqa: F401  (explicit rule registratio
 from .rules import dense as _dense_rules  # noqa: F401
 from .rules import embedding as _embedding_rules  # noqa: F401
 from .rules import norm as _norm_rules  # noqa: F401
+from .fixer import fix
 from .norms import per_sample_grad_norms, per_sample_grads
 from .private_block import PrivateBlock
 from .rules import GradRule, register_grad_rule
 from .sampling import DPDataLoader, PoissonBatchSampler
+from .rnn import DPGRU, DPLSTM, DPRNN
 from .trainer import DPTrainer
 from .validators import validate
 
 __all__ = ["PrivateBlock", "DPTrainer", "GradRule", "register_grad_rule", "rules",
            "per_sample_grad_norms", "per_sample_grads", "DPDataLoader",
-           "PoissonBatchSampler", "validate"]
+           "PoissonBatchSampler", "validate", "fix", "DPLSTM", "DPGRU", "DPRNN"]

@@ -19,6 +19,9 @@ _SAMPLE_MIXING = tuple(
     if t is not None)
 
 
+_FUSED_RNN = (gluon.rnn.LSTM, gluon.rnn.GRU, gluon.rnn.RNN)
+
+
 def _walk(block):
     yield block
     for child in block._children.values():
@@ -72,15 +75,22 @@ def validate(net, mode: str = "vectorized") -> List[str]:
             problems.append(
                 f"{block.name} ({type(block).__name__}) mixes samples through batch statistics "
                 "and its running averages see raw data: replace it with nn.GroupNorm, "
-                "nn.LayerNorm or nn.InstanceNorm.")
+                "nn.LayerNorm or nn.InstanceNorm (mxprivacy.fix(net) does it).")
     if mode == "vectorized":
         layers = parameterized_layers(net)
         for layer in layers:
+            if _SAMPLE_MIXING and isinstance(layer, _SAMPLE_MIXING):
+                continue  # already reported above
             rule = rule_for(layer)
             reason = rule.problem(layer) if rule is not None else None
             if reason:
                 problems.append(f"{layer.name} ({type(layer).__name__}): {reason}")
-            if rule is None:
+            if rule is None and isinstance(layer, _FUSED_RNN):
+                problems.append(
+                    f"{layer.name} ({type(layer).__name__}) is a fused recurrent layer whose "
+                    "per-sample gradients cannot be captured: use mxprivacy.gluon.DPLSTM / "
+                    "DPGRU / DPRNN (same API and weights), or call mxprivacy.fix(net).")
+            elif rule is None:
                 problems.append(
                     f"{layer.name} ({type(layer).__name__}) has trainable parameters but no "
                     "vectorized per-sample gradient rule: use PrivateBlock(net, "

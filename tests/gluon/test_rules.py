@@ -11,7 +11,7 @@ from mxprivacy.gluon import per_sample_grad_norms, per_sample_grads
 from .helpers import LOSS, reference_grads
 
 
-class Head(gluon.nn.HybridBlock):
+class Head(gluon.nn.Block):
     """``body`` followed by a Dense classifier (so every net ends in class scores)."""
 
     def __init__(self, body, classes=3, **kwargs):
@@ -19,7 +19,7 @@ class Head(gluon.nn.HybridBlock):
         self.body = body
         self.out = gluon.nn.Dense(classes)
 
-    def hybrid_forward(self, F, x):
+    def forward(self, x):
         return self.out(self.body(x))
 
 
@@ -143,3 +143,19 @@ def test_frozen_parameters_are_skipped():
     assert body[0].weight.name not in got and body[1].gamma.name not in got
     for name in want:
         np.testing.assert_allclose(got[name].asnumpy(), want[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layer", ["DPLSTM", "DPGRU", "DPRNN"])
+@pytest.mark.parametrize("options", [dict(), dict(num_layers=2, bidirectional=True)])
+def test_dp_recurrent_layers(layer, options):
+    from mxprivacy import gluon as dp_gluon
+
+    class Last(gluon.nn.Block):
+        def __init__(self):
+            super().__init__()
+            self.rnn = getattr(dp_gluon, layer)(4, layout="NTC", input_size=3, **options)
+
+        def forward(self, x):
+            return self.rnn(x)[:, -1, :]
+
+    check_against_reference(Last(), nd.random.normal(shape=(3, 5, 3)), rtol=1e-4)

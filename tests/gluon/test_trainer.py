@@ -164,11 +164,22 @@ def test_scalar_loss_rejected():
         per_sample_grad_norms(mlp(), lambda out, lab: LOSS(out, lab).mean(), x, y)
 
 
+class Scale(gluon.nn.HybridBlock):
+    """A custom layer with a parameter and no registered rule."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = self.params.get("factor", shape=(1,), init=mx.init.One())
+
+    def hybrid_forward(self, F, x, factor):
+        return F.broadcast_mul(x, factor)
+
+
 def test_unsupported_layer_named_in_vectorized_mode():
     net = gluon.nn.HybridSequential()
-    net.add(gluon.nn.Conv2D(2, 3), gluon.nn.Dense(2))
+    net.add(Scale(prefix="myscale_"), gluon.nn.Dense(2))
     net.initialize()
-    with pytest.raises(UnsupportedLayerError, match=r"conv.*microbatch"):
+    with pytest.raises(UnsupportedLayerError, match=r"myscale.*microbatch"):
         PrivateBlock(net, mode="vectorized")
     assert PrivateBlock(net).mode == "microbatch"  # auto falls back
 
