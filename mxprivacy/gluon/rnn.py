@@ -13,7 +13,7 @@ The Dense rule adds up the T calls of ``h2h``.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List
 
 from mxnet import autograd, gluon, nd
 

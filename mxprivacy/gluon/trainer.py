@@ -24,6 +24,8 @@ from ..errors import (BatchSizeMismatchError, CheckpointError, ForeignParameterE
                       HybridizedCaptureError, InvalidParameterError, MXPrivacyError,
                       NonFiniteGradientWarning,
                       PrivacyWarning, StaleGradientError)
+from .noise import NoiseSource
+from .noise import layout as noise_layout
 from .private_block import owner_of
 
 __all__ = ["DPTrainer"]
@@ -69,6 +71,9 @@ class DPTrainer(gluon.Trainer):
         How spent privacy is counted. ``"pld"`` gives a tighter epsilon (typically
         8-30 % lower) and costs tens of milliseconds per query. An accountant instance
         is used as a template: the trainer starts from an empty one of the same kind.
+    noise_seed : int, optional
+        Seed of the noise generator (numpy SFC64, drawn one step ahead on a background
+        thread). Leave it None in real training: then it is seeded from the OS.
     """
 
     def __init__(self, params, optimizer, optimizer_params=None, kvstore="device",
@@ -76,7 +81,8 @@ class DPTrainer(gluon.Trainer):
                  noise_multiplier: float, max_grad_norm: float, expected_batch_size: int,
                  sample_rate: Optional[float] = None, dataset_size: Optional[int] = None,
                  warn_epsilon: float = 10.0, warn_delta: Optional[float] = None,
-                 accountant: "str | PrivacyAccountant" = "rdp") -> None:
+                 accountant: "str | PrivacyAccountant" = "rdp",
+                 noise_seed: Optional[int] = None) -> None:
         if update_on_kvstore:
             raise InvalidParameterError(
                 "DPTrainer adds noise between reduction and update, so it needs "
@@ -95,6 +101,8 @@ class DPTrainer(gluon.Trainer):
                          update_on_kvstore=False)
         self._block = self._find_block()
         self.accountant = make_accountant(accountant)
+        self._noise_seed = noise_seed
+        self._noise: Optional[NoiseSource] = None
         self.steps = 0
         self.nonfinite_count = 0
         self._privatized_batch: Optional[int] = None
@@ -157,9 +165,12 @@ class DPTrainer(gluon.Trainer):
             self._init_kvstore()
         if self._params_to_init:
             self._init_params()
-        self._write_grads(sums)
-        self._reduce_across_contexts()
-        self._add_noise()
+        if self._single_context():
+            self._write_noisy_grads(sums)
+        else:
+            self._write_grads(sums)
+            self._reduce_across_contexts()
+            self._add_noise()
         self.accountant.compose(
             PoissonSampledEvent(self.sample_rate, GaussianEvent(self.noise_multiplier)))
         self._privatized_batch = captured
@@ -179,28 +190,40 @@ class DPTrainer(gluon.Trainer):
                         "use mode='microbatch' or un-hybridize the net.")
 
     def _clipped_sums(self, shards) -> Dict:
+        """Clipped sums of every shard. Non-finite units are found after the work is
+        queued (one synchronization); only then are they zeroed and the sums redone."""
+        factors = [self._clip_factors(shard) for shard in shards]
+        sums = self._sum_shards(shards, [f for f, _ in factors])
+        bad = [int(shard.num_units - finite.sum().asscalar())
+               for shard, (_, finite) in zip(shards, factors)]
+        if not any(bad):
+            return sums
+        self.nonfinite_count += sum(bad)
+        warnings.warn(
+            f"{sum(bad)} per-sample gradient(s) were not finite and were zeroed (not "
+            f"clipped) this step; {self.nonfinite_count} so far. Check the inputs or lower "
+            "the learning rate.", NonFiniteGradientWarning, stacklevel=4)
+        for shard, (_, finite), count in zip(shards, factors, bad):
+            if count:
+                shard.zero_units(finite)
+        return self._sum_shards(shards, [f for f, _ in factors])
+
+    @staticmethod
+    def _sum_shards(shards, factors) -> Dict:
         sums: Dict = {}
-        for shard in shards:
-            factors = self._clip_factors(shard)
-            for param, grad in shard.clipped_sums(factors).items():
+        for shard, shard_factors in zip(shards, factors):
+            for param, grad in shard.clipped_sums(shard_factors).items():
                 key = (id(param), shard.ctx)
                 sums[key] = grad if key not in sums else sums[key] + grad
         return sums
 
     def _clip_factors(self, shard):
+        """(factors, finite): min(1, C / norm) per unit, and 0 where the norm is not finite."""
         norms = nd.sqrt(shard.unit_sq_norms())
         finite = nd.contrib.isfinite(norms)
-        bad = int(shard.num_units - finite.sum().asscalar())
-        if bad:
-            self.nonfinite_count += bad
-            warnings.warn(
-                f"{bad} per-sample gradient(s) were not finite and were zeroed (not clipped) "
-                f"this step; {self.nonfinite_count} so far. Check the inputs or lower the "
-                "learning rate.", NonFiniteGradientWarning, stacklevel=4)
-            shard.zero_units(finite)
-            norms = nd.where(finite, norms, nd.zeros_like(norms))
-        factors = nd.minimum(nd.ones_like(norms), self.max_grad_norm / (norms + 1e-6))
-        return nd.where(finite, factors, nd.zeros_like(factors))
+        # C / max(norm, C) = min(1, C / norm); non-finite units get 0.
+        factors = self.max_grad_norm / nd.maximum(norms, self.max_grad_norm)
+        return nd.where(finite, factors, nd.zeros_like(factors)), finite
 
     def _write_grads(self, sums: Dict) -> None:
         for param in self._trainable():
@@ -224,15 +247,55 @@ class DPTrainer(gluon.Trainer):
                 for grad in grads:
                     grad[:] = total.as_in_context(grad.context)
 
-    def _add_noise(self) -> None:
+    def _noise_vector(self, params):
+        """One standard normal NDArray covering every parameter, drawn ahead of time."""
+        size, offsets = noise_layout([p.shape for p in params])
+        if self._noise is None or self._noise.size != size:
+            if self._noise is not None:
+                self._noise.close()
+            self._noise = NoiseSource(size, self._noise_seed)
+        ctx = params[0].list_grad()[0].context
+        return nd.array(self._noise.take(), ctx=ctx, dtype="float32"), offsets
+
+    def _single_context(self) -> bool:
+        return not self._kvstore and all(len(p.list_ctx()) == 1 for p in self._trainable())
+
+    def _write_noisy_grads(self, sums: Dict) -> None:
+        """One context: grad = clipped sum + noise, one fused operation per parameter."""
         std = self.noise_multiplier * self.sensitivity
-        for param in self._trainable():
-            grads = param.list_grad()
+        params = self._trainable()
+        if std > 0 and params:
+            flat, offsets = self._noise_vector(params)
+            flat = flat * std
+        for number, param in enumerate(params):
+            grad = param.list_grad()[0]
+            value = sums.get((id(param), grad.context))
             if std > 0:
-                noise = nd.random.normal(0.0, std, shape=grads[0].shape,
-                                         ctx=grads[0].context, dtype=grads[0].dtype)
+                start, stop = offsets[number]
+                noise = flat[start:stop].reshape(grad.shape).astype(grad.dtype, copy=False)
+                if value is None:
+                    grad[:] = noise
+                else:
+                    nd.elemwise_add(value, noise, out=grad)
+            elif value is None:
+                grad[:] = 0
+            else:
+                grad[:] = value
+            param.list_data()[0]._fresh_grad = True
+
+    def _add_noise(self) -> None:
+        """Add N(0, (sigma x sensitivity)^2) noise once, the same on every context."""
+        std = self.noise_multiplier * self.sensitivity
+        params = self._trainable()
+        if std > 0 and params:
+            flat, offsets = self._noise_vector(params)
+            for param, (start, stop) in zip(params, offsets):
+                grads = param.list_grad()
+                noise = (flat[start:stop] * std).reshape(grads[0].shape).astype(
+                    grads[0].dtype, copy=False)
                 for grad in grads:
                     grad += noise.as_in_context(grad.context)
+        for param in params:
             for data in param.list_data():
                 data._fresh_grad = True
 

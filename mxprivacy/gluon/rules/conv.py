@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
+import numpy as np
 from mxnet import gluon, nd
 
 from . import GradRule, register_grad_rule
+from ._ops import batch_sum, row_sum, sq_row_sum
 
 __all__ = ["ConvRule"]
 
@@ -71,7 +73,8 @@ def _trainable(layer, params) -> Tuple[bool, bool]:
 
 def _bias_grads(layer, d):
     """(B, O) per-sample bias gradients: the output gradient summed over positions."""
-    return nd.sum(d.reshape((d.shape[0], d.shape[1], -1)), axis=2)
+    flat = d.reshape((-1, int(np.prod(d.shape[2:]))))
+    return row_sum(flat).reshape((d.shape[0], d.shape[1]))
 
 
 def _weight_per_sample(layer, unfolded, other, batch):
@@ -86,10 +89,10 @@ def _weight_sq_norms(layer, unfolded, other, batch, cache: Dict):
     if length * length * (rows + cols) < rows * cols * length:
         gram_u = nd.batch_dot(unfolded, unfolded, transpose_a=True)
         gram_o = nd.batch_dot(other, other, transpose_a=True)
-        return nd.sum((gram_u * gram_o).reshape((batch, -1)), axis=1)
+        return row_sum((gram_u * gram_o).reshape((batch, -1)))
     grads = _weight_per_sample(layer, unfolded, other, batch)
     cache["weight"] = grads
-    return nd.sum(nd.square(grads.reshape((batch, -1))), axis=1)
+    return sq_row_sum(grads)
 
 
 def _clipped_weight(layer, inputs, out_grads, factors):
@@ -104,7 +107,7 @@ def _clipped_weight(layer, inputs, out_grads, factors):
             part = nd.dot(lhs, rhs, transpose_b=True).reshape(layer.weight.shape)
         else:
             per = nd.batch_dot(scaled, unfolded, transpose_b=True)
-            part = nd.sum(per.reshape((a.shape[0],) + layer.weight.shape), axis=0)
+            part = batch_sum(per.reshape((a.shape[0],) + layer.weight.shape))
         total = part if total is None else total + part
     return total
 
@@ -129,14 +132,14 @@ class ConvRule(GradRule):
             grads = self.per_sample(layer, inputs, out_grads, params)
             for param, g in grads.items():
                 cache["weight" if param is layer.weight else "bias"] = g
-                total = total + nd.sum(nd.square(g.reshape((batch, -1))), axis=1)
+                total = total + sq_row_sum(g)
             return total
         if use_weight:
             unfolded, other, _ = _factors(layer, inputs[0], out_grads[0])
             total = total + _weight_sq_norms(layer, unfolded, other, batch, cache)
         if use_bias:
             cache["bias"] = _bias_grads(layer, out_grads[0])
-            total = total + nd.sum(nd.square(cache["bias"]), axis=1)
+            total = total + sq_row_sum(cache["bias"])
         return total
 
     def clipped_sum(self, layer, inputs, out_grads, params, factors, cache) -> Dict:

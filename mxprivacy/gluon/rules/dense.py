@@ -13,6 +13,7 @@ from typing import Dict, List, Sequence, Tuple
 from mxnet import gluon, nd
 
 from . import GradRule, register_grad_rule
+from ._ops import batch_sum, row_sum, sq_row_sum
 
 __all__ = ["DenseRule"]
 
@@ -37,13 +38,12 @@ def _weight_sq_norms(a, d):
     batch, steps, n_in = a.shape
     n_out = d.shape[2]
     if steps == 1:
-        return nd.sum(nd.square(a), axis=(1, 2)) * nd.sum(nd.square(d), axis=(1, 2))
+        return sq_row_sum(a) * sq_row_sum(d)
     if steps * steps * (n_in + n_out) < steps * n_in * n_out:
         gram_a = nd.batch_dot(a, a, transpose_b=True)
         gram_d = nd.batch_dot(d, d, transpose_b=True)
-        return nd.sum(gram_a * gram_d, axis=(1, 2))
-    per_sample = nd.batch_dot(d, a, transpose_a=True)
-    return nd.sum(nd.square(per_sample), axis=(1, 2))
+        return row_sum(gram_a * gram_d)
+    return sq_row_sum(nd.batch_dot(d, a, transpose_a=True))
 
 
 def _trainable(layer, params: Sequence) -> Tuple[bool, bool]:
@@ -63,7 +63,8 @@ class DenseRule(GradRule):
         if use_weight:
             total = total + _weight_sq_norms(a, d)
         if use_bias:
-            total = total + nd.sum(nd.square(nd.sum(d, axis=1)), axis=1)
+            bias = d.reshape((-3, 0)) if d.shape[1] == 1 else nd.sum(d, axis=1)
+            total = total + sq_row_sum(bias)
         return total
 
     def clipped_sum(self, layer, inputs, out_grads, params, factors, cache) -> Dict:
@@ -76,7 +77,7 @@ class DenseRule(GradRule):
             flat_a = a.reshape((-1, a.shape[2]))
             result[layer.weight] = nd.dot(flat_d, flat_a, transpose_a=True)
         if use_bias:
-            result[layer.bias] = nd.sum(scaled, axis=(0, 1))
+            result[layer.bias] = batch_sum(scaled.reshape((-1, scaled.shape[2])))
         return result
 
     def per_sample(self, layer, inputs, out_grads, params) -> Dict:

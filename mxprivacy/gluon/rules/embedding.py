@@ -13,6 +13,7 @@ from typing import Dict, Tuple
 from mxnet import autograd, gluon, nd
 
 from . import GradRule, register_grad_rule
+from ._ops import row_sum
 
 __all__ = ["EmbeddingRule"]
 
@@ -49,7 +50,7 @@ class EmbeddingRule(GradRule):
         ids, grads = _tokens(inputs, out_grads)
         same = nd.broadcast_equal(ids.expand_dims(2), ids.expand_dims(1))
         gram = nd.batch_dot(grads, grads, transpose_b=True)
-        return nd.sum(same * gram, axis=(1, 2))
+        return row_sum(same * gram)
 
     def clipped_sum(self, layer, inputs, out_grads, params, factors, cache) -> Dict:
         ids, grads = _tokens(inputs, out_grads)

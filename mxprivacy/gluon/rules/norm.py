@@ -12,6 +12,7 @@ from typing import Dict, List
 from mxnet import gluon, nd
 
 from . import GradRule, register_grad_rule
+from ._ops import sq_row_sum
 
 __all__ = ["AffineNormRule", "PReLURule"]
 
@@ -59,7 +60,7 @@ class _LocalRule(GradRule):
         cache.update(self.per_sample(layer, inputs, out_grads, params))
         total = nd.zeros((inputs[0].shape[0],), ctx=inputs[0].context)
         for g in cache.values():
-            total = total + nd.sum(nd.square(g.reshape((g.shape[0], -1))), axis=1)
+            total = total + sq_row_sum(g)
         return total
 
     def clipped_sum(self, layer, inputs, out_grads, params, factors, cache) -> Dict:
