@@ -24,6 +24,7 @@ from ..errors import (BatchSizeMismatchError, CheckpointError, ForeignParameterE
                       HybridizedCaptureError, InvalidParameterError, MXPrivacyError,
                       NonFiniteGradientWarning,
                       PrivacyWarning, StaleGradientError)
+from .clipping import make_clipping
 from .noise import NoiseSource
 from .noise import layout as noise_layout
 from .private_block import owner_of
@@ -57,7 +58,9 @@ class DPTrainer(gluon.Trainer):
     noise_multiplier : float
         sigma: noise std divided by the sensitivity (``max_grad_norm``, or twice it for
         microbatches of several samples).
-    max_grad_norm : float
+    max_grad_norm : float or dict
+        C. With ``clipping="per_layer"``, a dict from layer name to C_l, or one number
+        split evenly over the layers.
         C: the L2 bound of each clipping unit's whole gradient.
     expected_batch_size : int
         q x N: the batch size the gradient sum is divided by.
@@ -71,6 +74,9 @@ class DPTrainer(gluon.Trainer):
         How spent privacy is counted. ``"pld"`` gives a tighter epsilon (typically
         8-30 % lower) and costs tens of milliseconds per query. An accountant instance
         is used as a template: the trainer starts from an empty one of the same kind.
+    clipping : {"flat", "per_layer"}
+        ``flat`` clips each unit's whole gradient to C; ``per_layer`` clips each
+        layer's part to C_l (vectorized mode), and the noise uses sqrt(sum C_l^2).
     noise_seed : int, optional
         Seed of the noise generator (numpy SFC64, drawn one step ahead on a background
         thread). Leave it None in real training: then it is seeded from the OS.
@@ -78,11 +84,11 @@ class DPTrainer(gluon.Trainer):
 
     def __init__(self, params, optimizer, optimizer_params=None, kvstore="device",
                  compression_params=None, update_on_kvstore=None, *,
-                 noise_multiplier: float, max_grad_norm: float, expected_batch_size: int,
+                 noise_multiplier: float, max_grad_norm, expected_batch_size: int,
                  sample_rate: Optional[float] = None, dataset_size: Optional[int] = None,
                  warn_epsilon: float = 10.0, warn_delta: Optional[float] = None,
                  accountant: "str | PrivacyAccountant" = "rdp",
-                 noise_seed: Optional[int] = None) -> None:
+                 noise_seed: Optional[int] = None, clipping: str = "flat") -> None:
         if update_on_kvstore:
             raise InvalidParameterError(
                 "DPTrainer adds noise between reduction and update, so it needs "
@@ -92,7 +98,6 @@ class DPTrainer(gluon.Trainer):
                 "Distributed kvstores are not supported yet: noise would be added once per "
                 "worker. Train on one machine (several devices are fine).")
         self.noise_multiplier = _positive("noise_multiplier", noise_multiplier, allow_zero=True)
-        self.max_grad_norm = _positive("max_grad_norm", max_grad_norm)
         self.expected_batch_size = _positive("expected_batch_size", expected_batch_size)
         self.sample_rate = self._resolve_rate(sample_rate, dataset_size)
         self.warn_epsilon = warn_epsilon
@@ -100,6 +105,10 @@ class DPTrainer(gluon.Trainer):
         super().__init__(params, optimizer, optimizer_params, kvstore, compression_params,
                          update_on_kvstore=False)
         self._block = self._find_block()
+        self.clipping = clipping
+        self.max_grad_norm = max_grad_norm
+        self._accumulated: Dict = {}
+        self._accumulated_units = 0
         self.accountant = make_accountant(accountant)
         self._noise_seed = noise_seed
         self._noise: Optional[NoiseSource] = None
@@ -136,11 +145,21 @@ class DPTrainer(gluon.Trainer):
 
     # -- privatization -----------------------------------------------------------------
     @property
+    def max_grad_norm(self):
+        """The clipping bound C (a dict of C_l for per-layer clipping)."""
+        return self._max_grad_norm
+
+    @max_grad_norm.setter
+    def max_grad_norm(self, value) -> None:
+        self._clipping = make_clipping(self.clipping, value, self._block)
+        self._max_grad_norm = value
+
+    @property
     def sensitivity(self) -> float:
         """L2 sensitivity of the clipped gradient sum."""
         factor = 1 if self._block.mode == "vectorized" or self._block.num_microbatches is None \
             else 2
-        return factor * self.max_grad_norm
+        return factor * self._clipping.bound
 
     def allreduce_grads(self, batch_size: Optional[int] = None) -> None:
         """Clip per unit, sum, reduce over contexts, and add noise once.
@@ -148,19 +167,18 @@ class DPTrainer(gluon.Trainer):
         Parameters
         ----------
         batch_size : int, optional
-            When given, it must equal the number of captured samples.
+            When given, it must equal the number of captured samples (including those
+            gathered by :meth:`accumulate` since the last step).
         """
         shards = self._block.take_shards()
-        captured = sum(s.batch_size for s in shards)
+        captured = sum(s.batch_size for s in shards) + self._accumulated_units
         if batch_size is not None and int(batch_size) != captured:
             raise BatchSizeMismatchError(
                 f"step({batch_size}) but {captured} per-sample gradients were captured since "
                 "the last step. Pass the actual batch size, x.shape[0] (0 for an empty "
-                "Poisson batch), and run exactly one forward/backward per step.")
-        for shard in shards:
-            shard.check_fresh()
-        self._check_uncaptured_use(shards)
-        sums = self._clipped_sums(shards)
+                "Poisson batch), summed over the accumulated physical batches.")
+        sums = self._merge(self._accumulated, self._checked_sums(shards))
+        self._accumulated, self._accumulated_units = {}, 0
         if not self._kv_initialized:
             self._init_kvstore()
         if self._params_to_init:
@@ -174,6 +192,35 @@ class DPTrainer(gluon.Trainer):
         self.accountant.compose(
             PoissonSampledEvent(self.sample_rate, GaussianEvent(self.noise_multiplier)))
         self._privatized_batch = captured
+
+    def accumulate(self) -> None:
+        """Virtual steps: clip the physical batch just processed and keep its sum.
+
+        Use it when a logical (Poisson-sampled) batch is too large for memory. Run
+        forward/backward on each physical part and call ``accumulate()`` after each.
+        Then call ``step(total)`` after the last part, which may also be accumulated.
+        Noise is added once per logical step, and one sampled step is accounted.
+        """
+        shards = self._block.take_shards()
+        if not shards:
+            raise StaleGradientError(
+                "accumulate() found no captured batch: run a recorded forward pass through "
+                "the PrivateBlock and loss.backward() first.")
+        self._accumulated = self._merge(self._accumulated, self._checked_sums(shards))
+        self._accumulated_units += sum(s.batch_size for s in shards)
+
+    def _checked_sums(self, shards) -> Dict:
+        for shard in shards:
+            shard.check_fresh()
+        self._check_uncaptured_use(shards)
+        return self._clipped_sums(shards)
+
+    @staticmethod
+    def _merge(first: Dict, second: Dict) -> Dict:
+        merged = dict(first)
+        for key, value in second.items():
+            merged[key] = value if key not in merged else merged[key] + value
+        return merged
 
     def _trainable(self) -> List:
         return [p for p in self._params if p.grad_req != "null"]
@@ -219,11 +266,7 @@ class DPTrainer(gluon.Trainer):
 
     def _clip_factors(self, shard):
         """(factors, finite): min(1, C / norm) per unit, and 0 where the norm is not finite."""
-        norms = nd.sqrt(shard.unit_sq_norms())
-        finite = nd.contrib.isfinite(norms)
-        # C / max(norm, C) = min(1, C / norm); non-finite units get 0.
-        factors = self.max_grad_norm / nd.maximum(norms, self.max_grad_norm)
-        return nd.where(finite, factors, nd.zeros_like(factors)), finite
+        return self._clipping.factors(shard)
 
     def _write_grads(self, sums: Dict) -> None:
         for param in self._trainable():

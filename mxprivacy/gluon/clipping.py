@@ -1,0 +1,105 @@
+"""Clipping strategies: one bound for a unit's whole gradient, or one bound per layer.
+
+Both return, for a shard, the factors that scale each unit's gradient (per layer for
+per-layer clipping) and a mask of the units whose norms are finite. ``bound`` is the
+L2 norm that a clipped unit gradient can reach: the sensitivity before any microbatch
+factor.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Sequence, Tuple, Union
+
+from mxnet import nd
+
+from ..errors import InvalidParameterError
+
+__all__ = ["FlatClipping", "PerLayerClipping", "make_clipping"]
+
+
+def _positive(name: str, value) -> float:
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise InvalidParameterError(f"{name} must be a finite number > 0, got {value!r}.")
+    return value
+
+
+def _factor(sq_norms, bound: float):
+    """C / max(norm, C) = min(1, C / norm)."""
+    return bound / nd.maximum(nd.sqrt(sq_norms), bound)
+
+
+class FlatClipping:
+    """Clip each unit's whole gradient (all layers together) to ``max_grad_norm``."""
+
+    def __init__(self, max_grad_norm: float) -> None:
+        self.max_grad_norm = _positive("max_grad_norm", max_grad_norm)
+
+    @property
+    def bound(self) -> float:
+        return self.max_grad_norm
+
+    def factors(self, shard) -> Tuple:
+        sq_norms = shard.unit_sq_norms()
+        finite = nd.contrib.isfinite(sq_norms)
+        factors = _factor(sq_norms, self.max_grad_norm)
+        return nd.where(finite, factors, nd.zeros_like(factors)), finite
+
+
+class PerLayerClipping:
+    """Clip each layer's part of a sample's gradient to its own bound C_l.
+
+    The whole clipped gradient then has norm at most ``sqrt(sum C_l^2)``, which is the
+    sensitivity the noise is calibrated to. A single number C is split evenly:
+    ``C_l = C / sqrt(L)`` over the L captured layers, so the total stays C.
+    """
+
+    def __init__(self, max_grad_norm: Union[float, Dict[str, float]], layers: Sequence) -> None:
+        if not layers:
+            raise InvalidParameterError("Per-layer clipping needs layers with parameters.")
+        if isinstance(max_grad_norm, dict):
+            names = {layer.name: layer for layer in layers}
+            unknown = sorted(set(max_grad_norm) - set(names))
+            missing = sorted(set(names) - set(max_grad_norm))
+            if unknown or missing:
+                raise InvalidParameterError(
+                    f"Per-layer max_grad_norm must name every layer with trainable "
+                    f"parameters: unknown {unknown}, missing {missing}.")
+            self.bounds = {names[n]: _positive(f"max_grad_norm[{n!r}]", c)
+                           for n, c in max_grad_norm.items()}
+        else:
+            each = _positive("max_grad_norm", max_grad_norm) / math.sqrt(len(layers))
+            self.bounds = {layer: each for layer in layers}
+
+    @property
+    def bound(self) -> float:
+        return math.sqrt(sum(c * c for c in self.bounds.values()))
+
+    def factors(self, shard) -> Tuple:
+        per_layer = shard.layer_sq_norms()
+        finite = None
+        for sq_norms in per_layer.values():
+            ok = nd.contrib.isfinite(sq_norms)
+            finite = ok if finite is None else finite * ok
+        factors = {}
+        for layer, sq_norms in per_layer.items():
+            f = _factor(sq_norms, self.bounds[layer])
+            factors[layer] = nd.where(finite, f, nd.zeros_like(f))
+        return factors, finite
+
+
+def make_clipping(clipping: str, max_grad_norm, block):
+    """Build the strategy for a :class:`~mxprivacy.gluon.PrivateBlock`."""
+    from .validators import parameterized_layers
+
+    if clipping == "flat":
+        if isinstance(max_grad_norm, dict):
+            raise InvalidParameterError(
+                "A dict of bounds needs clipping='per_layer'; flat clipping takes one number.")
+        return FlatClipping(max_grad_norm)
+    if clipping == "per_layer":
+        if block.mode != "vectorized":
+            raise InvalidParameterError(
+                "Per-layer clipping needs PrivateBlock(net, mode='vectorized').")
+        return PerLayerClipping(max_grad_norm, parameterized_layers(block.net))
+    raise InvalidParameterError(f"clipping must be 'flat' or 'per_layer', got {clipping!r}.")
