@@ -90,15 +90,32 @@ class _DPRecurrent(gluon.Block):
     def _run(self, direction: str, layer: int, x, init: List):
         projected = self._cell(direction, layer, "i2h")(x)  # (N, T, G*H), one call
         h2h = self._cell(direction, layer, "h2h")
-        steps = range(x.shape[1]) if direction == "l" else range(x.shape[1] - 1, -1, -1)
-        state = list(init)
-        outputs = [None] * x.shape[1]
-        for t in steps:
-            state = self._step(projected[:, t, :], h2h, state)
-            outputs[t] = state[0]
-        return nd.stack(*outputs, axis=1), state
+        ctx = x.context
+        shard, probe = _capture_target(h2h), nd.zeros_like(projected)
+        if shard is not None:
+            # The per-sample rule rebuilds h2h's gradient from the probe's gradient
+            # (d loss / d h2h output at every step) and the states fed to h2h.
+            probe.attach_grad()
+            weight, bias = h2h.weight.data(ctx).detach(), h2h.bias.data(ctx).detach()
+        else:
+            weight, bias = h2h.weight.data(ctx), h2h.bias.data(ctx)
+        outputs = self._core(x.shape[1], direction)(projected, probe, weight, bias, *init)
+        sequence, fed, last = outputs[0], outputs[1], list(outputs[2:])
+        if shard is not None:
+            shard.add(h2h, fed, probe)
+        return sequence, last
 
-    def _step(self, projected, h2h, state: List) -> List:  # pragma: no cover - abstract
+    def _core(self, steps: int, direction: str) -> "_RecurrentCore":
+        cores = self.__dict__.setdefault("_cores", {})
+        key = (steps, direction)
+        if key not in cores:
+            core = _RecurrentCore(self, steps, reverse=direction == "r")
+            core.hybridize(static_alloc=True)
+            cores[key] = core
+        return cores[key]
+
+    def _step(self, F, projected, hidden, state: List) -> List:  # pragma: no cover
+        """One time step from x-projection, h2h output (with probe) and the state."""
         raise NotImplementedError
 
     def copy_from(self, fused) -> "_DPRecurrent":
@@ -118,12 +135,11 @@ class DPLSTM(_DPRecurrent):
 
     _gates, _states = 4, 2
 
-    def _step(self, projected, h2h, state):
+    def _step(self, F, projected, hidden, state):
         h, c = state
-        gates = projected + h2h(h)
-        i, f, g, o = nd.split(gates, num_outputs=4, axis=1)
-        c = nd.sigmoid(f) * c + nd.sigmoid(i) * nd.tanh(g)
-        return [nd.sigmoid(o) * nd.tanh(c), c]
+        i, f, g, o = F.split(projected + hidden, num_outputs=4, axis=1)
+        c = F.sigmoid(f) * c + F.sigmoid(i) * F.tanh(g)
+        return [F.sigmoid(o) * F.tanh(c), c]
 
 
 class DPGRU(_DPRecurrent):
@@ -131,13 +147,13 @@ class DPGRU(_DPRecurrent):
 
     _gates = 3
 
-    def _step(self, projected, h2h, state):
+    def _step(self, F, projected, hidden, state):
         (h,) = state
-        x_r, x_z, x_n = nd.split(projected, num_outputs=3, axis=1)
-        h_r, h_z, h_n = nd.split(h2h(h), num_outputs=3, axis=1)
-        reset = nd.sigmoid(x_r + h_r)
-        update = nd.sigmoid(x_z + h_z)
-        new = nd.tanh(x_n + reset * h_n)
+        x_r, x_z, x_n = F.split(projected, num_outputs=3, axis=1)
+        h_r, h_z, h_n = F.split(hidden, num_outputs=3, axis=1)
+        reset = F.sigmoid(x_r + h_r)
+        update = F.sigmoid(x_z + h_z)
+        new = F.tanh(x_n + reset * h_n)
         return [(1 - update) * new + update * h]
 
 
@@ -152,6 +168,50 @@ class DPRNN(_DPRecurrent):
         self._activation = activation
         super().__init__(hidden_size, num_layers, layout, dropout, bidirectional, **kwargs)
 
-    def _step(self, projected, h2h, state):
+    def _step(self, F, projected, hidden, state):
         (h,) = state
-        return [nd.Activation(projected + h2h(h), act_type=self._activation)]
+        return [F.Activation(projected + hidden, act_type=self._activation)]
+
+
+class _RecurrentCore(gluon.HybridBlock):
+    """The time loop of one direction of one layer, as one hybridized graph.
+
+    Inputs: the x-projection (N, T, G*H), a probe (N, T, G*H) added to the h2h output,
+    the h2h weight and bias (as data: detached when captured), and the initial states.
+    Outputs: the hidden sequence (N, T, H), the states fed to h2h at each step
+    (N, T, H), and the final states.
+    """
+
+    def __init__(self, owner: "_DPRecurrent", steps: int, reverse: bool) -> None:
+        super().__init__(prefix=owner.prefix + ("core_r" if reverse else "core_l"))
+        self._step_fn, self._steps, self._reverse = owner._step, steps, reverse
+        self._width = owner._gates * owner._hidden_size
+
+    def hybrid_forward(self, F, projected, probe, weight, bias, *init):
+        xs = _split_steps(F, projected, self._steps)
+        ps = _split_steps(F, probe, self._steps)
+        order = range(self._steps - 1, -1, -1) if self._reverse else range(self._steps)
+        state = list(init)
+        outputs, fed = [None] * self._steps, [None] * self._steps
+        for t in order:
+            fed[t] = state[0]
+            hidden = F.FullyConnected(state[0], weight, bias, num_hidden=self._width) + ps[t]
+            state = self._step_fn(F, xs[t], hidden, state)
+            outputs[t] = state[0]
+        return tuple([F.stack(*outputs, axis=1), F.stack(*fed, axis=1)] + state)
+
+
+def _split_steps(F, value, steps: int) -> List:
+    if steps == 1:
+        return [F.squeeze(value, axis=1)]
+    return list(F.split(value, num_outputs=steps, axis=1, squeeze_axis=True))
+
+
+def _capture_target(dense):
+    """The active vectorized shard of the PrivateBlock that owns ``dense``, if any."""
+    from .private_block import owner_of
+
+    owner = owner_of(dense.weight)
+    if owner is None or owner.mode != "vectorized":
+        return None
+    return owner._current

@@ -159,3 +159,26 @@ def test_dp_recurrent_layers(layer, options):
             return self.rnn(x)[:, -1, :]
 
     check_against_reference(Last(), nd.random.normal(shape=(3, 5, 3)), rtol=1e-4)
+
+
+def test_dp_lstm_in_microbatch_mode_matches_vectorized():
+    from mxprivacy import DPLSTM
+
+    class Last(gluon.nn.Block):
+        def __init__(self):
+            super().__init__()
+            self.rnn = DPLSTM(4, layout="NTC", input_size=3)
+            self.out = gluon.nn.Dense(2)
+
+        def forward(self, x):
+            return self.out(self.rnn(x)[:, -1, :])
+
+    mx.random.seed(1)
+    net = Last()
+    net.initialize(mx.init.Xavier())
+    x, y = nd.random.normal(shape=(3, 5, 3)), nd.array([0, 1, 1])
+    fast = per_sample_grads(net, LOSS, x, y, mode="vectorized")
+    exact = per_sample_grads(net, LOSS, x, y, mode="microbatch")
+    for name in exact:
+        np.testing.assert_allclose(fast[name].asnumpy(), exact[name].asnumpy(), rtol=1e-4,
+                                   atol=1e-6)

@@ -6,7 +6,7 @@ from typing import Dict, Tuple
 
 from mxnet import nd
 
-__all__ = ["row_sum", "sq_row_sum", "batch_sum"]
+__all__ = ["row_sum", "sq_row_sum", "batch_sum", "seq_sum"]
 
 _ONES: Dict[Tuple, nd.NDArray] = {}
 
@@ -33,3 +33,9 @@ def batch_sum(x) -> nd.NDArray:
     """Sum over axis 0, keeping the other axes."""
     flat = x.reshape((x.shape[0], -1))
     return nd.dot(_ones((1, flat.shape[0]), flat), flat).reshape(x.shape[1:])
+
+
+def seq_sum(x) -> nd.NDArray:
+    """(B, F) sums over axis 1 of a (B, T, F) array."""
+    ones = _ones((x.shape[0], x.shape[1]), x).reshape((x.shape[0], 1, x.shape[1]))
+    return nd.batch_dot(ones, x).reshape((x.shape[0], x.shape[2]))

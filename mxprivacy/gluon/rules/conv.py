@@ -86,7 +86,7 @@ def _weight_per_sample(layer, unfolded, other, batch):
 def _weight_sq_norms(layer, unfolded, other, batch, cache: Dict):
     rows, length = unfolded.shape[1], unfolded.shape[2]
     cols = other.shape[1]
-    if length * length * (rows + cols) < rows * cols * length:
+    if 2 * length * length <= rows * cols:  # ghost norm: Gram matrices are smaller
         gram_u = nd.batch_dot(unfolded, unfolded, transpose_a=True)
         gram_o = nd.batch_dot(other, other, transpose_a=True)
         return row_sum((gram_u * gram_o).reshape((batch, -1)))
