@@ -14,7 +14,7 @@ from mxnet import nd
 
 from ..errors import InvalidParameterError
 
-__all__ = ["FlatClipping", "PerLayerClipping", "make_clipping"]
+__all__ = ["FlatClipping", "PerLayerClipping", "AdaptiveClipping", "make_clipping"]
 
 
 def _positive(name: str, value) -> float:
@@ -88,10 +88,69 @@ class PerLayerClipping:
         return factors, finite
 
 
-def make_clipping(clipping: str, max_grad_norm, block):
+class AdaptiveClipping(FlatClipping):
+    """Flat clipping whose bound tracks a quantile of the gradient norms (Andrew et al.
+    2021, "Differentially private learning with adaptive clipping").
+
+    Each step it counts the units that were not clipped, with centered indicators (each
+    unit contributes +1/2 or -1/2, sensitivity 1/2). It adds N(0, count_noise^2) to that
+    count and moves C geometrically toward the ``target_quantile``:
+    ``C <- C exp(-lr (unclipped_fraction - target))``.
+
+    The count is a second Gaussian query on the same sample. Together with the gradient
+    query it is one Gaussian mechanism with noise multiplier z when the gradient noise
+    multiplier is ``(z^-2 - (2 count_noise)^-2)^(-1/2)``. So the accountant keeps
+    charging z and the guarantee is unchanged.
+    """
+
+    def __init__(self, max_grad_norm: float, *, target_quantile: float = 0.5,
+                 learning_rate: float = 0.2, count_noise: float = 0.0,
+                 seed=None) -> None:
+        super().__init__(max_grad_norm)
+        if not 0 < target_quantile < 1:
+            raise InvalidParameterError(
+                f"target_quantile must lie in (0, 1), got {target_quantile!r}.")
+        self.target_quantile = float(target_quantile)
+        self.learning_rate = _positive("learning_rate", learning_rate)
+        self.count_noise = _positive("count_noise", count_noise)
+        self._unclipped = []
+        import numpy as np
+        self._rng = np.random.default_rng(seed)
+
+    def gradient_noise_multiplier(self, z: float) -> float:
+        """The gradient's share of the total noise multiplier ``z``."""
+        if z == 0:
+            return 0.0
+        rest = z ** -2 - (2 * self.count_noise) ** -2
+        if rest <= 0:
+            raise InvalidParameterError(
+                f"count_noise={self.count_noise} is too small for noise_multiplier={z}: "
+                f"it needs 2 * count_noise > noise_multiplier (Andrew et al. use about "
+                "expected_batch_size / 20).")
+        return rest ** -0.5
+
+    def factors(self, shard) -> Tuple:
+        factors, finite = super().factors(shard)
+        self._unclipped.append(nd.sum(factors >= 1.0))
+        return factors, finite
+
+    def update(self, expected_batch_size: float) -> None:
+        """Move C after a step, from the noisy fraction of unclipped units."""
+        units = sum(float(u.asscalar()) for u in self._unclipped)
+        self._unclipped = []
+        noisy = units + self._rng.normal(0.0, self.count_noise)
+        fraction = noisy / expected_batch_size
+        self.max_grad_norm *= math.exp(-self.learning_rate * (fraction - self.target_quantile))
+
+
+def make_clipping(clipping: str, max_grad_norm, block, options=None):
     """Build the strategy for a :class:`~mxprivacy.gluon.PrivateBlock`."""
     from .validators import parameterized_layers
 
+    if clipping == "adaptive":
+        if isinstance(max_grad_norm, dict):
+            raise InvalidParameterError("Adaptive clipping starts from one number C.")
+        return AdaptiveClipping(max_grad_norm, **(options or {}))
     if clipping == "flat":
         if isinstance(max_grad_norm, dict):
             raise InvalidParameterError(
@@ -102,4 +161,5 @@ def make_clipping(clipping: str, max_grad_norm, block):
             raise InvalidParameterError(
                 "Per-layer clipping needs PrivateBlock(net, mode='vectorized').")
         return PerLayerClipping(max_grad_norm, parameterized_layers(block.net))
-    raise InvalidParameterError(f"clipping must be 'flat' or 'per_layer', got {clipping!r}.")
+    raise InvalidParameterError(
+        f"clipping must be 'flat', 'per_layer' or 'adaptive', got {clipping!r}.")

@@ -74,9 +74,14 @@ class DPTrainer(gluon.Trainer):
         How spent privacy is counted. ``"pld"`` gives a tighter epsilon (typically
         8-30 % lower) and costs tens of milliseconds per query. An accountant instance
         is used as a template: the trainer starts from an empty one of the same kind.
-    clipping : {"flat", "per_layer"}
+    clipping : {"flat", "per_layer", "adaptive"}
         ``flat`` clips each unit's whole gradient to C; ``per_layer`` clips each
-        layer's part to C_l (vectorized mode), and the noise uses sqrt(sum C_l^2).
+        layer's part to C_l (vectorized mode), and the noise uses sqrt(sum C_l^2);
+        ``adaptive`` moves C toward a quantile of the norms (Andrew et al. 2021), within
+        the same privacy guarantee.
+    clipping_options : dict, optional
+        For ``adaptive``: ``target_quantile`` (0.5), ``learning_rate`` (0.2) and
+        ``count_noise`` (default expected_batch_size / 20), ``seed``.
     noise_seed : int, optional
         Seed of the noise generator (numpy SFC64, drawn one step ahead on a background
         thread). Leave it None in real training: then it is seeded from the OS.
@@ -88,7 +93,8 @@ class DPTrainer(gluon.Trainer):
                  sample_rate: Optional[float] = None, dataset_size: Optional[int] = None,
                  warn_epsilon: float = 10.0, warn_delta: Optional[float] = None,
                  accountant: "str | PrivacyAccountant" = "rdp",
-                 noise_seed: Optional[int] = None, clipping: str = "flat") -> None:
+                 noise_seed: Optional[int] = None, clipping: str = "flat",
+                 clipping_options: Optional[dict] = None) -> None:
         if update_on_kvstore:
             raise InvalidParameterError(
                 "DPTrainer adds noise between reduction and update, so it needs "
@@ -106,6 +112,9 @@ class DPTrainer(gluon.Trainer):
                          update_on_kvstore=False)
         self._block = self._find_block()
         self.clipping = clipping
+        self._clipping_options = dict(clipping_options or {})
+        if clipping == "adaptive":
+            self._clipping_options.setdefault("count_noise", self.expected_batch_size / 20.0)
         self.max_grad_norm = max_grad_norm
         self._accumulated: Dict = {}
         self._accumulated_units = 0
@@ -146,12 +155,22 @@ class DPTrainer(gluon.Trainer):
     # -- privatization -----------------------------------------------------------------
     @property
     def max_grad_norm(self):
-        """The clipping bound C (a dict of C_l for per-layer clipping)."""
-        return self._max_grad_norm
+        """The clipping bound C (a dict of C_l for per-layer clipping; the current C
+        for adaptive clipping)."""
+        return getattr(self._clipping, "max_grad_norm", self._max_grad_norm)
+
+    @property
+    def gradient_noise_multiplier(self) -> float:
+        """The gradient's noise multiplier: ``noise_multiplier``, except that adaptive
+        clipping gives part of the total to its private count."""
+        share = getattr(self._clipping, "gradient_noise_multiplier", None)
+        return share(self.noise_multiplier) if share else self.noise_multiplier
 
     @max_grad_norm.setter
     def max_grad_norm(self, value) -> None:
-        self._clipping = make_clipping(self.clipping, value, self._block)
+        self._clipping = make_clipping(self.clipping, value, self._block,
+                                       self._clipping_options)
+        _ = self.gradient_noise_multiplier  # validates the count noise of adaptive clipping
         self._max_grad_norm = value
 
     @property
@@ -189,6 +208,8 @@ class DPTrainer(gluon.Trainer):
             self._write_grads(sums)
             self._reduce_across_contexts()
             self._add_noise()
+        if hasattr(self._clipping, "update"):
+            self._clipping.update(self.expected_batch_size)
         self.accountant.compose(
             PoissonSampledEvent(self.sample_rate, GaussianEvent(self.noise_multiplier)))
         self._privatized_batch = captured
@@ -305,7 +326,7 @@ class DPTrainer(gluon.Trainer):
 
     def _write_noisy_grads(self, sums: Dict) -> None:
         """One context: grad = clipped sum + noise, one fused operation per parameter."""
-        std = self.noise_multiplier * self.sensitivity
+        std = self.gradient_noise_multiplier * self.sensitivity
         params = self._trainable()
         if std > 0 and params:
             flat, offsets = self._noise_vector(params)
@@ -328,7 +349,7 @@ class DPTrainer(gluon.Trainer):
 
     def _add_noise(self) -> None:
         """Add N(0, (sigma x sensitivity)^2) noise once, the same on every context."""
-        std = self.noise_multiplier * self.sensitivity
+        std = self.gradient_noise_multiplier * self.sensitivity
         params = self._trainable()
         if std > 0 and params:
             flat, offsets = self._noise_vector(params)

@@ -90,3 +90,32 @@ def test_accumulate_without_capture_is_an_error():
     block, trainer = make()
     with pytest.raises(StaleGradientError):
         trainer.accumulate()
+
+
+def test_adaptive_clipping_tracks_the_median_norm():
+    # Dense(1) on inputs of known scale: per-sample gradient norms spread over 0.5 .. 8.
+    mx.random.seed(0)
+    net = gluon.nn.Dense(1, in_units=4, use_bias=False)
+    net.initialize(mx.init.Zero())
+    block = PrivateBlock(net)
+    trainer = DPTrainer(block.collect_params(), "sgd", {"learning_rate": 0.0},
+                        noise_multiplier=0.5, max_grad_norm=0.1, expected_batch_size=64,
+                        sample_rate=0.1, clipping="adaptive",
+                        clipping_options={"count_noise": 0.5, "seed": 0}, warn_epsilon=1e9)
+    scales = np.geomspace(0.5, 8.0, 64)
+    x = mx.nd.array(np.repeat(scales[:, None], 4, axis=1) / 2.0)  # ||x_i|| = scale_i
+    for _ in range(150):
+        with mx.autograd.record():
+            out = block(x)
+        out.backward(mx.nd.ones_like(out))  # d loss / d out = 1: gradient norm = ||x_i||
+        trainer.step(64)
+    assert trainer.max_grad_norm == pytest.approx(np.median(scales), rel=0.15)
+    assert trainer.accountant.ledger[0][0].event.noise_multiplier == 0.5  # z is charged
+
+
+def test_adaptive_clipping_noise_split():
+    _, trainer = make(clipping="adaptive", sigma=1.0, expected=200)
+    # count_noise = 200 / 20 = 10: gradient share (1 - 1/400)^(-1/2).
+    assert trainer.gradient_noise_multiplier == pytest.approx((1 - 1 / 400) ** -0.5)
+    with pytest.raises(InvalidParameterError, match="count_noise"):
+        make(clipping="adaptive", sigma=3.0, clipping_options={"count_noise": 1.0})
