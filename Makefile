@@ -38,8 +38,11 @@ $(BENCH_STAMP): $(STAMP)
 	@touch $@
 
 bench: $(BENCH_STAMP)
-	MXPRIVACY_DATA=$(DATA_DIR) $(PY) benchmarks/dp_step_mlp.py --json
-	MXPRIVACY_DATA=$(DATA_DIR) $(PY) benchmarks/mnist_mlp.py --json
+	$(PY) benchmarks/accounting.py --json
+	$(PY) benchmarks/mechanisms.py --json
+	MXPRIVACY_DATA=$(DATA_DIR) $(PY) benchmarks/dp_step.py --json
+	MXPRIVACY_DATA=$(DATA_DIR) $(PY) benchmarks/mnist_accuracy.py --model mlp --json
+	MXPRIVACY_DATA=$(DATA_DIR) $(PY) benchmarks/mnist_accuracy.py --model cnn --json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
