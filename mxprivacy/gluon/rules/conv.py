@@ -2,9 +2,9 @@
 
 Convolution: with the input unfolded by ``im2col`` into ``U`` (C*K, L) per sample and the
 output gradient ``D`` (O, L), the weight gradient of one sample is ``D U^T`` (per group).
-Its squared norm is computed either by materializing it, or without doing so (ghost norm)
-through Gram matrices: ``||D U^T||^2 = sum_{l,m} (U^T U)_{lm} (D^T D)_{lm}``. The rule picks
-whichever costs fewer operations.
+Its squared norm is computed either by materializing it (then reused for the clipped
+sum), or without doing so (ghost norm) through Gram matrices:
+``||D U^T||^2 = sum_{l,m} (U^T U)_{lm} (D^T D)_{lm}``, when that costs fewer operations.
 
 Transposed convolution swaps the roles: the output gradient is unfolded (it has the
 spatial size of the output) and the input plays the part of ``D``.
@@ -86,7 +86,9 @@ def _weight_per_sample(layer, unfolded, other, batch):
 def _weight_sq_norms(layer, unfolded, other, batch, cache: Dict):
     rows, length = unfolded.shape[1], unfolded.shape[2]
     cols = other.shape[1]
-    if 2 * length * length <= rows * cols:  # ghost norm: Gram matrices are smaller
+    # Ghost norm only when it costs less than materializing: the materialized gradients
+    # are reused by the clipped sum, while the ghost path needs a costly transposed GEMM.
+    if 2 * length * length * (rows + cols) < rows * cols * length:
         gram_u = nd.batch_dot(unfolded, unfolded, transpose_a=True)
         gram_o = nd.batch_dot(other, other, transpose_a=True)
         return row_sum((gram_u * gram_o).reshape((batch, -1)))
