@@ -183,3 +183,10 @@ def test_dp_lstm_in_microbatch_mode_matches_vectorized():
     for name in exact:
         np.testing.assert_allclose(fast[name].asnumpy(), exact[name].asnumpy(), rtol=1e-4,
                                    atol=1e-6)
+
+
+def test_conv_ghost_norm_path():
+    layer = gluon.nn.Conv2D(64, 3, in_channels=16)
+    rows, cols, length = 16 * 9, 64, 16  # 6x6 input, 4x4 output
+    assert 2 * length * length * (rows + cols) < rows * cols * length  # the ghost branch
+    check_against_reference(layer, nd.random.normal(shape=(3, 16, 6, 6)))
