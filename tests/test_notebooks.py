@@ -12,13 +12,14 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 def test_notebooks_exist():
     names = {p.name for p in NOTEBOOKS}
     assert {"01_dp_sgd_quickstart.ipynb", "02_privacy_accounting.ipynb",
-            "05_output_noise.ipynb"} <= names
+            "03_fast_dp_training.ipynb", "05_output_noise.ipynb"} <= names
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_executes(path, monkeypatch):
     monkeypatch.setenv("MXPRIVACY_NB_EPOCHS", "3")
+    monkeypatch.setenv("MXPRIVACY_NB_LIMIT", "3000")
     nb = nbformat.read(path, as_version=4)
     assert all(c.get("outputs") for c in nb.cells if c.cell_type == "code" and
                "import" not in c.source.splitlines()[0]), "commit notebooks with outputs"

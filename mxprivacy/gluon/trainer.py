@@ -10,8 +10,6 @@ batch is itself private.
 """
 from __future__ import annotations
 
-import base64
-import json
 import math
 import warnings
 from typing import Dict, List, Optional
@@ -19,11 +17,10 @@ from typing import Dict, List, Optional
 from mxnet import gluon, nd
 
 from ..accounting import GaussianEvent, PoissonSampledEvent, PrivacyAccountant, make_accountant
-from .._io import atomic_write
-from ..errors import (BatchSizeMismatchError, CheckpointError, ForeignParameterError,
-                      HybridizedCaptureError, InvalidParameterError, MXPrivacyError,
-                      NonFiniteGradientWarning,
+from ..errors import (BatchSizeMismatchError, ForeignParameterError,
+                      HybridizedCaptureError, InvalidParameterError, NonFiniteGradientWarning,
                       PrivacyWarning, StaleGradientError)
+from .checkpoint import CheckpointMixin
 from .clipping import make_clipping
 from .noise import NoiseSource
 from .noise import layout as noise_layout
@@ -31,7 +28,6 @@ from .private_block import owner_of
 
 __all__ = ["DPTrainer"]
 
-_FORMAT = "mxprivacy-dptrainer-1"
 
 
 def _positive(name: str, value, allow_zero: bool = False) -> float:
@@ -45,7 +41,7 @@ def _positive(name: str, value, allow_zero: bool = False) -> float:
     return value
 
 
-class DPTrainer(gluon.Trainer):
+class DPTrainer(CheckpointMixin, gluon.Trainer):
     """DP-SGD with Gluon's Trainer interface.
 
     Parameters
@@ -402,52 +398,3 @@ class DPTrainer(gluon.Trainer):
     def epsilon(self, delta: float) -> float:
         """The epsilon spent so far at ``delta``, from :attr:`accountant`."""
         return self.accountant.get_epsilon(delta)
-
-    # -- checkpoints -------------------------------------------------------------------
-    def save_states(self, fname: str) -> None:
-        """Write optimizer states, privacy ledger and step count atomically to ``fname``."""
-        if not self._kv_initialized:
-            self._init_kvstore()
-        if self._params_to_init:
-            self._init_params()
-        payload = {
-            "format": _FORMAT,
-            "updater": base64.b64encode(self._updaters[0].get_states(dump_optimizer=True))
-            .decode("ascii"),
-            "privacy": self.accountant.state_dict(),
-            "steps": self.steps,
-            "nonfinite_count": self.nonfinite_count,
-            "config": {"noise_multiplier": self.noise_multiplier,
-                       "max_grad_norm": self.max_grad_norm,
-                       "expected_batch_size": self.expected_batch_size,
-                       "sample_rate": self.sample_rate},
-        }
-        atomic_write(fname, json.dumps(payload).encode("utf-8"))
-
-    def load_states(self, fname: str) -> None:
-        """Restore what :meth:`save_states` wrote; nothing changes if the file is bad."""
-        try:
-            with open(fname, "rb") as handle:
-                payload = json.loads(handle.read().decode("utf-8"))
-            if payload.get("format") != _FORMAT:
-                raise ValueError(f"format {payload.get('format')!r}")
-            states = base64.b64decode(payload["updater"])
-            accountant = self.accountant.empty_like()
-            accountant.load_state_dict(payload["privacy"])
-            steps = int(payload["steps"])
-        except (OSError, ValueError, KeyError, TypeError, MXPrivacyError) as exc:
-            raise CheckpointError(
-                f"{fname} is not a readable DPTrainer checkpoint ({exc}). The trainer is "
-                "unchanged.") from exc
-        if not self._kv_initialized:
-            self._init_kvstore()
-        if self._params_to_init:
-            self._init_params()
-        for updater in self._updaters:
-            updater.set_states(states)
-            updater.optimizer = self._updaters[0].optimizer
-        self._optimizer = self._updaters[0].optimizer
-        self._optimizer.param_dict = dict(enumerate(self._params))
-        self.accountant = accountant
-        self.steps = steps
-        self.nonfinite_count = int(payload.get("nonfinite_count", 0))

@@ -119,3 +119,20 @@ def test_adaptive_clipping_noise_split():
     assert trainer.gradient_noise_multiplier == pytest.approx((1 - 1 / 400) ** -0.5)
     with pytest.raises(InvalidParameterError, match="count_noise"):
         make(clipping="adaptive", sigma=3.0, clipping_options={"count_noise": 1.0})
+
+
+def test_adaptive_bound_survives_checkpoints(tmp_path):
+    x, y = batch(b=6)
+    block, trainer = make(mlp(seed=2), clipping="adaptive", sigma=1.0, expected=6,
+                          clipping_options={"count_noise": 5.0, "seed": 1})
+    for _ in range(3):
+        forward_backward(block, x, y)
+        trainer.step(6)
+    assert trainer.max_grad_norm != 1.0  # it moved
+    path = str(tmp_path / "adaptive.states")
+    trainer.save_states(path)
+    other_block, other = make(mlp(seed=2), clipping="adaptive", sigma=1.0, expected=6,
+                              clipping_options={"count_noise": 5.0})
+    other_block(x)
+    other.load_states(path)
+    assert other.max_grad_norm == pytest.approx(trainer.max_grad_norm)
