@@ -161,8 +161,8 @@ def run_opacus(model: str, variant: str, repeats: int) -> float:
             max_grad_norm=1.0, criterion=criterion, poisson_sampling=False,
             grad_sample_mode="ghost" if variant == "ghost" else "hooks")
         net, optimizer = made[0], made[1]
-        if variant == "ghost":
-            criterion = made[3]
+        if variant == "ghost":  # (model, optimizer, criterion, data_loader)
+            criterion = made[2]
 
     def step():
         optimizer.zero_grad()

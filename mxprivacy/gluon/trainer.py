@@ -315,7 +315,13 @@ class DPTrainer(CheckpointMixin, gluon.Trainer):
                 self._noise.close()
             self._noise = NoiseSource(size, self._noise_seed)
         ctx = params[0].list_grad()[0].context
-        return nd.array(self._noise.take(), ctx=ctx, dtype="float32"), offsets
+        buffer = self._noise.take()
+        if ctx.device_type != "cpu":
+            return nd.array(buffer, ctx=ctx, dtype="float32"), offsets
+        # Zero-copy view of the numpy buffer. The engine reads it asynchronously, so the
+        # last few buffers stay referenced; every later step depends on those reads.
+        self._noise_held = (getattr(self, "_noise_held", []) + [buffer])[-3:]
+        return nd.from_numpy(buffer, zero_copy=True), offsets
 
     def _single_context(self) -> bool:
         return not self._kvstore and all(len(p.list_ctx()) == 1 for p in self._trainable())
