@@ -14,6 +14,7 @@ from mxnet import nd
 
 from ..errors import PerSampleGradientError, StaleGradientError
 from .rules import rule_for
+from .rules._ops import sq_row_sum
 
 __all__ = ["VectorizedShard", "MicrobatchShard", "trainable_params"]
 
@@ -159,7 +160,7 @@ class MicrobatchShard:
     def unit_sq_norms(self):
         total = nd.zeros((self.num_units,), ctx=self.ctx)
         for grads in self._stack().values():
-            total = total + nd.sum(nd.square(grads), axis=1)
+            total = total + sq_row_sum(grads)
         return total
 
     def clipped_sums(self, factors) -> Dict:
