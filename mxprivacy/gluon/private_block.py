@@ -107,7 +107,7 @@ class PrivateBlock(gluon.Block):
             probe = nd.zeros_like(out)
             probe.attach_grad()
             block._current.add(layer, x, probe)
-            out = out + probe
+            out = nd.elemwise_add(out, probe)  # broadcast_add's backward reduces: slow
             return activation(out) if activation is not None else out
 
         layer.forward = forward

@@ -196,10 +196,11 @@ class _RecurrentCore(gluon.HybridBlock):
         ps = [F.transpose(p) for p in _split_steps(F, probe, self._steps)]
         order = list(range(self._steps - 1, -1, -1) if self._reverse else range(self._steps))
         state = [F.transpose(s) for s in init]
-        column_bias = F.reshape(bias, shape=(-1, 1))
+        # Broadcast once: a per-step broadcast_add has a slow reducing backward.
+        bias_block = F.broadcast_like(F.reshape(bias, shape=(-1, 1)), xs[0])
         outputs = [None] * self._steps  # batch-major hidden state after each step
         for t in order:
-            hidden = F.broadcast_add(F.dot(weight, state[0]), column_bias) + ps[t]
+            hidden = F.dot(weight, state[0]) + bias_block + ps[t]
             state = self._step_fn(F, xs[t], hidden, state)
             outputs[t] = F.transpose(state[0])
         # The state fed to h2h at step t: the initial one first, then the previous output.

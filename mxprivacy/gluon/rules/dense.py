@@ -13,7 +13,7 @@ from typing import Dict, List, Sequence, Tuple
 from mxnet import gluon, nd
 
 from . import GradRule, register_grad_rule
-from ._ops import batch_sum, row_sum, seq_sum, sq_row_sum
+from ._ops import row_sum, seq_sum, sq_row_sum
 
 __all__ = ["DenseRule"]
 
@@ -70,14 +70,18 @@ class DenseRule(GradRule):
     def clipped_sum(self, layer, inputs, out_grads, params, factors, cache) -> Dict:
         a, d = _as_sequences(layer, inputs, out_grads)
         use_weight, use_bias = _trainable(layer, params)
-        scaled = nd.broadcast_mul(d, factors.reshape((-1, 1, 1)))
+        column = factors.reshape((-1, 1, 1))
         result = {}
-        if use_weight:
-            flat_d = scaled.reshape((-1, scaled.shape[2]))
-            flat_a = a.reshape((-1, a.shape[2]))
+        if use_weight:  # scale whichever operand is smaller: sum_i (f_i d_i)^T a_i
+            if a.shape[2] < d.shape[2]:
+                flat_d, flat_a = d.reshape((-1, d.shape[2])), nd.broadcast_mul(a, column)
+            else:
+                flat_d, flat_a = nd.broadcast_mul(d, column), a
+            flat_d, flat_a = flat_d.reshape((-1, d.shape[2])), flat_a.reshape((-1, a.shape[2]))
             result[layer.weight] = nd.dot(flat_d, flat_a, transpose_a=True)
-        if use_bias:
-            result[layer.bias] = batch_sum(scaled.reshape((-1, scaled.shape[2])))
+        if use_bias:  # sum_i f_i (sum_t d_it) = f^T (per-sample sums)
+            per_sample = seq_sum(d) if d.shape[1] > 1 else d.reshape((-1, d.shape[2]))
+            result[layer.bias] = nd.dot(factors.reshape((1, -1)), per_sample).reshape((-1,))
         return result
 
     def per_sample(self, layer, inputs, out_grads, params) -> Dict:
