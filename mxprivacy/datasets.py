@@ -132,3 +132,52 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0) -> Tuple[Split, Spli
     cut = int(round(len(labels) * (1 - test_fraction)))
     train, test = order[:cut], order[cut:]
     return (images[train], labels[train]), (images[test], labels[test])
+
+
+ADULT_URL = "https://archive.ics.uci.edu/ml/machine-learning-databases/adult/"
+ADULT_COLUMNS = ("age", "workclass", "fnlwgt", "education", "education-num",
+                 "marital-status", "occupation", "relationship", "race", "sex",
+                 "capital-gain", "capital-loss", "hours-per-week", "native-country",
+                 "income")
+
+
+def load_adult(data_dir: Optional[str] = None, *, split: str = "train",
+               download: bool = True, dropna: bool = True):
+    """UCI Adult as a pandas DataFrame (``split`` "train" = adult.data, "test").
+
+    Looks in ``data_dir`` (or MXPRIVACY_DATA, or ~/.mxprivacy/data), in ``adult/`` or
+    directly, and downloads from UCI when missing and ``download`` is true. "?" is read
+    as missing; ``dropna`` drops incomplete rows (30,162 complete training rows).
+    """
+    import pandas as pd
+
+    if split not in ("train", "test"):
+        raise DatasetError(f"split must be 'train' or 'test', got {split!r}.")
+    name = "adult.data" if split == "train" else "adult.test"
+    home = data_home(data_dir)
+    path = next((p for p in (home / "adult" / name, home / name) if p.is_file()), None)
+    if path is None:
+        if not download:
+            raise DatasetError(f"{name} not found under {home}; pass data_dir= or set "
+                               "MXPRIVACY_DATA, or allow download=True.")
+        path = _download_adult(name, home / "adult")
+    frame = pd.read_csv(path, header=None, names=ADULT_COLUMNS, skipinitialspace=True,
+                        na_values="?", comment="|")
+    frame["income"] = frame["income"].str.rstrip(".")
+    return frame.dropna().reset_index(drop=True) if dropna else frame
+
+
+def _download_adult(name: str, target_dir: Path) -> Path:
+    target_dir.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=target_dir, prefix=".download-")
+    try:
+        with urllib.request.urlopen(ADULT_URL + name, timeout=30) as response, \
+                os.fdopen(handle, "wb") as out:
+            out.write(response.read())
+        final = target_dir / name
+        os.replace(tmp, final)
+        return final
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise DatasetError(f"Could not download {ADULT_URL + name}: {exc}") from exc

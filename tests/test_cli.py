@@ -87,3 +87,44 @@ def test_bad_rates_and_steps_are_clear_errors(capsys, args):
     assert main(["epsilon", "--noise-multiplier", "1", "--delta", "1e-5", *args]) == 2
     err = capsys.readouterr().err
     assert "sample_rate" in err or "--steps" in err
+
+
+def test_anonymize_csv(tmp_path, capsys):
+    import pandas as pd
+    from mxprivacy.preprocessing import check_k_anonymity, check_l_diversity
+    src = tmp_path / "in.csv"
+    rows = [(20 + i % 30, ["a", "b", "c"][i % 3], i, ["x", "y"][i % 2]) for i in range(60)]
+    rows.append((99, "?", 1000, "x"))
+    pd.DataFrame(rows, columns=["age", "job", "id", "s"]).to_csv(src, index=False)
+    out, report = tmp_path / "out.csv", tmp_path / "report.json"
+    assert main(["anonymize", str(src), "-o", str(out), "--quasi-identifiers", "age,job",
+                 "--k", "5", "--sensitive", "s", "--l-diversity", "2", "--na-values", "?",
+                 "--report", str(report), "--json"]) == 0
+    printed = _json_last_line(capsys)
+    written = json.loads(report.read_text())
+    assert {"k_achieved", "rows_in", "rows_out", "suppressed", "ncp", "discernibility",
+            "c_avg", "seconds"} <= set(written)
+    assert printed["rows_in"] == 61 and written["rows_out"] + written["suppressed"] == 61
+    result = pd.read_csv(out)
+    assert result["id"].tolist() == sorted(result["id"].tolist())  # input order kept
+    assert check_k_anonymity(result, ["age", "job"]) >= 5
+    assert check_l_diversity(result, ["age", "job"], "s") >= 2
+
+
+def test_anonymize_does_not_import_mxnet(tmp_path):
+    src = tmp_path / "in.csv"
+    src.write_text("a,b\n" + "\n".join(f"{i},{i % 3}" for i in range(20)))
+    code = ("import sys; from mxprivacy.cli import main; "
+            f"main(['anonymize', {str(src)!r}, '-o', {str(tmp_path / 'o.csv')!r}, "
+            "'--quasi-identifiers', 'a,b', '--k', '4']); "
+            "assert 'mxnet' not in sys.modules, 'mxnet imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_anonymize_unreachable_is_a_clear_error(tmp_path, capsys):
+    src = tmp_path / "in.csv"
+    src.write_text("a\n1\n2\n")
+    assert main(["anonymize", str(src), "-o", str(tmp_path / "o.csv"),
+                 "--quasi-identifiers", "a", "--k", "5"]) == 2
+    assert "k=5" in capsys.readouterr().err
+    assert not (tmp_path / "o.csv").exists()

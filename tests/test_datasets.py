@@ -69,3 +69,19 @@ def test_digits_split():
     (xtr, ytr), (xte, yte) = datasets.load_digits()
     assert xtr.shape[1:] == (8, 8) and len(xtr) + len(xte) == 1797
     assert xtr.max() <= 16 and set(np.unique(ytr)) == set(range(10))
+
+
+def test_load_adult_from_offline_copy(data_dir):
+    from mxprivacy.datasets import load_adult
+    train = load_adult(data_dir, download=False)
+    test = load_adult(data_dir, split="test", download=False)
+    assert train.shape == (30162, 15) and test.shape == (15060, 15)  # complete rows
+    assert set(train["income"]) == set(test["income"]) == {"<=50K", ">50K"}
+    assert load_adult(data_dir, download=False, dropna=False).shape[0] == 32561
+
+
+def test_load_adult_missing_without_download(tmp_path):
+    from mxprivacy.datasets import load_adult
+    from mxprivacy.errors import DatasetError
+    with pytest.raises(DatasetError, match="adult.data"):
+        load_adult(str(tmp_path), download=False)

@@ -51,11 +51,19 @@ class _Mondrian:
         return self.models.accepts(rows.size, counts)
 
     def _order(self, rows: np.ndarray) -> List[int]:
+        """Dimensions by normalized width, widest first (as NCP measures it: the range
+        for numeric keys, the number of distinct categories otherwise)."""
         widths = []
         for j, column in enumerate(self.columns):
             k = self.keys[j][rows]
             lo, hi = k.min(), k.max()
-            widths.append(column.width(lo, hi) if lo != hi else -1.0)
+            if lo == hi:
+                widths.append(-1.0)
+            elif column.kind == "ordered":
+                present = np.count_nonzero(np.bincount(k.astype(np.int64)))
+                widths.append((present - 1) / max(1, len(column.categories) - 1))
+            else:
+                widths.append(column.width(lo, hi))
         return [j for j in np.argsort(widths)[::-1] if widths[j] >= 0]
 
     def best_cut(self, rows: np.ndarray) -> Optional[Tuple]:
