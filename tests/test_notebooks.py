@@ -12,7 +12,8 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 def test_notebooks_exist():
     names = {p.name for p in NOTEBOOKS}
     assert {"01_dp_sgd_quickstart.ipynb", "02_privacy_accounting.ipynb",
-            "03_fast_dp_training.ipynb", "05_output_noise.ipynb"} <= names
+            "03_fast_dp_training.ipynb", "04_anonymization.ipynb",
+            "05_output_noise.ipynb"} <= names
 
 
 @pytest.mark.slow
