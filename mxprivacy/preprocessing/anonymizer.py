@@ -13,7 +13,7 @@ from ..errors import InvalidParameterError, UnreachableTargetError
 from ._encode import encode_column
 from ._classes import summarize
 from .metrics import report
-from .models import PrivacyModels
+from .models import PrivacyModels, hierarchy_nodes
 from .mondrian import partition, route
 
 __all__ = ["KAnonymizer"]
@@ -47,7 +47,8 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
         t-closeness: maximum EMD (ordered distance for a numeric sensitive column,
         equal distance otherwise).
     hierarchies : dict, optional
-        Column -> nested dict (one root) or list of child-to-parent dicts.
+        Column -> nested dict (one root) or list of child-to-parent dicts. A hierarchy
+        for the ``sensitive`` column makes t-closeness use the hierarchical distance.
     orders : dict, optional
         Column -> ordered categories. Other categorical columns use sorted labels.
     max_suppression : float
@@ -110,6 +111,13 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
         if self.sensitive is None:
             return PrivacyModels(self.k), None
         values = frame[self.sensitive]
+        tree = (self.hierarchies or {}).get(self.sensitive)
+        if tree is not None:  # hierarchical ground distance for t-closeness
+            column = encode_column(self.sensitive, values, tree)
+            codes = column.keys.astype(np.int64)
+            reference = np.bincount(codes, minlength=len(column.categories))
+            return PrivacyModels(self.k, self.l, self.l_kind, self.c, self.t, False, reference,
+                                 hierarchy_nodes(column.root)), codes
         numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
         labels = values.astype(object).where(values.notna(), "missing")
         ordered_values = sorted(labels.unique(), key=lambda v: (isinstance(v, str), v)) \

@@ -74,12 +74,31 @@ def check_l_diversity(frame: pd.DataFrame, quasi_identifiers: Sequence[str], sen
 
 
 def check_t_closeness(frame: pd.DataFrame, quasi_identifiers: Sequence[str], sensitive: str,
-                      ordered: Optional[bool] = None) -> float:
-    """The largest EMD between a class and the whole table (ordered distance for numeric
-    sensitive values unless ``ordered`` says otherwise)."""
+                      ordered: Optional[bool] = None, hierarchy=None) -> float:
+    """The largest EMD between a class and the whole table: the hierarchical distance
+    when a ``hierarchy`` is given, else ordered for numeric sensitive values (unless
+    ``ordered`` says otherwise) and equal for categorical ones."""
+    if hierarchy is not None:
+        return _hierarchical_t(frame, quasi_identifiers, sensitive, hierarchy)
     counts, numeric = _class_counts(frame, quasi_identifiers, sensitive)
     if counts.shape[0] == 0:
         return 0.0
     use_ordered = numeric if ordered is None else ordered
     reference = counts.sum(axis=0)
     return float(max(emd(row, reference, use_ordered) for row in counts))
+
+
+def _hierarchical_t(frame, quasi_identifiers, sensitive, hierarchy) -> float:
+    from ._encode import encode_column
+    from .models import hierarchical_emd, hierarchy_nodes
+
+    column = encode_column(sensitive, frame[sensitive], hierarchy)
+    codes = column.keys.astype(np.int64)
+    groups = _groups(frame, quasi_identifiers).to_numpy()
+    _, group_ids = np.unique(groups, return_inverse=True)
+    counts = np.zeros((group_ids.max() + 1 if group_ids.size else 0, len(column.categories)))
+    np.add.at(counts, (group_ids, codes), 1)
+    nodes, height = hierarchy_nodes(column.root)
+    reference = counts.sum(axis=0)
+    return float(max((hierarchical_emd(row, reference, nodes, height) for row in counts),
+                     default=0.0))

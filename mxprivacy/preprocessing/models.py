@@ -11,7 +11,10 @@ domain) and says whether the class is acceptable. The models are:
 - **t-closeness** (Li et al. 2007): the earth mover's distance between the class's
   distribution and the whole table's is at most t. The ground distance is *ordered*
   for numeric values (``|i - j| / (m - 1)``) and *equal* for categorical ones, in which
-  case EMD is half the L1 distance.
+  case EMD is half the L1 distance. With a hierarchy for the sensitive column, the
+  distance between two values is height(lowest common ancestor) / height(tree), and the
+  EMD is ``sum over inner nodes N of height(N)/H x min(positive, negative extra of N's
+  children)`` (Li et al. 2007).
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ import numpy as np
 
 from ..errors import InvalidParameterError
 
-__all__ = ["PrivacyModels", "entropy_l", "recursive_ok", "recursive_l", "emd"]
+__all__ = ["PrivacyModels", "entropy_l", "recursive_ok", "recursive_l", "emd",
+           "hierarchy_nodes", "hierarchical_emd"]
 
 
 def entropy_l(counts: np.ndarray) -> float:
@@ -61,6 +65,33 @@ def emd(counts: np.ndarray, reference: np.ndarray, ordered: bool) -> float:
     return float(np.abs(np.cumsum(p - q))[:-1].sum() / (m - 1))
 
 
+def hierarchy_nodes(root) -> tuple:
+    """(inner nodes as (children leaf ranges, height), tree height) of an encoded tree."""
+    nodes = []
+
+    def height(node) -> int:
+        if not node.children:
+            return 0
+        h = 1 + max(height(c) for c in node.children)
+        nodes.append(([(c.lo, c.hi) for c in node.children], h))
+        return h
+
+    return nodes, height(root)
+
+
+def hierarchical_emd(counts: np.ndarray, reference: np.ndarray, nodes, tree_height: int) -> float:
+    """EMD under the hierarchical ground distance (leaves in depth-first order)."""
+    if tree_height == 0:
+        return 0.0
+    extra = counts / counts.sum() - reference / reference.sum()
+    cumulative = np.concatenate([[0.0], np.cumsum(extra)])
+    total = 0.0
+    for children, h in nodes:
+        sums = np.array([cumulative[hi + 1] - cumulative[lo] for lo, hi in children])
+        total += h / tree_height * min(sums[sums > 0].sum(), -sums[sums < 0].sum())
+    return float(total)
+
+
 @dataclass
 class PrivacyModels:
     """The requested models; ``accepts`` checks one class."""
@@ -72,6 +103,7 @@ class PrivacyModels:
     t: Optional[float] = None
     ordered: bool = False
     reference: Optional[np.ndarray] = None  # whole-table sensitive counts
+    hierarchy: Optional[tuple] = None  # (inner nodes, height) for hierarchical t-closeness
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or int(self.k) != self.k or self.k < 1:
@@ -85,6 +117,11 @@ class PrivacyModels:
             raise InvalidParameterError("Recursive (c, l)-diversity needs c > 0.")
         if self.t is not None and not 0 <= self.t <= 1:
             raise InvalidParameterError(f"t must lie in [0, 1], got {self.t!r}.")
+
+    def distance(self, counts: np.ndarray) -> float:
+        if self.hierarchy is not None:
+            return hierarchical_emd(counts, self.reference, *self.hierarchy)
+        return emd(counts, self.reference, self.ordered)
 
     @property
     def needs_sensitive(self) -> bool:
@@ -100,6 +137,6 @@ class PrivacyModels:
                 return False
             if self.l_kind == "recursive" and not recursive_ok(counts, self.c, int(self.l)):
                 return False
-        if self.t is not None and emd(counts, self.reference, self.ordered) > self.t + 1e-12:
+        if self.t is not None and self.distance(counts) > self.t + 1e-12:
             return False
         return True

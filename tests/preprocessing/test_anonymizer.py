@@ -169,3 +169,18 @@ def test_sklearn_estimator_conventions():
     check_get_params_invariance("KAnonymizer", estimator)
     check_set_params("KAnonymizer", estimator)
     check_parameters_default_constructible("KAnonymizer", estimator)
+
+
+def test_hierarchical_t_closeness_is_enforced():
+    tree = {"*": {"digestive": ["gastric", "colitis"], "respiratory": ["flu", "bronchitis"]}}
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame({"age": rng.integers(20, 80, 300),
+                       "d": rng.choice(["gastric", "colitis", "flu", "bronchitis"], 300,
+                                       p=[0.4, 0.1, 0.4, 0.1])})
+    anon = KAnonymizer(["age"], k=4, sensitive="d", t=0.15, hierarchies={"d": tree})
+    out = anon.anonymize(df)
+    assert check_t_closeness(out, ["age"], "d", hierarchy=tree) <= 0.15 + 1e-12
+    strict = KAnonymizer(["age"], k=4, sensitive="d", t=0.15).anonymize(df)
+    assert anon.report_["classes"] >= KAnonymizer(["age"], k=4, sensitive="d", t=0.15) \
+        .fit(df).report_["classes"]  # the hierarchical distance is never larger
+    assert len(strict) == len(df)

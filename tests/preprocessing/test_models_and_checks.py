@@ -71,3 +71,21 @@ def test_checker_errors():
     with pytest.raises(InvalidParameterError):
         check_l_diversity(TABLE, QIS, "disease", "maximal")
     assert math.isclose(check_k_anonymity(TABLE.iloc[:0], QIS), 0)
+
+
+def test_hierarchical_t_closeness_by_hand():
+    # Li et al. (2007) style tree of height 2:
+    #   * -> digestive {flu? no: gastric, colitis}, respiratory {flu, bronchitis}.
+    tree = {"*": {"digestive": ["gastric", "colitis"], "respiratory": ["flu", "bronchitis"]}}
+    frame = pd.DataFrame({"q": ["A"] * 2 + ["B"] * 2,
+                          "d": ["gastric", "colitis", "flu", "bronchitis"]})
+    # Class A: p = (1/2, 1/2, 0, 0), table q = (1/4, 1/4, 1/4, 1/4): extra = (+.25, +.25, -.25, -.25).
+    # Node digestive (height 1): children extras +.25, +.25 -> min(.5, 0) = 0.
+    # Root (height 2): digestive +.5, respiratory -.5 -> 2/2 * min(.5, .5) = 0.5.
+    assert check_t_closeness(frame, ["q"], "d", hierarchy=tree) == pytest.approx(0.5)
+    # Moving mass within a subtree costs only 1/2 per unit: class (gastric, gastric) vs
+    # (gastric, colitis) differ inside "digestive".
+    mixed = pd.DataFrame({"q": ["A", "A", "B", "B"], "d": ["gastric", "gastric", "colitis",
+                                                          "colitis"]})
+    # q = (1/2, 1/2, 0, 0); A: extra (+.5, -.5, 0, 0) -> digestive: 1/2 * .5 = .25.
+    assert check_t_closeness(mixed, ["q"], "d", hierarchy=tree) == pytest.approx(0.25)
