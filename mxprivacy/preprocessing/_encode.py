@@ -77,10 +77,11 @@ class Column:
         if self.kind == "numeric":
             keys = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
             return np.where(np.isnan(keys), np.inf, keys)
-        index = {c: i for i, c in enumerate(self.categories)}
-        missing = index.get(MISSING, len(self.categories) - 1)
+        missing = self.categories.index(MISSING) if MISSING in self.categories \
+            else len(self.categories) - 1
         labels = values.astype(object).where(values.notna(), MISSING).astype(str)
-        return labels.map(lambda v: index.get(v, missing)).to_numpy(dtype=np.float64)
+        codes = pd.Categorical(labels, categories=self.categories).codes.astype(np.float64)
+        return np.where(codes < 0, missing, codes)  # unknown categories count as missing
 
     def width(self, lo: float, hi: float) -> float:
         """Normalized width of a partition whose keys span [lo, hi]."""

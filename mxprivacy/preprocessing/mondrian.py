@@ -38,7 +38,7 @@ class _Mondrian:
     def __init__(self, columns: Sequence[Column], models: PrivacyModels,
                  sensitive: Optional[np.ndarray], budget: int, relaxed: bool) -> None:
         self.columns, self.models = columns, models
-        self.keys = [c.keys for c in columns]
+        self.matrix = np.column_stack([c.keys for c in columns])
         self.sensitive = sensitive
         self.size = int(sensitive.max()) + 1 if sensitive is not None and sensitive.size else 0
         self.budget, self.relaxed = budget, relaxed
@@ -50,13 +50,13 @@ class _Mondrian:
                   if self.models.needs_sensitive else None)
         return self.models.accepts(rows.size, counts)
 
-    def _order(self, rows: np.ndarray) -> List[int]:
+    def _order(self, sub: np.ndarray) -> List[int]:
         """Dimensions by normalized width, widest first (as NCP measures it: the range
         for numeric keys, the number of distinct categories otherwise)."""
         widths = []
+        lows, highs = sub.min(axis=0), sub.max(axis=0)
         for j, column in enumerate(self.columns):
-            k = self.keys[j][rows]
-            lo, hi = k.min(), k.max()
+            k, lo, hi = sub[:, j], lows[j], highs[j]
             if lo == hi:
                 widths.append(-1.0)
             elif column.kind == "ordered":
@@ -68,8 +68,9 @@ class _Mondrian:
 
     def best_cut(self, rows: np.ndarray) -> Optional[Tuple]:
         fallback = None
-        for j in self._order(rows):
-            keys = self.keys[j][rows]
+        sub = self.matrix[rows]
+        for j in self._order(sub):
+            keys = sub[:, j]
             threshold = self.columns[j].cut(keys)
             if threshold is None:
                 continue
