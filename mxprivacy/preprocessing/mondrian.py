@@ -67,6 +67,8 @@ class _Mondrian:
         return [j for j in np.argsort(widths)[::-1] if widths[j] >= 0]
 
     def best_cut(self, rows: np.ndarray) -> Optional[Tuple]:
+        if rows.size < 2 * self.models.k and self.budget == 0:
+            return None  # two sides of at least k rows each cannot fit
         fallback = None
         sub = self.matrix[rows]
         for j in self._order(sub):
