@@ -79,7 +79,7 @@ class Column:
             return np.where(np.isnan(keys), np.inf, keys)
         missing = self.categories.index(MISSING) if MISSING in self.categories \
             else len(self.categories) - 1
-        labels = values.astype(object).where(values.notna(), MISSING).astype(str)
+        labels = _as_labels(values)
         codes = pd.Categorical(labels, categories=self.categories).codes.astype(np.float64)
         return np.where(codes < 0, missing, codes)  # unknown categories count as missing
 
@@ -174,6 +174,16 @@ class Column:
         return None
 
 
+def _as_labels(values: pd.Series) -> pd.Series:
+    """String labels, with missing values as MISSING (strings are not converted again)."""
+    if values.dtype == object and values.map(type).eq(str).all():
+        return values
+    if values.dtype == object or isinstance(values.dtype, pd.CategoricalDtype):
+        text = values.astype(object)
+        return text.where(text.isna(), text.astype(str)).fillna(MISSING)
+    return values.astype(object).where(values.notna(), MISSING).astype(str)
+
+
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
@@ -204,8 +214,7 @@ def encode_column(name: str, values: pd.Series, hierarchy: Any = None,
         finite = keys[~np.isnan(keys)]
         span = float(finite.max() - finite.min()) if finite.size else 0.0
         return Column(name, "numeric", np.where(np.isnan(keys), np.inf, keys), span=span)
-    labels = values.astype(object).where(values.notna(), MISSING).astype(str)
-    present = sorted(set(labels) - {MISSING})
+    present = sorted({str(v) for v in values.dropna().unique()} - {MISSING})
     categories = [str(c) for c in order] if order is not None else present
     extra = sorted(set(present) - set(categories))
     if extra:
