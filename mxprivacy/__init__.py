@@ -29,6 +29,8 @@ _LAZY = {
     "RDPAccountant": "mxprivacy.accounting",
     "PLDAccountant": "mxprivacy.accounting",
     "NoisyOutput": "mxprivacy.mechanisms",
+    "KAnonymizer": "mxprivacy.preprocessing",
+    "DataMinimizer": "mxprivacy.preprocessing",
     "LaplaceMechanism": "mxprivacy.mechanisms",
     "GaussianMechanism": "mxprivacy.mechanisms",
     "ReportNoisyMax": "mxprivacy.mechanisms",
@@ -36,13 +38,13 @@ _LAZY = {
     "calibrate_noise_multiplier": "mxprivacy.accounting",
 }
 
-__all__ = sorted(list(_LAZY) + list(_error_names) + ["accounting", "datasets", "mechanisms"])
+__all__ = sorted(list(_LAZY) + list(_error_names) + ["accounting", "datasets", "mechanisms", "preprocessing"])
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
-    if name in ("accounting", "datasets", "gluon", "mechanisms"):
+    if name in ("accounting", "datasets", "gluon", "mechanisms", "preprocessing"):
         return importlib.import_module(f"mxprivacy.{name}")
     raise AttributeError(f"module 'mxprivacy' has no attribute {name!r}")
 

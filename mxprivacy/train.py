@@ -127,7 +127,10 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     """Train with DP-SGD and return test accuracy and (epsilon, delta)."""
     import mxnet as mx
     from mxnet import autograd, gluon
-    from tqdm.auto import tqdm
+    if cfg.progress:  # tqdm.auto warns in notebooks without ipywidgets, even when disabled
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
 
     from .gluon import DPDataLoader, DPTrainer, PrivateBlock
 

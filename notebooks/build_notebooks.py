@@ -12,7 +12,7 @@ QUICKSTART = [
            "differential privacy, compare it with the same model trained without privacy, and "
            "watch ε grow over the steps. Sizes are small, so the notebook runs in seconds."),
     ("code", "import os\nimport matplotlib.pyplot as plt\nimport mxnet as mx\nfrom mxnet import autograd, gluon, nd\n"
-             "import mxprivacy\nfrom mxprivacy.train import TrainConfig, run_training, build_model, load_dataset\n\n"
+             "from mxprivacy.train import TrainConfig, run_training, build_model, load_dataset\n\n"
              "EPOCHS = int(os.environ.get('MXPRIVACY_NB_EPOCHS', 30))\nDELTA = 1e-5"),
     ("md", "## Private training\n`run_training` uses the standard Gluon loop with `PrivateBlock` and "
            "`DPTrainer` (see the README). We record test accuracy and ε after every epoch."),
