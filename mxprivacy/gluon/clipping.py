@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Dict, Sequence, Tuple, Union
 
+import numpy as np
 from mxnet import nd
 
 from ..errors import InvalidParameterError
@@ -92,10 +93,12 @@ class AdaptiveClipping(FlatClipping):
     """Flat clipping whose bound tracks a quantile of the gradient norms (Andrew et al.
     2021, "Differentially private learning with adaptive clipping").
 
-    Each step it counts the units that were not clipped, with centered indicators (each
-    unit contributes +1/2 or -1/2, sensitivity 1/2). It adds N(0, count_noise^2) to that
-    count and moves C geometrically toward the ``target_quantile``:
-    ``C <- C exp(-lr (unclipped_fraction - target))``.
+    Each step it sums centered indicators over the units: +1/2 if a unit was not clipped,
+    -1/2 if it was. Adding or removing one sample changes that sum by 1/2 (its
+    sensitivity), while a plain count would change by 1. It adds N(0, count_noise^2) to
+    the sum, estimates the unclipped fraction as ``noisy_sum / B + 1/2`` (B the expected
+    batch size), and moves C geometrically toward the ``target_quantile``:
+    ``C <- C exp(-lr (fraction - target))``.
 
     The count is a second Gaussian query on the same sample. Together with the gradient
     query it is one Gaussian mechanism with noise multiplier z when the gradient noise
@@ -114,7 +117,6 @@ class AdaptiveClipping(FlatClipping):
         self.learning_rate = _positive("learning_rate", learning_rate)
         self.count_noise = _positive("count_noise", count_noise)
         self._unclipped = []
-        import numpy as np
         self._rng = np.random.default_rng(seed)
 
     def gradient_noise_multiplier(self, z: float) -> float:
@@ -131,15 +133,16 @@ class AdaptiveClipping(FlatClipping):
 
     def factors(self, shard) -> Tuple:
         factors, finite = super().factors(shard)
-        self._unclipped.append(nd.sum(factors >= 1.0))
+        self._unclipped.append((nd.sum(factors >= 1.0), factors.shape[0]))
         return factors, finite
 
     def update(self, expected_batch_size: float) -> None:
         """Move C after a step, from the noisy fraction of unclipped units."""
-        units = sum(float(u.asscalar()) for u in self._unclipped)
+        centered = sum(float(count.asscalar()) - units / 2.0
+                       for count, units in self._unclipped)
         self._unclipped = []
-        noisy = units + self._rng.normal(0.0, self.count_noise)
-        fraction = noisy / expected_batch_size
+        noisy = centered + self._rng.normal(0.0, self.count_noise)
+        fraction = noisy / expected_batch_size + 0.5
         self.max_grad_norm *= math.exp(-self.learning_rate * (fraction - self.target_quantile))
 
 

@@ -29,7 +29,6 @@ from .private_block import owner_of
 __all__ = ["DPTrainer"]
 
 
-
 def _positive(name: str, value, allow_zero: bool = False) -> float:
     try:
         value = float(value)
@@ -55,9 +54,9 @@ class DPTrainer(CheckpointMixin, gluon.Trainer):
         sigma: noise std divided by the sensitivity (``max_grad_norm``, or twice it for
         microbatches of several samples).
     max_grad_norm : float or dict
-        C. With ``clipping="per_layer"``, a dict from layer name to C_l, or one number
-        split evenly over the layers.
-        C: the L2 bound of each clipping unit's whole gradient.
+        C: the L2 bound of each clipping unit's whole gradient. With
+        ``clipping="per_layer"``, a dict from layer name to C_l, or one number split
+        evenly over the layers.
     expected_batch_size : int
         q x N: the batch size the gradient sum is divided by.
     sample_rate, dataset_size : float, int

@@ -115,33 +115,6 @@ class Column:
             return None
         return float(min(bounds, key=lambda b: abs(b - median)))
 
-    def label(self, keys: np.ndarray) -> str:
-        """The generalized value that covers every key of a class."""
-        finite = keys[np.isfinite(keys)]
-        if self.kind == "numeric":
-            parts = []
-            if finite.size:
-                lo, hi = finite.min(), finite.max()
-                parts.append(_number(lo) if lo == hi else f"[{_number(lo)}, {_number(hi)}]")
-            if finite.size < keys.size:
-                parts.append(MISSING)
-            return "|".join(parts)
-        if self.kind == "hierarchy":
-            lo, hi = int(keys.min()), int(keys.max())
-            return self.categories[lo] if lo == hi else self.cover(lo, hi).name
-        present = np.unique(keys.astype(int))
-        names = [self.categories[i] for i in present]
-        return names[0] if len(names) == 1 else "{" + "|".join(names) + "}"
-
-    def representative(self, values: pd.Series) -> Any:
-        """A typed value for the class: the median (numeric) or the mode."""
-        clean = values.dropna()
-        if clean.empty:
-            return np.nan
-        if self.kind == "numeric":
-            return float(np.median(pd.to_numeric(clean)))
-        return clean.mode().iloc[0]
-
     def covers(self, label: str, value: Any) -> bool:
         """Whether a generalized label covers an original value (for tests and checks)."""
         missing = value is None or (isinstance(value, float) and math.isnan(value))

@@ -136,3 +136,16 @@ def test_adaptive_bound_survives_checkpoints(tmp_path):
     other_block(x)
     other.load_states(path)
     assert other.max_grad_norm == pytest.approx(trainer.max_grad_norm)
+
+
+def test_adaptive_count_is_centered_so_its_sensitivity_is_one_half():
+    # 6 samples, none clipped (C huge), expected batch 12. Centered sum = 6 * 1/2 = 3, so
+    # the fraction estimate is 3/12 + 1/2 = 0.75 and C moves by exp(-(0.75 - 0.5)).
+    # A plain count (sensitivity 1, which the noise split does not pay for) would give 0.5.
+    x, y = batch(b=6)
+    block, trainer = make(mlp(seed=4), clipping="adaptive", sigma=0.0, clip=1e6, expected=12,
+                          clipping_options={"count_noise": 1e-9, "learning_rate": 1.0,
+                                            "target_quantile": 0.5, "seed": 0})
+    forward_backward(block, x, y)
+    trainer.step(6)
+    assert trainer.max_grad_norm == pytest.approx(1e6 * math.exp(-0.25), rel=1e-6)
