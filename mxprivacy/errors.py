@@ -20,6 +20,8 @@ __all__ = [
     "PrivacyBudgetExceeded",
     "UnreachableTargetError",
     "DatasetError",
+    "SamplingError",
+    "TiedParameterError",
     "NonFiniteGradientWarning",
     "PrivacyWarning",
 ]
@@ -79,6 +81,14 @@ class PrivacyBudgetExceeded(MXPrivacyError, RuntimeError):
 
 class UnreachableTargetError(MXPrivacyError, ValueError):
     """No noise level reaches the requested privacy target."""
+
+
+class SamplingError(MXPrivacyError, RuntimeError):
+    """The batches do not match the sampling the accountant assumes."""
+
+
+class TiedParameterError(PerSampleGradientError):
+    """A captured parameter is also used outside its layer (weight tying)."""
 
 
 class DatasetError(MXPrivacyError, OSError):
