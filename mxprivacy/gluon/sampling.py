@@ -5,18 +5,35 @@ what the subsampled-Gaussian accounting assumes. Batches therefore vary in size 
 be empty; an empty batch must still take a noise-only step (``trainer.step(0)``),
 otherwise whether a step happened would leak. MXNet cannot hold zero-row arrays, so the
 loader takes that step itself when given the trainer.
+
+The sample must be secret: anyone who knows which steps contain a record can attack those
+steps alone, and the subsampling amplification is lost (on the MNIST defaults, an
+epsilon of 2.6 becomes about 56). So the generator is seeded from OS entropy by default,
+and an explicit seed raises a :class:`~mxprivacy.PrivacyWarning`. With ``secure=True``
+every inclusion is an exact Bernoulli(q) drawn from ``os.urandom`` (see
+:func:`mxprivacy.mechanisms.secure.bernoulli`), and a seed is an error.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Iterator, List, Optional
 
 import numpy as np
 from mxnet import gluon, nd
 
-from ..errors import EmptyBatchError, InvalidParameterError
+from ..errors import EmptyBatchError, InvalidParameterError, PrivacyWarning
+from ..mechanisms import secure as _secure
 
 __all__ = ["PoissonBatchSampler", "DPDataLoader"]
+
+SEEDED_SAMPLE_WARNING = (
+    "Poisson sampling seeded with an explicit seed: the guarantee assumes a secret "
+    "sample, and anyone who knows the seed knows which steps contain a record (the "
+    "reported epsilon then does not hold against them). Use seed=None (OS entropy) or "
+    "secure mode outside reproducible experiments.")
+
+RATE_TOLERANCE = 1e-9
 
 
 def _check_rate(sample_rate) -> float:
@@ -24,6 +41,20 @@ def _check_rate(sample_rate) -> float:
     if not 0.0 < rate <= 1.0:
         raise InvalidParameterError(f"sample_rate must lie in (0, 1], got {sample_rate!r}.")
     return rate
+
+
+def _sampling_rng(seed, secure: bool):
+    """None for the secure sampler; else numpy's default generator, warning if seeded."""
+    if secure and seed is not None:
+        raise InvalidParameterError(
+            "A sampling seed cannot be combined with secure mode: a seeded sample is "
+            "predictable. Pass seed=None, or drop secure mode for a reproducible "
+            "(not private against whoever knows the seed) experiment.")
+    if secure:
+        return None
+    if seed is not None:
+        warnings.warn(SEEDED_SAMPLE_WARNING, PrivacyWarning, stacklevel=3)
+    return np.random.default_rng(seed)  # None: seeded from OS entropy
 
 
 class PoissonBatchSampler(gluon.data.Sampler):
@@ -38,25 +69,77 @@ class PoissonBatchSampler(gluon.data.Sampler):
     num_batches : int, optional
         Batches per epoch; ``ceil(1/q)`` by default, so an epoch sees N examples on average.
     seed : int, optional
-        Seed of the sampling; use None (OS entropy) in production.
+        Seed of the sampling, for reproducible experiments only: it raises a
+        :class:`~mxprivacy.PrivacyWarning`. None (the default) seeds from OS entropy.
+    secure : bool
+        Draw every inclusion as an exact Bernoulli(q) from the OS CSPRNG. No seed.
     """
 
     def __init__(self, num_examples: int, sample_rate: float, *,
-                 num_batches: Optional[int] = None, seed: Optional[int] = None) -> None:
+                 num_batches: Optional[int] = None, seed: Optional[int] = None,
+                 secure: bool = False) -> None:
         if int(num_examples) != num_examples or num_examples < 1:
             raise InvalidParameterError(f"num_examples must be a positive integer, got {num_examples!r}.")
         self.num_examples = int(num_examples)
         self.sample_rate = _check_rate(sample_rate)
         self.num_batches = int(num_batches) if num_batches else int(math.ceil(1.0 / self.sample_rate))
-        self._rng = np.random.default_rng(seed)
+        self.secure = bool(secure)
+        self._rng = _sampling_rng(seed, self.secure)
+
+    def _mask(self) -> np.ndarray:
+        if self.secure:
+            return _secure.bernoulli(self.sample_rate, self.num_examples)
+        return self._rng.random(self.num_examples) < self.sample_rate
 
     def __iter__(self) -> Iterator[List[int]]:
         for _ in range(self.num_batches):
-            mask = self._rng.random(self.num_examples) < self.sample_rate
-            yield np.flatnonzero(mask).tolist()
+            yield np.flatnonzero(self._mask()).tolist()
 
     def __len__(self) -> int:
         return self.num_batches
+
+
+def _loader_rate(sample_rate, expected_batch_size, size: int) -> float:
+    if (sample_rate is None) == (expected_batch_size is None):
+        raise InvalidParameterError("Give exactly one of sample_rate= or expected_batch_size=.")
+    if sample_rate is not None:
+        return _check_rate(sample_rate)
+    try:
+        batch = float(expected_batch_size)
+    except (TypeError, ValueError):
+        batch = math.nan
+    if not 0 < batch <= size:
+        raise InvalidParameterError(
+            f"expected_batch_size must lie in (0, N] with N = {size}, "
+            f"got {expected_batch_size!r}.")
+    return batch / size
+
+
+def _check_trainer_rate(rate: float, trainer, expected_batch_size, size: int) -> None:
+    """The accountant charges the trainer's q: the loader must sample at that q."""
+    trainer_rate = getattr(trainer, "sample_rate", None)
+    if trainer_rate is None or math.isclose(rate, trainer_rate, rel_tol=RATE_TOLERANCE):
+        return
+    given = (f"q = expected_batch_size / N = {expected_batch_size} / {size} = {rate!r}"
+             if expected_batch_size is not None else f"sample_rate {rate!r}")
+    raise InvalidParameterError(
+        f"DPDataLoader samples at {given}, but the trainer accounts for "
+        f"sample_rate {trainer_rate!r}: the reported epsilon would not match the sampling "
+        f"actually done. Give the loader the trainer's rate "
+        f"(DPDataLoader(..., sample_rate=trainer.sample_rate)), or build the trainer with "
+        f"the loader's rate.")
+
+
+def _resolve_secure(secure_mode, trainer) -> bool:
+    trainer_secure = bool(getattr(trainer, "secure_mode", False))
+    if secure_mode is None:
+        return trainer_secure
+    if not secure_mode and trainer_secure:
+        raise InvalidParameterError(
+            "The trainer runs in secure mode but DPDataLoader was given secure_mode=False: "
+            "the sample would come from a non-cryptographic generator. Leave secure_mode "
+            "unset (it follows the trainer) or pass secure_mode=True.")
+    return bool(secure_mode)
 
 
 class DPDataLoader:
@@ -70,24 +153,31 @@ class DPDataLoader:
         q; or give ``expected_batch_size`` instead (q = expected_batch_size / N).
     trainer : DPTrainer, optional
         Used to take the noise-only step of an empty batch. Without it an empty draw
-        raises :class:`~mxprivacy.EmptyBatchError`.
+        raises :class:`~mxprivacy.EmptyBatchError`. Its ``sample_rate`` must equal the
+        loader's q (relative tolerance 1e-9), else :class:`~mxprivacy.InvalidParameterError`.
     ctx : mxnet.Context, optional
     num_batches, seed : see :class:`PoissonBatchSampler`.
+    secure_mode : bool, optional
+        Sample from the OS CSPRNG. None (default) follows ``trainer.secure_mode``
+        (False without a trainer); False with a secure trainer is an error.
     """
 
     def __init__(self, arrays, sample_rate: Optional[float] = None, *,
                  expected_batch_size: Optional[int] = None, trainer=None, ctx=None,
-                 num_batches: Optional[int] = None, seed: Optional[int] = None) -> None:
+                 num_batches: Optional[int] = None, seed: Optional[int] = None,
+                 secure_mode: Optional[bool] = None) -> None:
         self._dataset = arrays if isinstance(arrays, gluon.data.Dataset) else None
         self._arrays = None if self._dataset is not None else [
             a.asnumpy() if isinstance(a, nd.NDArray) else np.asarray(a) for a in arrays]
         size = len(self._dataset) if self._dataset is not None else len(self._arrays[0])
         if self._arrays is not None and any(len(a) != size for a in self._arrays):
             raise InvalidParameterError("All arrays must have the same first dimension.")
-        if (sample_rate is None) == (expected_batch_size is None):
-            raise InvalidParameterError("Give exactly one of sample_rate= or expected_batch_size=.")
-        rate = sample_rate if sample_rate is not None else expected_batch_size / size
-        self.sampler = PoissonBatchSampler(size, rate, num_batches=num_batches, seed=seed)
+        rate = _loader_rate(sample_rate, expected_batch_size, size)
+        if trainer is not None:
+            _check_trainer_rate(rate, trainer, expected_batch_size, size)
+        self.secure_mode = _resolve_secure(secure_mode, trainer)
+        self.sampler = PoissonBatchSampler(size, rate, num_batches=num_batches, seed=seed,
+                                           secure=self.secure_mode)
         self.sample_rate = self.sampler.sample_rate
         self.trainer = trainer
         self.ctx = ctx

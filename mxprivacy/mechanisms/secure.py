@@ -9,14 +9,30 @@ input.
 
 The loops of CKS Algorithms 1-3 are vectorized over lanes with numpy. Every lane runs
 the same exact algorithm, and the lanes that are still running are masked.
+
+DP-SGD's secure mode uses two faster helpers, also fed only by ``os.urandom``:
+
+- :func:`bernoulli` is an *exact* Bernoulli(q) for any float q: a float is a dyadic
+  rational, so comparing a uniform 64-bit integer U with floor(q 2^64) decides every lane
+  except U == floor(q 2^64) (probability 2^-64), which recurses on the remaining bits of q.
+- :func:`standard_normal` follows Holohan & Braghin (2021), as Opacus' ``secure_mode``
+  does: each value is the sum of four independent Box-Muller normals, halved (an exact
+  operation), computed in float64 from 53-bit uniforms and rounded once to float32.
+  One transformed uniform reaches only a sparse, irregular set of floats, which is what
+  Mironov's (2012) attack reads; a sum of independent draws fills the float grid, so the
+  output no longer tells which input it was added to. It takes about 0.13 s per 10^6
+  values here (mostly os.urandom and the transcendental functions), against 1.6 s for
+  the exact discrete Gaussian above.
 """
 from __future__ import annotations
 
 import os
+from fractions import Fraction
 
 import numpy as np
 
-__all__ = ["uniform_below", "bernoulli_exp", "discrete_laplace", "discrete_gaussian"]
+__all__ = ["uniform_below", "bernoulli_exp", "discrete_laplace", "discrete_gaussian",
+           "random_uint64", "bernoulli", "standard_normal"]
 
 _MAX_BOUND = 1 << 62
 
@@ -132,3 +148,54 @@ def discrete_gaussian(sigma: int, size: int) -> np.ndarray:
         out[todo[keep]] = y[keep]
         todo = todo[~keep]
     return out
+
+
+def random_uint64(size: int) -> np.ndarray:
+    """``size`` uniform 64-bit integers from ``os.urandom``."""
+    return np.frombuffer(os.urandom(8 * int(size)), dtype=np.uint64)
+
+
+def bernoulli(rate: float, size: int) -> np.ndarray:
+    """``size`` exact, independent Bernoulli(``rate``) draws (``rate`` a float in [0, 1])."""
+    exact = Fraction(float(rate))  # the exact value of the float, a dyadic rational
+    if not 0 <= exact <= 1:
+        raise ValueError("bernoulli needs a rate in [0, 1].")
+    return _bernoulli_fraction(exact, int(size))
+
+
+def _bernoulli_fraction(rate: Fraction, size: int) -> np.ndarray:
+    if rate == 1:
+        return np.ones(size, dtype=bool)
+    if rate == 0 or size == 0:
+        return np.zeros(size, dtype=bool)
+    scaled = rate * (1 << 64)
+    threshold = int(scaled)  # floor; < 2^64 because rate < 1
+    draws = random_uint64(size)
+    out = draws < np.uint64(threshold)
+    ties = np.flatnonzero(draws == np.uint64(threshold))
+    if ties.size:  # P(U == T) = 2^-64: decide on the next 64 bits of the rate
+        out[ties] = _bernoulli_fraction(scaled - threshold, ties.size)
+    return out
+
+
+_CHUNK = 1 << 16
+_TWO_PI = 2.0 * np.pi
+
+
+def standard_normal(size: int) -> np.ndarray:
+    """``size`` float32 N(0, 1) values, each a halved sum of 4 CSPRNG Box-Muller draws."""
+    size = int(size)
+    out = np.empty(size, dtype=np.float32)
+    for start in range(0, size, _CHUNK):  # chunks bound the float64 temporaries
+        stop = min(size, start + _CHUNK)
+        out[start:stop] = _normal_chunk(stop - start)
+    return out
+
+
+def _normal_chunk(n: int) -> np.ndarray:
+    # 4n uniforms -> 2n Box-Muller pairs -> 4n independent normals -> n sums of four.
+    mantissa = (random_uint64(4 * n) >> np.uint64(11)).astype(np.float64)
+    radius = np.sqrt(-2.0 * np.log((mantissa[:2 * n] + 1.0) * 2.0 ** -53))  # u in (0, 1]
+    angle = (mantissa[2 * n:] * 2.0 ** -53) * _TWO_PI  # u in [0, 1)
+    cos, sin = radius * np.cos(angle), radius * np.sin(angle)
+    return ((cos[:n] + cos[n:]) + (sin[:n] + sin[n:])) * 0.5
