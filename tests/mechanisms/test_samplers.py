@@ -108,3 +108,44 @@ def test_secure_laplace_mechanism_keeps_epsilon(seeded_urandom):
     grid_scale = np.ceil((1.0 + 4 * step) / (step * 0.5))
     assert (1.0 + 4 * step) / (grid_scale * step) <= 0.5
     _ks_accepts_and_rejects_off_scale(sample.ravel(), stats.laplace, grid_scale * step)
+
+
+def _stream_of(monkeypatch, *words):
+    """os.urandom yielding the given 64-bit words in order."""
+    data = bytearray(np.array(words, dtype=np.uint64).tobytes())
+
+    def fake(n):
+        chunk = bytes(data[:n])
+        del data[:n]
+        assert len(chunk) == n, "stream exhausted"
+        return chunk
+    monkeypatch.setattr(secure.os, "urandom", fake)
+
+
+def test_bernoulli_is_exact_on_ties(monkeypatch):
+    # q = 2^-20 + 2^-72 (a float64): floor(q 2^64) = 2^44, and a draw equal to it
+    # decides on the remaining bits, 2^-8, i.e. the next draw against 2^56. Comparing a
+    # 53-bit uniform with q would drop the 2^-72 term.
+    q = 2.0 ** -20 + 2.0 ** -72
+    _stream_of(monkeypatch, 2 ** 44 - 1, 2 ** 44, 2 ** 44 + 1, 2 ** 56 - 1)
+    assert secure.bernoulli(q, 3).tolist() == [True, True, False]
+    _stream_of(monkeypatch, 2 ** 44, 2 ** 56)
+    assert secure.bernoulli(q, 1).tolist() == [False]
+    # A rate below 2^-64 still includes with its exact probability, never zero.
+    _stream_of(monkeypatch, 0, 2 ** 48 - 1)
+    assert secure.bernoulli(2.0 ** -80, 1).tolist() == [True]
+
+
+def test_bernoulli_edges_and_frequency(seeded_urandom):
+    assert secure.bernoulli(1.0, 5).all() and not secure.bernoulli(0.0, 5).any()
+    with pytest.raises(ValueError):
+        secure.bernoulli(1.5, 3)
+    hits = int(secure.bernoulli(0.3, N).sum())
+    assert stats.binomtest(hits, N, 0.3).pvalue > ALPHA
+    assert stats.binomtest(hits, N, 0.3 * 1.06).pvalue < ALPHA  # power check
+
+
+def test_secure_standard_normal(seeded_urandom):
+    sample = secure.standard_normal(N)
+    assert sample.dtype == np.float32
+    _ks_accepts_and_rejects_off_scale(sample.astype(np.float64), stats.norm, 1.0)
