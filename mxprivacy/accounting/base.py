@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List, Tuple, Type
 from ..errors import InvalidParameterError, UnsupportedEventError
 from .events import DpEvent, event_from_dict
 
-__all__ = ["PrivacyAccountant"]
+__all__ = ["PrivacyAccountant", "parse_ledger"]
 
 
 class PrivacyAccountant(abc.ABC):
@@ -106,12 +106,13 @@ class PrivacyAccountant(abc.ABC):
                 "ledger": [{"event": e.to_dict(), "count": c} for e, c in self._ledger]}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Replace this accountant's history with ``state`` (validated before mutating)."""
-        try:
-            entries = [(event_from_dict(item["event"]), int(item["count"]))
-                       for item in state["ledger"]]
-        except (KeyError, TypeError) as exc:
-            raise InvalidParameterError(f"Malformed privacy ledger: {exc!r}.") from exc
+        """Replace this accountant's history with ``state`` (validated before mutating).
+
+        The state must be exactly what :meth:`state_dict` writes: unknown fields, counts
+        that are not integers (``7.5``, ``"7"``, ``true``) and events that do not read
+        back identically are refused with :class:`InvalidParameterError`.
+        """
+        entries = parse_ledger(state)
         for event, _ in entries:
             self._validate(event)
         self._reset()
@@ -122,3 +123,59 @@ class PrivacyAccountant(abc.ABC):
     def __repr__(self) -> str:
         steps = sum(c for _, c in self._ledger)
         return f"{type(self).__name__}(events={steps})"
+
+
+def _same(first: Any, second: Any) -> bool:
+    """JSON equality that also tells booleans from numbers (``true`` is not ``1.0``)."""
+    if isinstance(first, bool) or isinstance(second, bool):
+        return type(first) is type(second) and first == second
+    if isinstance(first, dict) and isinstance(second, dict):
+        return first.keys() == second.keys() and all(_same(first[k], second[k]) for k in first)
+    if isinstance(first, (list, tuple)) and isinstance(second, (list, tuple)):
+        return len(first) == len(second) and all(_same(a, b) for a, b in zip(first, second))
+    if isinstance(first, (int, float)) and isinstance(second, (int, float)):
+        return first == second
+    return type(first) is type(second) and first == second
+
+
+def _parse_entry(item: Any) -> Tuple[DpEvent, int]:
+    if not isinstance(item, dict) or set(item) != {"event", "count"}:
+        raise InvalidParameterError(
+            f"Each ledger entry must be {{'event': ..., 'count': ...}}, got {item!r}.")
+    count = item["count"]
+    if type(count) is not int or count < 0:
+        raise InvalidParameterError(
+            f"A ledger count must be an integer >= 0, got {count!r}.")
+    data = item["event"]
+    if not isinstance(data, dict):
+        raise InvalidParameterError(f"A ledger event must be a dict, got {data!r}.")
+    try:
+        event = event_from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidParameterError(f"Malformed ledger event {data!r}: {exc!r}.") from exc
+    if not _same(event.to_dict(), data):
+        raise InvalidParameterError(
+            f"Ledger event {data!r} has unknown fields or values of the wrong type (it "
+            f"reads back as {event.to_dict()!r}).")
+    return event, count
+
+
+def parse_ledger(state: Any) -> List[Tuple[DpEvent, int]]:
+    """Strictly parse a :meth:`PrivacyAccountant.state_dict` into ``(event, count)`` pairs.
+
+    Raises
+    ------
+    InvalidParameterError
+        On unknown or missing fields, non-integer counts or malformed events.
+    """
+    if not isinstance(state, dict) or "ledger" not in state:
+        raise InvalidParameterError(
+            f"A privacy ledger is a dict with a 'ledger' list, got {type(state).__name__}.")
+    unknown = sorted(set(state) - {"accountant", "ledger"})
+    if unknown:
+        raise InvalidParameterError(f"Unknown fields {unknown} in the privacy ledger.")
+    if "accountant" in state and not isinstance(state["accountant"], str):
+        raise InvalidParameterError("The ledger's 'accountant' must be a name (a string).")
+    if not isinstance(state["ledger"], list):
+        raise InvalidParameterError("The ledger's 'ledger' must be a list of entries.")
+    return [_parse_entry(item) for item in state["ledger"]]

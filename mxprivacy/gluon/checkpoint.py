@@ -1,20 +1,90 @@
 """Checkpoints of a :class:`~mxprivacy.gluon.DPTrainer`: optimizer states, the privacy
-ledger and the step count in one JSON file, written atomically.
+ledger and the step count in one file, written atomically.
 
-A resumed run keeps the privacy already spent. A bad file raises
-:class:`~mxprivacy.CheckpointError` and changes nothing.
+Format
+    A sealed file (see :mod:`mxprivacy._io`): a header line with a SHA-256 over the
+    whole content, then a ``.npz`` archive read with ``allow_pickle=False``. It holds the
+    optimizer's state arrays and ``meta``, a UTF-8 JSON document with the ledger (the
+    accountant's ``state_dict``), the step count and the optimizer's counters and scalar
+    hyperparameters. Nothing in it can run code when it is loaded.
+
+What the checksum protects against
+    Accidents (a flipped bit, a truncated copy, a crash of an older writer) and casual
+    edits (changing a number by hand): such a file raises
+    :class:`~mxprivacy.CheckpointError` and the trainer is left unchanged. It is not a
+    signature: an owner determined to under-report can recompute it. The ledger is also
+    checked for consistency (the step count matches the events; counts are integers;
+    unknown fields are refused), and the checkpoint must match the trainer (number and
+    shapes of the parameters, optimizer type and state layout).
+
+The ledger never decreases
+    ``load_states`` merges the saved ledger with the trainer's current one
+    (see :mod:`mxprivacy._ledger`): an older checkpoint of this run keeps the current,
+    longer ledger (the weights already carry those steps); the usual resume takes the
+    saved one; divergent histories are composed, with a
+    :class:`~mxprivacy.PrivacyWarning`. ``steps`` follows the kept ledger.
 """
 from __future__ import annotations
 
-import base64
+import io
 import json
+import math
+from typing import Any, Dict, Tuple
 
-from .._io import atomic_write
-from ..errors import CheckpointError, MXPrivacyError
+import numpy as np
+
+from .._io import atomic_write, read_sealed, seal
+from .._ledger import COMPOSE, TAKE, merge_ledgers
+from ..accounting.base import parse_ledger
+from ..errors import CheckpointError
+from . import _optstate
 
 __all__ = ["CheckpointMixin"]
 
-_FORMAT = "mxprivacy-dptrainer-1"
+_KIND = "dptrainer-checkpoint"
+_FORMAT = "mxprivacy-dptrainer-2"
+_KEYS = {"format", "privacy", "steps", "nonfinite_count", "config", "optimizer"}
+_CONFIG = {"noise_multiplier", "max_grad_norm", "expected_batch_size", "sample_rate",
+           "clipping"}
+
+
+def _strict_json(data: bytes) -> Any:
+    def no_duplicates(pairs):
+        keys = [k for k, _ in pairs]
+        if len(keys) != len(set(keys)):
+            raise ValueError(f"duplicate keys in {keys}")
+        return dict(pairs)
+
+    def no_constant(name):
+        raise ValueError(f"{name} is not a number")
+
+    return json.loads(data.decode("utf-8"), object_pairs_hook=no_duplicates,
+                      parse_constant=no_constant)
+
+
+def _pack(meta: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    blob = np.frombuffer(json.dumps(meta, allow_nan=False).encode("utf-8"), dtype=np.uint8)
+    np.savez(buffer, meta=blob, **arrays)
+    return seal(_KIND, buffer.getvalue())
+
+
+def _unpack(body: bytes) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+    with np.load(io.BytesIO(body), allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    blob = arrays.pop("meta")
+    if blob.dtype != np.uint8 or blob.ndim != 1:
+        raise ValueError("meta is not a byte string")
+    for name, value in arrays.items():
+        if str(value.dtype) not in _optstate._DTYPES:
+            raise ValueError(f"array {name} has dtype {value.dtype}")
+    return _strict_json(blob.tobytes()), arrays
+
+
+def _count(value, name: str) -> int:
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return value
 
 
 class CheckpointMixin:
@@ -26,46 +96,83 @@ class CheckpointMixin:
             self._init_kvstore()
         if self._params_to_init:
             self._init_params()
-        payload = {
-            "format": _FORMAT,
-            "updater": base64.b64encode(self._updaters[0].get_states(dump_optimizer=True))
-            .decode("ascii"),
-            "privacy": self.accountant.state_dict(),
-            "steps": self.steps,
-            "nonfinite_count": self.nonfinite_count,
-            "config": {"noise_multiplier": self.noise_multiplier,
-                       "max_grad_norm": self.max_grad_norm,
-                       "expected_batch_size": self.expected_batch_size,
-                       "sample_rate": self.sample_rate, "clipping": self.clipping},
-        }
-        atomic_write(fname, json.dumps(payload).encode("utf-8"))
+        spent = sum(count for _, count in self.accountant.ledger)
+        if spent != self.steps:
+            raise CheckpointError(
+                f"The ledger holds {spent} steps but the trainer made {self.steps}: a "
+                "privatized gradient is waiting for update(). Call update() (or step()) "
+                "before save_states.")
+        optimizer, arrays = _optstate.capture(self)
+        meta = {"format": _FORMAT, "privacy": self.accountant.state_dict(),
+                "steps": self.steps, "nonfinite_count": self.nonfinite_count,
+                "config": {"noise_multiplier": self.noise_multiplier,
+                           "max_grad_norm": self.max_grad_norm,
+                           "expected_batch_size": self.expected_batch_size,
+                           "sample_rate": self.sample_rate, "clipping": self.clipping},
+                "optimizer": optimizer}
+        atomic_write(fname, _pack(meta, arrays))
 
     def load_states(self, fname: str) -> None:
-        """Restore what :meth:`save_states` wrote; nothing changes if the file is bad."""
+        """Restore what :meth:`save_states` wrote; nothing changes if the file is bad.
+
+        The privacy ledger never decreases: see the module docstring.
+        """
+        body = read_sealed(_KIND, fname)
         try:
-            with open(fname, "rb") as handle:
-                payload = json.loads(handle.read().decode("utf-8"))
-            if payload.get("format") != _FORMAT:
-                raise ValueError(f"format {payload.get('format')!r}")
-            states = base64.b64decode(payload["updater"])
-            accountant = self.accountant.empty_like()
-            accountant.load_state_dict(payload["privacy"])
-            steps = int(payload["steps"])
-        except (OSError, ValueError, KeyError, TypeError, MXPrivacyError) as exc:
+            meta, arrays = _unpack(body)
+            loaded, bound = self._check_meta(meta)
+            plan = _optstate.plan_restore(self, meta["optimizer"], arrays)
+        except CheckpointError:
+            raise
+        except Exception as exc:  # untrusted content: every parse failure is a bad file
             raise CheckpointError(
-                f"{fname} is not a readable DPTrainer checkpoint ({exc}). The trainer is "
-                "unchanged.") from exc
+                f"{fname} is not a usable DPTrainer checkpoint for this trainer ({exc}). "
+                "The trainer is unchanged.") from exc
+        decision, ledger = merge_ledgers(self.accountant.ledger, loaded[0], "checkpoint ledger")
+        accountant = self.accountant.empty_like()
+        for event, count in ledger:
+            accountant.compose(event, count)
         if not self._kv_initialized:
             self._init_kvstore()
         if self._params_to_init:
             self._init_params()
-        for updater in self._updaters:
-            updater.set_states(states)
-            updater.optimizer = self._updaters[0].optimizer
-        self._optimizer = self._updaters[0].optimizer
-        self._optimizer.param_dict = dict(enumerate(self._params))
+        _optstate.apply_restore(self, plan)
+        self._adopt(decision, accountant, loaded[1], bound)
+
+    def _adopt(self, decision: str, accountant, nonfinite: int, bound) -> None:
         self.accountant = accountant
-        self.steps = steps
-        if self.clipping == "adaptive":  # the adapted bound is part of the state
-            self._clipping.max_grad_norm = float(payload["config"]["max_grad_norm"])
-        self.nonfinite_count = int(payload.get("nonfinite_count", 0))
+        self.steps = sum(count for _, count in accountant.ledger)
+        if decision == TAKE:
+            self.nonfinite_count = nonfinite
+        elif decision == COMPOSE:  # KEEP keeps the current count
+            self.nonfinite_count += nonfinite
+        if bound is not None:  # the adapted bound is part of the optimizer's state
+            self._clipping.max_grad_norm = bound
+
+    def _check_meta(self, meta) -> Tuple[Tuple[list, int], Any]:
+        """((ledger, nonfinite_count), adaptive bound or None), all validated."""
+        if not isinstance(meta, dict) or set(meta) != _KEYS:
+            raise ValueError(f"fields {sorted(meta) if isinstance(meta, dict) else meta!r} "
+                             f"are not {sorted(_KEYS)}")
+        if meta["format"] != _FORMAT:
+            raise ValueError(f"format {meta['format']!r}, expected {_FORMAT!r}")
+        entries = parse_ledger(meta["privacy"])
+        probe = self.accountant.empty_like()
+        for event, _ in entries:
+            probe._validate(event)
+        steps = _count(meta["steps"], "steps")
+        if steps != sum(count for _, count in entries):
+            raise ValueError(f"steps={steps} but the ledger holds "
+                             f"{sum(count for _, count in entries)} events")
+        nonfinite = _count(meta["nonfinite_count"], "nonfinite_count")
+        config = meta["config"]
+        if not isinstance(config, dict) or set(config) != _CONFIG:
+            raise ValueError("the config section has missing or unknown fields")
+        bound = None
+        if self.clipping == "adaptive" and config["clipping"] == "adaptive":
+            bound = config["max_grad_norm"]
+            if isinstance(bound, bool) or not isinstance(bound, (int, float)) or \
+                    not math.isfinite(bound) or bound <= 0:
+                raise ValueError(f"adaptive max_grad_norm {bound!r} is not a number > 0")
+            bound = float(bound)
+        return (entries, nonfinite), bound
