@@ -108,7 +108,7 @@ class AdaptiveClipping(FlatClipping):
 
     def __init__(self, max_grad_norm: float, *, target_quantile: float = 0.5,
                  learning_rate: float = 0.2, count_noise: float = 0.0,
-                 seed=None) -> None:
+                 seed=None, secure: bool = False) -> None:
         super().__init__(max_grad_norm)
         if not 0 < target_quantile < 1:
             raise InvalidParameterError(
@@ -118,6 +118,7 @@ class AdaptiveClipping(FlatClipping):
         self.count_noise = _positive("count_noise", count_noise)
         self._unclipped = []
         self._rng = np.random.default_rng(seed)
+        self.secure = bool(secure)
 
     def gradient_noise_multiplier(self, z: float) -> float:
         """The gradient's share of the total noise multiplier ``z``."""
@@ -136,12 +137,18 @@ class AdaptiveClipping(FlatClipping):
         self._unclipped.append((nd.sum(factors >= 1.0), factors.shape[0]))
         return factors, finite
 
+    def _standard_normal(self) -> float:
+        if self.secure:
+            from ..mechanisms.secure import standard_normal
+            return float(standard_normal(1)[0])
+        return float(self._rng.standard_normal())
+
     def update(self, expected_batch_size: float) -> None:
         """Move C after a step, from the noisy fraction of unclipped units."""
         centered = sum(float(count.asscalar()) - units / 2.0
                        for count, units in self._unclipped)
         self._unclipped = []
-        noisy = centered + self._rng.normal(0.0, self.count_noise)
+        noisy = centered + self.count_noise * self._standard_normal()
         fraction = noisy / expected_batch_size + 0.5
         self.max_grad_norm *= math.exp(-self.learning_rate * (fraction - self.target_quantile))
 
@@ -153,6 +160,12 @@ def make_clipping(clipping: str, max_grad_norm, block, options=None):
     if clipping == "adaptive":
         if isinstance(max_grad_norm, dict):
             raise InvalidParameterError("Adaptive clipping starts from one number C.")
+        if block.sensitivity_factor != 1:
+            raise InvalidParameterError(
+                "Adaptive clipping cannot be combined with microbatches of several "
+                "samples: one added sample can flip its microbatch's count term from +1/2 "
+                "to -1/2, a sensitivity of 1 where the noise split assumes 1/2. Use "
+                "num_microbatches=None (one sample per unit) or clipping='flat'.")
         return AdaptiveClipping(max_grad_norm, **(options or {}))
     if clipping == "flat":
         if isinstance(max_grad_norm, dict):

@@ -30,7 +30,7 @@ import numpy as np
 from mxnet import autograd, gluon, nd
 
 from ..errors import HybridizedCaptureError, InvalidParameterError
-from . import validators
+from . import reduction, validators
 from .shards import MicrobatchShard, VectorizedShard, trainable_params
 
 __all__ = ["PrivateBlock", "owner_of"]
@@ -92,6 +92,20 @@ class PrivateBlock(gluon.Block):
         if mode == "vectorized":
             for layer in validators.parameterized_layers(net):
                 self._install_probe(layer)
+        reduction.install()
+
+    @property
+    def sensitivity_factor(self) -> int:
+        """The one source of the clipped sum's sensitivity, in units of the bound C.
+
+        One sample per clipping unit (vectorized mode, or microbatches of one): adding or
+        removing a sample adds or removes one vector of norm <= C, so the factor is 1.
+        Several samples per microbatch: each sample is assigned to a microbatch at
+        random, so adding or removing x changes only x's microbatch k, from clip(S) to
+        clip(S + g_x). Both have norm <= C, so they differ by at most 2C (S of norm C
+        and g_x = -2S reach it): the factor is 2.
+        """
+        return 1 if self.mode == "vectorized" or self.num_microbatches is None else 2
 
     # -- capture plumbing ---------------------------------------------------------------
     def _install_probe(self, layer) -> None:
@@ -144,6 +158,11 @@ class PrivateBlock(gluon.Block):
         shards, self._shards = self._shards, []
         return shards
 
+    def pending_shards(self) -> List:
+        """The shards captured since the last :meth:`take_shards`, kept in place (a step
+        that raises leaves them for a corrected retry)."""
+        return list(self._shards)
+
     # -- forward ------------------------------------------------------------------------
     def forward(self, x, *args):
         if not autograd.is_recording():
@@ -159,6 +178,7 @@ class PrivateBlock(gluon.Block):
             raise HybridizedCaptureError(
                 "The wrapped net is hybridized, so vectorized per-sample capture cannot run. "
                 "Call net.hybridize(active=False), or use mode='microbatch'.")
+        self._ensure_initialized(x, args)  # so that every captured layer runs detached
         shard = VectorizedShard(x.context, x.shape[0])
         self._current = shard
         try:
@@ -169,8 +189,16 @@ class PrivateBlock(gluon.Block):
             raise HybridizedCaptureError(
                 "The forward pass ran without reaching any per-sample probe (a hybridized "
                 "or replaced sub-block?). Nothing was captured; use mode='microbatch'.")
-        self._shards.append(shard)
+        for param in shard.captured_params:  # so that a tied use shows as a fresh gradient
+            for data in param.list_data():
+                if data.context == x.context and data._fresh_grad:
+                    data._fresh_grad = False
+        self._append(shard)
         return out
+
+    def _append(self, shard) -> None:
+        reduction.await_backward(shard)
+        self._shards.append(shard)
 
     def _groups(self, batch: int) -> List[np.ndarray]:
         if self.num_microbatches is None:
@@ -190,8 +218,7 @@ class PrivateBlock(gluon.Block):
                   for p in trainable_params(layer)]
         params = list({id(p): p for p in params}.values())
         groups = self._groups(x.shape[0])
-        factor = 1 if self.num_microbatches is None else 2
-        shard = MicrobatchShard(x.context, x.shape[0], groups, params, factor)
+        shard = MicrobatchShard(x.context, x.shape[0], groups, params)
         outputs = []
         pieces = nd.split(x, num_outputs=len(groups), axis=0) \
             if self.num_microbatches is None and len(groups) > 1 else None
@@ -206,7 +233,7 @@ class PrivateBlock(gluon.Block):
             with _swapped(replicas, x.context):
                 outputs.append(self.net(part, *[_rows(a, idx) for a in args]))
             shard.add_unit(replicas)
-        self._shards.append(shard)
+        self._append(shard)
         return _merge_outputs(outputs, groups, x.context)
 
 

@@ -12,15 +12,18 @@ from typing import Dict, List, Sequence
 import numpy as np
 from mxnet import nd
 
-from ..errors import PerSampleGradientError, StaleGradientError
+from ..errors import (InvalidParameterError, PerSampleGradientError, StaleGradientError,
+                      TiedParameterError)
 from .rules import rule_for
 from .rules._ops import sq_row_sum
 
-__all__ = ["VectorizedShard", "MicrobatchShard", "trainable_params"]
+__all__ = ["VectorizedShard", "MicrobatchShard", "ExampleShard", "trainable_params",
+           "check_no_raw_gradient", "one_pass_per_context", "group_by_example"]
 
 _STALE_HINT = ("Call loss.backward() after the forward pass and before trainer.step(), "
                "and do not run extra recorded forward passes between them "
-               "(use net.discard_capture() to drop them).")
+               "(use net.discard_capture() to drop them). The trainer has dropped the "
+               "captured passes: run forward and backward again.")
 
 
 def trainable_params(block) -> List:
@@ -28,10 +31,40 @@ def trainable_params(block) -> List:
     return [p for p in block._reg_params.values() if p.grad_req != "null"]
 
 
-class VectorizedShard:
+def check_no_raw_gradient(shard) -> None:
+    """A vectorized shard's layers run on detached views of their parameters, so the
+    parameters themselves must receive no gradient. One that did was also used outside
+    its layer (weight tying, ``layer.weight.data()`` read elsewhere), and that use of the
+    gradient escaped the per-sample rules."""
+    if shard.mode != "vectorized":
+        return  # microbatch replicas stand in for the parameter wherever it is read
+    for param in shard.captured_params:
+        for data in param.list_data():
+            if data.context == shard.ctx and data._fresh_grad:
+                raise TiedParameterError(
+                    f"Parameter {param.name} is captured by its layer but also received a "
+                    "gradient from outside it (weight tying, or its .data() used by another "
+                    "layer). That part of its per-sample gradient would escape clipping. "
+                    "Use PrivateBlock(net, mode='microbatch'), which is exact for tied "
+                    "weights, or untie them.")
+
+
+class _ReductionMixin:
+    """How the loss was reduced before backward (set by the capture's backward check)."""
+
+    reduction = None
+    _rescaled = False
+
+    def rescale_once(self, factor: float) -> None:
+        """Multiply the captured per-unit gradients by ``factor`` (at most once)."""
+        if not self._rescaled:
+            self._scale_grads(factor)
+            self._rescaled = True
+
+
+class VectorizedShard(_ReductionMixin):
     """Inputs and output-gradient probes of every rule layer in one forward pass."""
 
-    sensitivity_factor = 1
     mode = "vectorized"
 
     def __init__(self, ctx, batch_size: int) -> None:
@@ -41,6 +74,12 @@ class VectorizedShard:
         self._inputs: Dict = {}
         self._probes: Dict = {}
         self._cache: Dict = {}
+
+    def _scale_grads(self, factor: float) -> None:
+        self._cache = {}
+        for probes in self._probes.values():
+            for probe in probes:
+                probe.grad[:] = probe.grad * factor
 
     def add(self, layer, layer_input, probe) -> None:
         """Record one call of ``layer``; its input must be batch-major."""
@@ -115,26 +154,30 @@ def _zero_rows(array, keep):
     return nd.where(keep, array, nd.zeros_like(array))
 
 
-class MicrobatchShard:
+class MicrobatchShard(_ReductionMixin):
     """Parameter replicas of each microbatch; their ``.grad`` is its exact gradient.
 
-    ``sensitivity_factor`` is 1 for one sample per microbatch and 2 otherwise: adding
-    or removing one sample changes only its own microbatch, whose clipped gradient
-    moves from one vector of norm <= C to another, a change of norm <= 2C.
+    (The sensitivity of several samples per microbatch is worked out in
+    :attr:`PrivateBlock.sensitivity_factor`.)
     """
 
     mode = "microbatch"
 
-    def __init__(self, ctx, batch_size: int, groups: Sequence[np.ndarray], params: Sequence,
-                 sensitivity_factor: int) -> None:
+    def __init__(self, ctx, batch_size: int, groups: Sequence[np.ndarray],
+                 params: Sequence) -> None:
         self.ctx = ctx
         self.batch_size = int(batch_size)
         self.groups = list(groups)
         self.num_units = len(self.groups)
         self.params = list(params)
-        self.sensitivity_factor = sensitivity_factor
         self.replicas: List[Dict] = []
         self._stacked = None
+
+    def _scale_grads(self, factor: float) -> None:
+        self._stacked = None
+        for unit in self.replicas:
+            for replica in unit.values():
+                replica.grad[:] = replica.grad * factor
 
     @property
     def captured_params(self) -> List:
@@ -172,3 +215,104 @@ class MicrobatchShard:
 
     def zero_units(self, keep) -> None:
         self._stacked = {p: _zero_rows(g, keep) for p, g in self._stack().items()}
+
+
+class ExampleShard:
+    """Several captured forward passes whose rows are tied to examples.
+
+    Views of one example (augmentations, the two sides of a siamese or contrastive
+    loss) must be clipped together: one example contributes the *sum* of its views'
+    gradients, and that sum is clipped to C (augmentation multiplicity, De et al. 2022).
+    Clipping each view alone would let one example move the update by k C.
+
+    ``example_ids[s][r]`` is the example (0 .. num_examples-1) of row ``r`` of shard
+    ``s``. Per-row gradients are materialized and summed per example with one matrix
+    product per parameter.
+    """
+
+    mode = "examples"
+
+    def __init__(self, shards: Sequence, example_ids: Sequence[np.ndarray],
+                 num_examples: int) -> None:
+        self.shards = list(shards)
+        self.ctx = self.shards[0].ctx
+        self.batch_size = self.num_units = int(num_examples)
+        self._ids = [np.asarray(ids, dtype=np.int64) for ids in example_ids]
+        self._grads = None
+
+    @property
+    def captured_params(self) -> List:
+        return list({id(p): p for s in self.shards for p in s.captured_params}.values())
+
+    def check_fresh(self) -> None:
+        for shard in self.shards:
+            shard.check_fresh()
+
+    def _per_example(self) -> Dict:
+        if self._grads is None:
+            grads: Dict = {}
+            for shard, ids in zip(self.shards, self._ids):
+                onehot = nd.one_hot(nd.array(ids, ctx=self.ctx), self.num_units).T
+                for param, rows in shard.per_unit_grads().items():
+                    flat = nd.dot(onehot, rows.reshape((rows.shape[0], -1)))
+                    grads[param] = flat if param not in grads else grads[param] + flat
+            self._grads = grads
+        return self._grads
+
+    def unit_sq_norms(self):
+        total = nd.zeros((self.num_units,), ctx=self.ctx)
+        for grads in self._per_example().values():
+            total = total + sq_row_sum(grads)
+        return total
+
+    def clipped_sums(self, factors) -> Dict:
+        row = factors.reshape((1, -1))
+        return {p: nd.dot(row, g).reshape(p.shape) for p, g in self._per_example().items()}
+
+    def per_unit_grads(self) -> Dict:
+        return {p: g.reshape((self.num_units,) + p.shape) for p, g in self._per_example().items()}
+
+    def zero_units(self, keep) -> None:
+        self._grads = {p: _zero_rows(g, keep) for p, g in self._per_example().items()}
+
+
+def one_pass_per_context(shards) -> None:
+    seen = set()
+    for shard in shards:
+        if shard.ctx in seen:
+            raise PerSampleGradientError(
+                f"Several forward passes on {shard.ctx} were captured for one step. If they "
+                "hold further views of the same examples (augmentations, siamese or "
+                "contrastive pairs), pass example_ids= to step() so that each example's "
+                "views are clipped together; clipped one by one, an example would count "
+                "several times. If they hold different examples, call "
+                "trainer.accumulate() after each part's backward pass.")
+        seen.add(shard.ctx)
+
+
+def group_by_example(shards, example_ids, block, clipping: str) -> ExampleShard:
+    """Validate ``example_ids`` against the pending shards; build their ExampleShard."""
+    if not shards:
+        raise StaleGradientError("example_ids= was given but no forward pass was captured.")
+    if block.sensitivity_factor != 1 or clipping == "per_layer":
+        raise InvalidParameterError(
+            "example_ids= needs one sample per clipping unit and whole-gradient clipping: "
+            "not num_microbatches, not clipping='per_layer'.")
+    if isinstance(example_ids, np.ndarray) or not isinstance(example_ids, (list, tuple)):
+        example_ids = [example_ids]
+    if len(example_ids) != len(shards) or len({s.ctx for s in shards}) != 1:
+        raise InvalidParameterError(
+            f"example_ids= needs one int array per captured forward pass ({len(shards)}, "
+            f"got {len(example_ids)}), all on one device.")
+    ids = [np.asarray(i) for i in example_ids]
+    for shard, rows in zip(shards, ids):
+        if rows.shape != (shard.batch_size,) or not np.issubdtype(rows.dtype, np.integer):
+            raise InvalidParameterError(
+                f"example_ids for a pass of {shard.batch_size} rows must be "
+                f"{shard.batch_size} integers, got shape {rows.shape} of {rows.dtype}.")
+    every = np.concatenate(ids)
+    count = int(every.max()) + 1
+    if every.min() < 0 or len(np.unique(every)) != count:
+        raise InvalidParameterError(
+            "example_ids must number the examples 0 .. n-1, each at least once.")
+    return ExampleShard(shards, ids, count)

@@ -10,37 +10,27 @@ batch is itself private.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Dict, List, Optional
 
-from mxnet import gluon, nd
+from mxnet import gluon
 
 from ..accounting import GaussianEvent, PoissonSampledEvent, PrivacyAccountant, make_accountant
 from ..errors import (BatchSizeMismatchError, ForeignParameterError,
                       HybridizedCaptureError, InvalidParameterError, NonFiniteGradientWarning,
-                      PrivacyWarning, StaleGradientError)
+                      PerSampleGradientError, PrivacyWarning, StaleGradientError)
+from . import guards, reduction
 from .checkpoint import CheckpointMixin
 from .clipping import make_clipping
-from .noise import NoiseSource
-from .noise import layout as noise_layout
+from .noise_writer import NoiseWriterMixin
 from .private_block import owner_of
+from .shards import check_no_raw_gradient, group_by_example, one_pass_per_context
 
 __all__ = ["DPTrainer"]
 
 
-def _positive(name: str, value, allow_zero: bool = False) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise InvalidParameterError(f"{name} must be a number, got {value!r}.") from None
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise InvalidParameterError(f"{name} must be a finite number {bound}, got {value!r}.")
-    return value
 
-
-class DPTrainer(CheckpointMixin, gluon.Trainer):
+class DPTrainer(CheckpointMixin, NoiseWriterMixin, gluon.Trainer):
     """DP-SGD with Gluon's Trainer interface.
 
     Parameters
@@ -79,7 +69,17 @@ class DPTrainer(CheckpointMixin, gluon.Trainer):
         ``count_noise`` (default expected_batch_size / 20), ``seed``.
     noise_seed : int, optional
         Seed of the noise generator (numpy SFC64, drawn one step ahead on a background
-        thread). Leave it None in real training: then it is seeded from the OS.
+        thread). Leave it None in real training: then it is seeded from the OS. A seed
+        raises a :class:`~mxprivacy.PrivacyWarning`: whoever knows it knows the noise.
+    secure_mode : bool
+        Noise (and the adaptive count's noise) from the operating system's
+        cryptographic generator, robust to floating-point attacks (see
+        :mod:`mxprivacy.gluon.noise`). Seeds are then an error.
+    loss_reduction : {"sum", "mean"}
+        ``"sum"`` (default): ``loss.backward()`` on the per-sample loss vector, as Gluon
+        does. ``"mean"``: ``loss.mean().backward()``; each captured batch's per-sample
+        gradients are multiplied by its size before clipping. A backward pass that does
+        not match the declared reduction is refused at the step.
     """
 
     def __init__(self, params, optimizer, optimizer_params=None, kvstore="device",
@@ -89,20 +89,24 @@ class DPTrainer(CheckpointMixin, gluon.Trainer):
                  warn_epsilon: float = 10.0, warn_delta: Optional[float] = None,
                  accountant: "str | PrivacyAccountant" = "rdp",
                  noise_seed: Optional[int] = None, clipping: str = "flat",
-                 clipping_options: Optional[dict] = None) -> None:
+                 clipping_options: Optional[dict] = None, secure_mode: bool = False,
+                 loss_reduction: str = "sum") -> None:
         if update_on_kvstore:
             raise InvalidParameterError(
                 "DPTrainer adds noise between reduction and update, so it needs "
                 "update_on_kvstore=False (leave it None).")
-        if isinstance(kvstore, str) and kvstore.startswith("dist"):
-            raise InvalidParameterError(
-                "Distributed kvstores are not supported yet: noise would be added once per "
-                "worker. Train on one machine (several devices are fine).")
-        self.noise_multiplier = _positive("noise_multiplier", noise_multiplier, allow_zero=True)
-        self.expected_batch_size = _positive("expected_batch_size", expected_batch_size)
-        self.sample_rate = self._resolve_rate(sample_rate, dataset_size)
-        self.warn_epsilon = warn_epsilon
-        self.warn_delta = warn_delta or (1.0 / dataset_size if dataset_size else 1e-5)
+        guards.check_kvstore(kvstore)
+        guards.check_compression(compression_params)
+        self.noise_multiplier = guards.positive("noise_multiplier", noise_multiplier,
+                                                allow_zero=True)
+        self.expected_batch_size = guards.positive("expected_batch_size", expected_batch_size)
+        self.sample_rate = guards.resolve_sample_rate(sample_rate, dataset_size,
+                                                      self.expected_batch_size)
+        self.warn_epsilon, self.warn_delta = guards.check_warn_options(
+            warn_epsilon, warn_delta, dataset_size)
+        self.secure_mode = guards.check_secure_options(secure_mode, noise_seed, clipping_options)
+        self.loss_reduction = guards.check_loss_reduction(loss_reduction)
+        self._size_check = guards.FixedSizeDetector(self.sample_rate, self.expected_batch_size)
         super().__init__(params, optimizer, optimizer_params, kvstore, compression_params,
                          update_on_kvstore=False)
         self._block = self._find_block()
@@ -110,28 +114,17 @@ class DPTrainer(CheckpointMixin, gluon.Trainer):
         self._clipping_options = dict(clipping_options or {})
         if clipping == "adaptive":
             self._clipping_options.setdefault("count_noise", self.expected_batch_size / 20.0)
+            self._clipping_options["secure"] = self.secure_mode
         self.max_grad_norm = max_grad_norm
         self._accumulated: Dict = {}
         self._accumulated_units = 0
         self.accountant = make_accountant(accountant)
         self._noise_seed = noise_seed
-        self._noise: Optional[NoiseSource] = None
+        self._noise = None
         self.steps = 0
         self.nonfinite_count = 0
         self._privatized_batch: Optional[int] = None
         self._warned = False
-
-    def _resolve_rate(self, sample_rate, dataset_size) -> float:
-        if sample_rate is None and dataset_size is None:
-            raise InvalidParameterError(
-                "DPTrainer needs the Poisson sampling rate to account for privacy: pass "
-                "sample_rate=q or dataset_size=N (then q = expected_batch_size / N).")
-        if sample_rate is None:
-            sample_rate = self.expected_batch_size / _positive("dataset_size", dataset_size)
-        rate = float(sample_rate)
-        if not 0.0 < rate <= 1.0:
-            raise InvalidParameterError(f"sample_rate must lie in (0, 1], got {sample_rate!r}.")
-        return rate
 
     def _find_block(self):
         trainable = [p for p in self._params if p.grad_req != "null"]
@@ -170,28 +163,38 @@ class DPTrainer(CheckpointMixin, gluon.Trainer):
 
     @property
     def sensitivity(self) -> float:
-        """L2 sensitivity of the clipped gradient sum."""
-        factor = 1 if self._block.mode == "vectorized" or self._block.num_microbatches is None \
-            else 2
-        return factor * self._clipping.bound
+        """L2 sensitivity of the clipped gradient sum (see
+        :attr:`PrivateBlock.sensitivity_factor`)."""
+        return self._block.sensitivity_factor * self._clipping.bound
 
-    def allreduce_grads(self, batch_size: Optional[int] = None) -> None:
+    def allreduce_grads(self, batch_size: Optional[int] = None, *, example_ids=None) -> None:
         """Clip per unit, sum, reduce over contexts, and add noise once.
 
         Parameters
         ----------
         batch_size : int, optional
-            When given, it must equal the number of captured samples (including those
+            When given, it must equal the number of captured examples (including those
             gathered by :meth:`accumulate` since the last step).
+        example_ids : sequence of int arrays, optional
+            Ties rows to examples when one example was forwarded more than once (see
+            :meth:`step`).
+
+        A call that raises leaves the captured batch in place, so a corrected call
+        needs no new forward and backward pass.
         """
-        shards = self._block.take_shards()
-        captured = sum(s.batch_size for s in shards) + self._accumulated_units
+        units, count = self._units(example_ids)
+        captured = count + self._accumulated_units
         if batch_size is not None and int(batch_size) != captured:
             raise BatchSizeMismatchError(
-                f"step({batch_size}) but {captured} per-sample gradients were captured since "
-                "the last step. Pass the actual batch size, x.shape[0] (0 for an empty "
-                "Poisson batch), summed over the accumulated physical batches.")
-        sums = self._merge(self._accumulated, self._checked_sums(shards))
+                f"step({batch_size}) but {captured} examples were captured since the last "
+                "step. Pass the actual number of examples: x.shape[0] (0 for an empty "
+                "Poisson batch), summed over the accumulated physical batches. If some rows "
+                "are further views of the same examples (augmentations, siamese or "
+                "contrastive pairs), pass example_ids= so that each example is clipped "
+                "once; counting views as examples would under-report epsilon.")
+        sums = self._merge(self._accumulated, self._checked_sums(units))
+        self._size_check.observe(captured)
+        self._block.take_shards()
         self._accumulated, self._accumulated_units = {}, 0
         if not self._kv_initialized:
             self._init_kvstore()
@@ -209,7 +212,7 @@ class DPTrainer(CheckpointMixin, gluon.Trainer):
             PoissonSampledEvent(self.sample_rate, GaussianEvent(self.noise_multiplier)))
         self._privatized_batch = captured
 
-    def accumulate(self) -> None:
+    def accumulate(self, *, example_ids=None) -> None:
         """Virtual steps: clip the physical batch just processed and keep its sum.
 
         Use it when a logical (Poisson-sampled) batch is too large for memory. Run
@@ -217,19 +220,46 @@ class DPTrainer(CheckpointMixin, gluon.Trainer):
         Then call ``step(total)`` after the last part, which may also be accumulated.
         Noise is added once per logical step, and one sampled step is accounted.
         """
-        shards = self._block.take_shards()
-        if not shards:
+        if not self._block.pending_shards():
             raise StaleGradientError(
                 "accumulate() found no captured batch: run a recorded forward pass through "
                 "the PrivateBlock and loss.backward() first.")
-        self._accumulated = self._merge(self._accumulated, self._checked_sums(shards))
-        self._accumulated_units += sum(s.batch_size for s in shards)
+        units, count = self._units(example_ids)
+        sums = self._checked_sums(units)
+        self._block.take_shards()
+        self._accumulated = self._merge(self._accumulated, sums)
+        self._accumulated_units += count
 
-    def _checked_sums(self, shards) -> Dict:
+    def _units(self, example_ids):
+        """The clipping units of the pending shards, and the number of examples."""
+        shards = self._block.pending_shards()
+        try:
+            for shard in shards:
+                shard.check_fresh()
+        except StaleGradientError:
+            self._block.discard_capture()  # no retry can complete a pass without backward
+            raise
         for shard in shards:
-            shard.check_fresh()
-        self._check_uncaptured_use(shards)
-        return self._clipped_sums(shards)
+            self._check_reduction(shard)
+        if example_ids is None:
+            one_pass_per_context(shards)
+            return shards, sum(s.batch_size for s in shards)
+        grouped = group_by_example(shards, example_ids, self._block, self.clipping)
+        return [grouped], grouped.batch_size
+
+    def _check_reduction(self, shard) -> None:
+        if shard.reduction == self.loss_reduction:
+            if self.loss_reduction == "mean":
+                shard.rescale_once(float(shard.batch_size))
+            return
+        if shard.reduction is None:
+            return  # no backward observed: check_fresh has the clearer message
+        raise PerSampleGradientError(reduction.HINTS.get(
+            (self.loss_reduction, shard.reduction), reduction.HINTS["other"]))
+
+    def _checked_sums(self, units) -> Dict:
+        self._check_uncaptured_use(units)
+        return self._clipped_sums(units)
 
     @staticmethod
     def _merge(first: Dict, second: Dict) -> Dict:
@@ -242,6 +272,9 @@ class DPTrainer(CheckpointMixin, gluon.Trainer):
         return [p for p in self._params if p.grad_req != "null"]
 
     def _check_uncaptured_use(self, shards) -> None:
+        for shard in shards:
+            for part in getattr(shard, "shards", [shard]):
+                check_no_raw_gradient(part)
         captured = {(id(p), s.ctx) for s in shards for p in s.captured_params}
         for param in self._trainable():
             for data in param.list_data():
@@ -284,86 +317,6 @@ class DPTrainer(CheckpointMixin, gluon.Trainer):
         """(factors, finite): min(1, C / norm) per unit, and 0 where the norm is not finite."""
         return self._clipping.factors(shard)
 
-    def _write_grads(self, sums: Dict) -> None:
-        for param in self._trainable():
-            for grad in param.list_grad():
-                value = sums.get((id(param), grad.context))
-                if value is None:
-                    grad[:] = 0
-                else:
-                    grad[:] = value.as_in_context(grad.context)
-
-    def _reduce_across_contexts(self) -> None:
-        if self._kvstore:
-            self._allreduce_grads()
-            return
-        for param in self._trainable():
-            grads = param.list_grad()
-            if len(grads) > 1:
-                total = grads[0].copy()
-                for other in grads[1:]:
-                    total += other.as_in_context(total.context)
-                for grad in grads:
-                    grad[:] = total.as_in_context(grad.context)
-
-    def _noise_vector(self, params):
-        """One standard normal NDArray covering every parameter, drawn ahead of time."""
-        size, offsets = noise_layout([p.shape for p in params])
-        if self._noise is None or self._noise.size != size:
-            if self._noise is not None:
-                self._noise.close()
-            self._noise = NoiseSource(size, self._noise_seed)
-        ctx = params[0].list_grad()[0].context
-        buffer = self._noise.take()
-        if ctx.device_type != "cpu":
-            return nd.array(buffer, ctx=ctx, dtype="float32"), offsets
-        # Zero-copy view of the numpy buffer. The engine reads it asynchronously, so the
-        # last few buffers stay referenced; every later step depends on those reads.
-        self._noise_held = (getattr(self, "_noise_held", []) + [buffer])[-3:]
-        return nd.from_numpy(buffer, zero_copy=True), offsets
-
-    def _single_context(self) -> bool:
-        return not self._kvstore and all(len(p.list_ctx()) == 1 for p in self._trainable())
-
-    def _write_noisy_grads(self, sums: Dict) -> None:
-        """One context: grad = clipped sum + noise, one fused operation per parameter."""
-        std = self.gradient_noise_multiplier * self.sensitivity
-        params = self._trainable()
-        if std > 0 and params:
-            flat, offsets = self._noise_vector(params)
-            flat = flat * std
-        for number, param in enumerate(params):
-            grad = param.list_grad()[0]
-            value = sums.get((id(param), grad.context))
-            if std > 0:
-                start, stop = offsets[number]
-                noise = flat[start:stop].reshape(grad.shape).astype(grad.dtype, copy=False)
-                if value is None:
-                    grad[:] = noise
-                else:
-                    nd.elemwise_add(value, noise, out=grad)
-            elif value is None:
-                grad[:] = 0
-            else:
-                grad[:] = value
-            param.list_data()[0]._fresh_grad = True
-
-    def _add_noise(self) -> None:
-        """Add N(0, (sigma x sensitivity)^2) noise once, the same on every context."""
-        std = self.gradient_noise_multiplier * self.sensitivity
-        params = self._trainable()
-        if std > 0 and params:
-            flat, offsets = self._noise_vector(params)
-            for param, (start, stop) in zip(params, offsets):
-                grads = param.list_grad()
-                noise = (flat[start:stop] * std).reshape(grads[0].shape).astype(
-                    grads[0].dtype, copy=False)
-                for grad in grads:
-                    grad += noise.as_in_context(grad.context)
-        for param in params:
-            for data in param.list_data():
-                data._fresh_grad = True
-
     # -- update ------------------------------------------------------------------------
     def update(self, batch_size: int, ignore_stale_grad: bool = False) -> None:
         """Apply the privatized gradient, divided by the expected batch size."""
@@ -381,12 +334,21 @@ class DPTrainer(CheckpointMixin, gluon.Trainer):
         self.steps += 1
         self._maybe_warn()
 
-    def step(self, batch_size: int, ignore_stale_grad: bool = False) -> None:
-        """One DP-SGD step; ``batch_size`` must be the actual number of samples."""
+    def step(self, batch_size: int, ignore_stale_grad: bool = False, *,
+             example_ids=None) -> None:
+        """One DP-SGD step; ``batch_size`` must be the actual number of examples.
+
+        ``example_ids`` is for an example forwarded more than once in one step (two
+        augmented views, a siamese or contrastive pair): one int array per captured
+        forward pass, in call order, giving the example (0 .. batch_size-1) of each of
+        its rows. The views' gradients are summed per example before clipping, so each
+        example moves the update by at most C. Two passes over the same batch:
+        ``example_ids=[np.arange(B), np.arange(B)]``.
+        """
         if ignore_stale_grad:
             raise InvalidParameterError(
                 "ignore_stale_grad is not supported: every parameter takes a noisy step.")
-        self.allreduce_grads(batch_size)
+        self.allreduce_grads(batch_size, example_ids=example_ids)
         self.update(batch_size)
 
     def _maybe_warn(self) -> None:
@@ -403,3 +365,4 @@ class DPTrainer(CheckpointMixin, gluon.Trainer):
     def epsilon(self, delta: float) -> float:
         """The epsilon spent so far at ``delta``, from :attr:`accountant`."""
         return self.accountant.get_epsilon(delta)
+

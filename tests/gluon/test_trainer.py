@@ -13,7 +13,7 @@ from mxprivacy import (BatchSizeMismatchError, CheckpointError, DPTrainer, Forei
                        PrivateBlock, ScalarLossError, StaleGradientError, UnsupportedLayerError,
                        per_sample_grad_norms)
 
-from .helpers import LOSS, batch, mlp, reference_grads
+from .helpers import LOSS, allow_fixed_batches, batch, mlp, reference_grads
 
 
 def make(net=None, mode="vectorized", sigma=0.0, clip=1.0, expected=6, lr=1.0, **kwargs):
@@ -304,6 +304,7 @@ def test_learning_rate_api():
 def test_large_epsilon_warns():
     from mxprivacy import PrivacyWarning
     block, trainer = make(sigma=0.3, sample_rate=0.5, warn_epsilon=5.0)
+    allow_fixed_batches(trainer)
     block(batch()[0])
     with pytest.warns(PrivacyWarning):
         for _ in range(50):

@@ -1,0 +1,104 @@
+"""Writing privatized gradients: clipped sums plus Gaussian noise, once per step.
+
+One context: ``grad = clipped sum + noise`` in one fused operation per parameter. Several
+contexts: the clipped sums are reduced first, then the same noise vector (drawn once,
+on the first context) is added on every context, so the noise is counted once.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Dict
+
+from mxnet import nd
+
+from .noise import NoiseSource
+from .noise import layout as noise_layout
+
+__all__ = ["NoiseWriterMixin"]
+
+
+class NoiseWriterMixin:
+    """Gradient writing for :class:`~mxprivacy.gluon.DPTrainer` (needs ``_trainable``,
+    ``gradient_noise_multiplier``, ``sensitivity``, ``_noise_seed``, ``secure_mode``)."""
+
+    def _write_grads(self, sums: Dict) -> None:
+        for param in self._trainable():
+            for grad in param.list_grad():
+                value = sums.get((id(param), grad.context))
+                if value is None:
+                    grad[:] = 0
+                else:
+                    grad[:] = value.as_in_context(grad.context)
+
+    def _reduce_across_contexts(self) -> None:
+        if self._kvstore:
+            self._allreduce_grads()
+            return
+        for param in self._trainable():
+            grads = param.list_grad()
+            if len(grads) > 1:
+                total = grads[0].copy()
+                for other in grads[1:]:
+                    total += other.as_in_context(total.context)
+                for grad in grads:
+                    grad[:] = total.as_in_context(grad.context)
+
+    def _noise_vector(self, params):
+        """One standard normal NDArray covering every parameter, drawn ahead of time."""
+        size, offsets = noise_layout([p.shape for p in params])
+        if self._noise is None or self._noise.size != size:
+            if self._noise is not None:
+                self._noise.close()
+            with warnings.catch_warnings():  # the trainer already warned about a seed
+                warnings.simplefilter("ignore")
+                self._noise = NoiseSource(size, self._noise_seed, secure=self.secure_mode)
+        ctx = params[0].list_grad()[0].context
+        buffer = self._noise.take()
+        if ctx.device_type != "cpu":
+            return nd.array(buffer, ctx=ctx, dtype="float32"), offsets
+        # Zero-copy view of the numpy buffer. The engine reads it asynchronously, so the
+        # last few buffers stay referenced; every later step depends on those reads.
+        self._noise_held = (getattr(self, "_noise_held", []) + [buffer])[-3:]
+        return nd.from_numpy(buffer, zero_copy=True), offsets
+
+    def _single_context(self) -> bool:
+        return not self._kvstore and all(len(p.list_ctx()) == 1 for p in self._trainable())
+
+    def _write_noisy_grads(self, sums: Dict) -> None:
+        """One context: grad = clipped sum + noise, one fused operation per parameter."""
+        std = self.gradient_noise_multiplier * self.sensitivity
+        params = self._trainable()
+        if std > 0 and params:
+            flat, offsets = self._noise_vector(params)
+            flat = flat * std
+        for number, param in enumerate(params):
+            grad = param.list_grad()[0]
+            value = sums.get((id(param), grad.context))
+            if std > 0:
+                start, stop = offsets[number]
+                noise = flat[start:stop].reshape(grad.shape).astype(grad.dtype, copy=False)
+                if value is None:
+                    grad[:] = noise
+                else:
+                    nd.elemwise_add(value, noise, out=grad)
+            elif value is None:
+                grad[:] = 0
+            else:
+                grad[:] = value
+            param.list_data()[0]._fresh_grad = True
+
+    def _add_noise(self) -> None:
+        """Add N(0, (sigma x sensitivity)^2) noise once, the same on every context."""
+        std = self.gradient_noise_multiplier * self.sensitivity
+        params = self._trainable()
+        if std > 0 and params:
+            flat, offsets = self._noise_vector(params)
+            for param, (start, stop) in zip(params, offsets):
+                grads = param.list_grad()
+                noise = (flat[start:stop] * std).reshape(grads[0].shape).astype(
+                    grads[0].dtype, copy=False)
+                for grad in grads:
+                    grad += noise.as_in_context(grad.context)
+        for param in params:
+            for data in param.list_data():
+                data._fresh_grad = True
