@@ -1,0 +1,231 @@
+"""DPTrainer checkpoints: no pickle, exact resume, strict validation, ledger never decreases."""
+import base64
+import io
+import json
+import os
+import pathlib
+import pickle
+import re
+
+import numpy as np
+import pytest
+
+from mxprivacy import CheckpointError, PrivacyWarning
+from mxprivacy._io import seal
+
+from .ckpt_helpers import (build, params_np, read_meta, same, snapshot, step, write_meta)
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+class _Payload:
+    """Unpickling it creates a file: the shape of a code-execution exploit."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_resume_is_bit_identical(tmp_path, optimizer):
+    block, trainer = build(optimizer, sigma=0.0)
+    for seed in range(4):
+        step(block, trainer, seed)
+    block.save_parameters(str(tmp_path / "p"))
+    trainer.save_states(str(tmp_path / "s"))
+    step(block, trainer, 99)
+    fresh_block, fresh = build(optimizer, sigma=0.0, seed=5)
+    fresh_block.load_parameters(str(tmp_path / "p"))
+    fresh.load_states(str(tmp_path / "s"))
+    step(fresh_block, fresh, 99)
+    for mine, theirs in zip(params_np(fresh_block), params_np(block)):
+        np.testing.assert_array_equal(mine, theirs)
+    assert fresh._optimizer.num_update == trainer._optimizer.num_update
+
+
+def test_learning_rate_set_before_saving_is_restored(tmp_path):
+    block, trainer = build("sgd")
+    step(block, trainer)
+    trainer.set_learning_rate(0.025)
+    trainer.save_states(str(tmp_path / "s"))
+    _, fresh = build("sgd")
+    fresh.load_states(str(tmp_path / "s"))
+    assert fresh.learning_rate == 0.025
+
+
+def test_a_pickle_payload_is_refused_and_never_runs(tmp_path):
+    block, trainer = build("sgd")
+    step(block, trainer)
+    before = snapshot(block, trainer)
+    marker = tmp_path / "pwned"
+    # The old format: JSON with a base64 pickle that Updater.set_states would unpickle.
+    old = {"format": "mxprivacy-dptrainer-1", "privacy": trainer.accountant.state_dict(),
+           "updater": base64.b64encode(pickle.dumps(_Payload(str(marker)))).decode(),
+           "steps": 1, "nonfinite_count": 0, "config": {}}
+    (tmp_path / "old").write_text(json.dumps(old))
+    # The new format with a valid checksum around an object (pickled) array.
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=np.frombuffer(b"{}", dtype=np.uint8),
+             a0=np.array([_Payload(str(marker))], dtype=object))
+    (tmp_path / "new").write_bytes(seal("dptrainer-checkpoint", buffer.getvalue()))
+    for name in ("old", "new"):
+        with pytest.raises(CheckpointError):
+            trainer.load_states(str(tmp_path / name))
+    assert not marker.exists()
+    assert same(snapshot(block, trainer), before)
+
+
+def test_the_library_never_unpickles():
+    pattern = re.compile(r"pickle\.loads?\(|set_states\(|allow_pickle\s*=\s*True|"
+                         r"import dill|cloudpickle")
+    hits = [f"{path}:{n}" for path in (ROOT / "mxprivacy").rglob("*.py")
+            for n, line in enumerate(path.read_text().splitlines(), 1)
+            if pattern.search(line)]
+    assert hits == []
+
+
+def _saved(tmp_path, steps=3, optimizer="adam"):
+    block, trainer = build(optimizer)
+    for seed in range(steps):
+        step(block, trainer, seed)
+    path = str(tmp_path / "ckpt")
+    trainer.save_states(path)
+    return path
+
+
+EDITS = {
+    "steps do not match the events": lambda m: m.update(steps=m["steps"] - 1),
+    "count 7.5": lambda m: m["privacy"]["ledger"][0].update(count=7.5),
+    "count '7'": lambda m: m["privacy"]["ledger"][0].update(count="7"),
+    "count true": lambda m: m["privacy"]["ledger"][0].update(count=True),
+    "negative count": lambda m: m["privacy"]["ledger"][0].update(count=-3),
+    "unknown top field": lambda m: m.update(bonus=1),
+    "unknown ledger field": lambda m: m["privacy"].update(discount=0.5),
+    "unknown entry field": lambda m: m["privacy"]["ledger"][0].update(note="x"),
+    "unknown event field": lambda m: m["privacy"]["ledger"][0]["event"].update(extra=1),
+    "sigma as text": lambda m: m["privacy"]["ledger"][0]["event"]["event"].update(
+        noise_multiplier="1.0"),
+    "steps as float": lambda m: m.update(steps=float(m["steps"])),
+    "optimizer type": lambda m: m["optimizer"].update(type="sgd"),
+    "unknown optimizer setting": lambda m: m["optimizer"]["hyper"].update(evil=1),
+    "nan setting": lambda m: m["optimizer"]["hyper"].update(lr=float("nan")),
+    "state index": lambda m: m["optimizer"]["states"].update({"7": None}),
+    "update count": lambda m: m["optimizer"]["index_update_counts"]["0"].update({"0": 2.5}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EDITS))
+def test_inconsistent_fields_are_refused(tmp_path, name):
+    path = _saved(tmp_path)
+    meta, arrays = read_meta(path)
+    EDITS[name](meta)
+    write_meta(path, meta, arrays)
+    block, trainer = build("adam", seed=2)
+    step(block, trainer, 4)
+    before = snapshot(block, trainer)
+    with pytest.raises(CheckpointError):
+        trainer.load_states(path)
+    assert same(snapshot(block, trainer), before)
+
+
+def test_an_edited_array_shape_is_refused(tmp_path):
+    path = _saved(tmp_path)
+    meta, arrays = read_meta(path)
+    arrays["a0"] = arrays["a0"][:1]
+    write_meta(path, meta, arrays)
+    _, trainer = build("adam")
+    with pytest.raises(CheckpointError, match="state of"):
+        trainer.load_states(path)
+
+
+def test_a_checkpoint_must_match_the_trainer(tmp_path):
+    path = _saved(tmp_path, optimizer="adam")
+    _, sgd = build("sgd")
+    with pytest.raises(CheckpointError, match="'adam' optimizer states"):
+        sgd.load_states(path)
+    _, wider = build("adam", units=5)
+    with pytest.raises(CheckpointError, match="shape"):
+        wider.load_states(path)
+    assert sgd.steps == wider.steps == 0
+
+
+def test_a_plain_edit_fails_the_checksum(tmp_path):
+    path = _saved(tmp_path)
+    data = bytearray(open(path, "rb").read())
+    data[-10] ^= 0x01
+    open(path, "wb").write(bytes(data))
+    _, trainer = build("adam")
+    with pytest.raises(CheckpointError, match="checksum"):
+        trainer.load_states(path)
+
+
+def test_the_accountant_refuses_inconsistent_ledgers():
+    from mxprivacy import InvalidParameterError
+    _, trainer = build("sgd")
+    good = {"accountant": "rdp", "ledger": [{"event": {"type": "gaussian",
+                                                      "noise_multiplier": 1.0}, "count": 7}]}
+    trainer.accountant.load_state_dict(good)
+    for bad_count in (7.5, "7", True, -1):
+        bad = json.loads(json.dumps(good))
+        bad["ledger"][0]["count"] = bad_count
+        with pytest.raises(InvalidParameterError):
+            trainer.accountant.load_state_dict(bad)
+    for edit in ({"extra": 1}, ):
+        with pytest.raises(InvalidParameterError, match="Unknown fields"):
+            trainer.accountant.load_state_dict({**good, **edit})
+    event_extra = json.loads(json.dumps(good))
+    event_extra["ledger"][0]["event"]["bonus"] = 0
+    with pytest.raises(InvalidParameterError, match="unknown fields"):
+        trainer.accountant.load_state_dict(event_extra)
+    assert trainer.accountant.state_dict() == good
+
+
+# -- path 7: the ledger never decreases ---------------------------------------------------
+def test_loading_an_older_checkpoint_keeps_the_longer_ledger(tmp_path):
+    block, trainer = build("sgd")
+    for seed in range(4):
+        step(block, trainer, seed)
+    trainer.save_states(str(tmp_path / "early"))
+    for seed in range(4, 20):
+        step(block, trainer, seed)
+    eps = trainer.epsilon(1e-5)
+    trainer.load_states(str(tmp_path / "early"))
+    assert trainer.steps == 20 and trainer.epsilon(1e-5) == eps
+
+
+def test_resume_takes_the_saved_ledger(tmp_path):
+    block, trainer = build("sgd")
+    for seed in range(5):
+        step(block, trainer, seed)
+    trainer.save_states(str(tmp_path / "s"))
+    fresh_block, fresh = build("sgd")
+    step(fresh_block, fresh, 0)  # a prefix of the saved history
+    fresh.load_states(str(tmp_path / "s"))
+    assert fresh.steps == 5 and fresh.epsilon(1e-5) == trainer.epsilon(1e-5)
+
+
+def test_divergent_histories_are_composed_with_a_warning(tmp_path):
+    block, trainer = build("sgd", sigma=2.0)
+    for seed in range(6):
+        step(block, trainer, seed)
+    trainer.save_states(str(tmp_path / "other"))
+    mine_block, mine = build("sgd", sigma=1.0)
+    for seed in range(3):
+        step(mine_block, mine, seed)
+    before = mine.epsilon(1e-5)
+    with pytest.warns(PrivacyWarning, match="composed"):
+        mine.load_states(str(tmp_path / "other"))
+    assert mine.steps == 9
+    assert mine.epsilon(1e-5) > max(before, trainer.epsilon(1e-5))
+
+
+def test_a_failed_load_leaves_no_temporary_and_keeps_the_mode(tmp_path):
+    path = _saved(tmp_path)
+    os.chmod(path, 0o640)
+    block, trainer = build("adam")
+    step(block, trainer)
+    trainer.save_states(path)
+    assert os.stat(path).st_mode & 0o777 == 0o640
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
