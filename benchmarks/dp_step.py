@@ -6,13 +6,24 @@ Nets (batch 256, CPU):
 - ``lstm``: Embedding(10000, 64), then LSTM(64), then Dense(2), on length-64 sequences.
   The non-private baseline uses the fused ``gluon.rnn.LSTM``; DP uses ``DPLSTM``.
 
+The DP steps take Poisson batch sizes (Binomial(60000, 256/60000), mean 256), since
+``DPTrainer`` refuses a long run of equal sizes as a fixed-size loader.
+
 Every variant runs in its own subprocesses (``--trials``, 3 by default), so its peak RSS is
 its own. A timing is the median over trials of the median of ``--repeats`` steps after
 warm-up. Opacus (hooks and ghost) runs when torch
 and opacus are installed. Prints one JSON object::
 
     {"models": {name: {"nonprivate_ms", "dp_ms", "ratio", "opacus_best_ratio",
-                       "peak_rss_ratio", ...}}}
+                       "peak_rss_ratio", "dp_secure_ms", "secure_ratio", ...}},
+     "noise": {name: {"parameters", "default_ms", "secure_ms"}},
+     "secure_noise_ms_per_million": ...}
+
+Secure mode (``--secure``, on by default for mlp and cnn): ``dp_secure`` is the same DP
+step with ``DPTrainer(..., secure_mode=True)`` (CSPRNG noise, sum of four Gaussians),
+measured in the same run as ``dp``; ``secure_ratio`` is dp_secure / dp. The ``noise``
+section times one synchronous draw of each model's noise vector (no background thread),
+so it shows the cost the prefetch thread has to hide.
 """
 from __future__ import annotations
 
@@ -28,6 +39,8 @@ import numpy as np
 
 BATCH = 256
 MODELS = ("mlp", "cnn", "lstm")
+SECURE_MODELS = ("mlp", "cnn")
+EXTRA: dict = {}  # extra fields a worker reports
 
 
 def _median_ms(step, repeats: int, sync) -> float:
@@ -100,17 +113,43 @@ def run_mxnet(model: str, variant: str, repeats: int) -> float:
         trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.05})
     else:
         net = PrivateBlock(net)
+        secure = {"secure_mode": True} if variant == "dp_secure" else {}
         trainer = DPTrainer(net.collect_params(), "sgd", {"learning_rate": 0.05},
                             noise_multiplier=1.0, max_grad_norm=1.0,
-                            expected_batch_size=BATCH, sample_rate=BATCH / 60000)
+                            expected_batch_size=BATCH, sample_rate=BATCH / 60000, **secure)
+
+    if variant == "nonprivate":
+        sizes = iter(lambda: BATCH, None)
+    else:  # Poisson batch sizes (mean 256): DPTrainer refuses a run of equal sizes
+        rng = np.random.default_rng(1)
+        sizes = iter(lambda: int(min(rng.binomial(60000, BATCH / 60000), 2 * BATCH)), None)
+        x, y = nd.concat(x, x, dim=0), nd.concat(y, y, dim=0)
 
     def step():
+        size = next(sizes)
         with autograd.record():
-            loss = loss_fn(net(x), y)
+            loss = loss_fn(net(x[:size]), y[:size])
         loss.backward()
-        trainer.step(BATCH)
+        trainer.step(size)
 
     return _median_ms(step, repeats, nd.waitall)
+
+
+def run_noise(model: str, variant: str, repeats: int) -> float:
+    """One synchronous draw of the model's whole noise vector (``variant``: default or
+    secure), as the background thread does it."""
+    from mxnet import nd
+
+    from mxprivacy.mechanisms import secure
+
+    net = _mx_net(model, private=True)
+    net(_mx_data(model)[0][:2])  # finish deferred initialization
+    size = sum(p.data().size for p in net.collect_params().values() if p.grad_req != "null")
+    rng = np.random.Generator(np.random.SFC64())
+    draw = (lambda: secure.standard_normal(size)) if variant == "secure" else \
+        (lambda: rng.standard_normal(size, dtype=np.float32))
+    EXTRA["parameters"] = int(size)
+    return _median_ms(draw, repeats, nd.waitall)
 
 
 # -- Opacus ------------------------------------------------------------------------------
@@ -175,10 +214,10 @@ def run_opacus(model: str, variant: str, repeats: int) -> float:
 
 
 def worker(framework: str, model: str, variant: str, repeats: int) -> None:
-    run = run_mxnet if framework == "mxnet" else run_opacus
+    run = {"mxnet": run_mxnet, "noise": run_noise}.get(framework, run_opacus)
     ms = run(model, variant, repeats)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    print(json.dumps({"ms": ms, "peak_rss_mb": rss_mb}))
+    print(json.dumps({"ms": ms, "peak_rss_mb": rss_mb, **EXTRA}))
 
 
 def _spawn_once(framework: str, model: str, variant: str, repeats: int):
@@ -205,12 +244,44 @@ def _spawn(framework: str, model: str, variant: str, repeats: int):
             "trials_ms": [round(r["ms"], 3) for r in good]}
 
 
+def _secure_row(model: str, repeats: int, dp: dict) -> dict:
+    """The secure DP step, measured in the same run as the normal one."""
+    secure = _spawn("mxnet", model, "dp_secure", repeats)
+    row = {"dp_secure_ms": secure.get("ms"),
+           "secure_ratio": secure["ms"] / dp["ms"] if "ms" in secure and "ms" in dp else None,
+           "secure_overhead_ms": (secure["ms"] - dp["ms"]
+                                  if "ms" in secure and "ms" in dp else None),
+           "dp_secure_trials_ms": secure.get("trials_ms")}
+    if "error" in secure:
+        row["dp_secure_error"] = secure["error"]
+    return row
+
+
+def _noise_costs(models, repeats: int) -> dict:
+    from mxprivacy.mechanisms import secure
+
+    secure.standard_normal(1000)
+    start = time.perf_counter()
+    secure.standard_normal(10 ** 6)
+    report = {"secure_noise_ms_per_million": 1000.0 * (time.perf_counter() - start),
+              "noise": {}}
+    for model in models:
+        default = _spawn_once("noise", model, "default", repeats)
+        safe = _spawn_once("noise", model, "secure", repeats)
+        report["noise"][model] = {"parameters": safe.get("parameters"),
+                                  "default_ms": default.get("ms"),
+                                  "secure_ms": safe.get("ms")}
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--json", action="store_true", help="JSON only (the default output)")
     parser.add_argument("--no-opacus", action="store_true")
+    parser.add_argument("--no-secure", action="store_true",
+                        help="skip the secure-mode step (mlp and cnn)")
     parser.add_argument("--trials", type=int, default=3, help="processes per variant")
     parser.add_argument("--worker", nargs=3, metavar=("FRAMEWORK", "MODEL", "VARIANT"))
     args = parser.parse_args()
@@ -245,7 +316,12 @@ def main() -> None:
             row.update({"torch_nonprivate_ms": torch_ms,
                         "opacus_ms": modes, "opacus_ratios": ratios,
                         "opacus_best_ratio": min(ratios.values()) if ratios else None})
+        if model in SECURE_MODELS and not args.no_secure:
+            row.update(_secure_row(model, args.repeats, dp))
         report["models"][model] = row
+    if not args.no_secure:
+        report.update(_noise_costs([m for m in args.models.split(",") if m in SECURE_MODELS],
+                                   args.repeats))
     print(json.dumps(report))
 
 
