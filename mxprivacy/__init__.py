@@ -28,7 +28,7 @@ _LAZY = {
     "DPRNN": "mxprivacy.gluon",
     "RDPAccountant": "mxprivacy.accounting",
     "PLDAccountant": "mxprivacy.accounting",
-    "NoisyOutput": "mxprivacy.mechanisms",
+    "NoisyOutput": "mxprivacy.gluon.noisy_output",
     "KAnonymizer": "mxprivacy.preprocessing",
     "DataMinimizer": "mxprivacy.preprocessing",
     "LaplaceMechanism": "mxprivacy.mechanisms",

@@ -11,6 +11,7 @@ from .rules import GradRule, register_grad_rule
 from .sampling import DPDataLoader, PoissonBatchSampler
 from .rnn import DPGRU, DPLSTM, DPRNN
 from .trainer import DPTrainer
+from .noisy_output import NoisyOutput  # noqa: F401  (also mxprivacy.NoisyOutput)
 from .validators import validate
 
 __all__ = ["PrivateBlock", "DPTrainer", "GradRule", "register_grad_rule", "rules",

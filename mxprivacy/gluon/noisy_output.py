@@ -6,25 +6,44 @@ model or of the input. That covers the training data behind the model: a model t
 on a dataset with or without one person gives outputs that are equally well hidden.
 Every released row is charged to a budget, and the query that would exceed the budget
 raises :class:`~mxprivacy.PrivacyBudgetExceeded` before the model is even run.
+
+Ledger
+    One format for every ledger of the library: ``privacy`` is an accountant
+    ``state_dict`` (events and integer counts), next to the mechanism settings and the
+    budget. Files are sealed with a SHA-256 and written atomically (see
+    :mod:`mxprivacy._io`); a corrupt or edited file raises
+    :class:`~mxprivacy.CheckpointError` and never resets the budget. A loaded ledger only
+    ever raises the count of answered rows.
+
+Write-ahead ledger
+    With ``ledger_path=PATH`` every query is written to ``PATH`` (atomically, fsynced)
+    before its answer is returned, and a new ``NoisyOutput`` with the same path resumes
+    the spent budget. One process at a time may use a ledger path; deleting the file
+    forgets the spending, so keep it where only the budget's owner can write.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 from mxnet import gluon, nd
 
-from .._io import atomic_write
+from .._io import atomic_path, atomic_write, read_sealed, seal
+from .._ledger import merge_ledgers
 from ..accounting import make_accountant
-from ..errors import CheckpointError, InvalidParameterError, PrivacyBudgetExceeded
-from .calibration import check_delta, check_epsilon, check_sensitivity
-from .mechanisms import GaussianMechanism, LaplaceMechanism
+from ..accounting.base import _same, parse_ledger
+from ..errors import (CheckpointError, InvalidParameterError, MXPrivacyError,
+                      PrivacyBudgetExceeded)
+from ..mechanisms.calibration import check_delta, check_epsilon, check_sensitivity
+from ..mechanisms.mechanisms import GaussianMechanism, LaplaceMechanism
 
 __all__ = ["NoisyOutput"]
 
-_LEDGER_FORMAT = "mxprivacy-noisy-output-1"
+_LEDGER_FORMAT = "mxprivacy-noisy-output-2"
+_KIND = "noisy-output-ledger"
 
 
 class NoisyOutput(gluon.Block):
@@ -53,12 +72,17 @@ class NoisyOutput(gluon.Block):
         Noise from exact samplers with a CSPRNG (see :mod:`mxprivacy.mechanisms.secure`).
     random_state : int, optional
         Seed of the fast-mode noise.
+    ledger_path : str, optional
+        Write-ahead ledger: every query is recorded there durably before its answer is
+        returned, and an existing file is resumed (a corrupt one raises
+        :class:`~mxprivacy.CheckpointError`).
     """
 
     def __init__(self, block: gluon.Block, *, mechanism: str = "gaussian", epsilon: float,
                  delta: float = 0.0, output_bound: float, budget_epsilon: float,
                  budget_delta: float = 0.0, mode: str = "values", accountant: str = "auto",
-                 secure: bool = False, random_state: Optional[int] = None) -> None:
+                 secure: bool = False, random_state: Optional[int] = None,
+                 ledger_path: Optional[str] = None) -> None:
         super().__init__()
         self.output_bound = check_sensitivity(output_bound)
         self.budget_epsilon = check_epsilon(budget_epsilon)
@@ -78,6 +102,12 @@ class NoisyOutput(gluon.Block):
             raise InvalidParameterError(
                 f"The budget (epsilon={budget_epsilon}, delta={budget_delta}) does not "
                 "cover a single row: raise the budget or lower the per-row epsilon.")
+        self.ledger_path = None if ledger_path is None else os.fspath(ledger_path)
+        if self.ledger_path is not None:
+            if os.path.exists(self.ledger_path):
+                self.load_ledger(self.ledger_path)
+            else:
+                self._write_ahead(0)
 
     # -- budget ----------------------------------------------------------------------
     def _spend(self, rows: int) -> Tuple[float, float]:
@@ -141,6 +171,7 @@ class NoisyOutput(gluon.Block):
                 "The wrapped block produced NaN or inf; nothing was released or charged.")
         noisy = self.mechanism.randomise(_clip_rows(values, self.output_bound,
                                                     self.mechanism_name))
+        self._write_ahead(self.queries + rows)  # durable before anything is returned
         self.queries += rows
         if self.mode == "label":
             return nd.array(noisy.argmax(axis=1), ctx=out.context, dtype="int64")
@@ -153,35 +184,67 @@ class NoisyOutput(gluon.Block):
                 "delta": getattr(mech, "delta", 0.0), "output_bound": self.output_bound,
                 "secure": mech.secure, "accountant": self.accountant}
 
-    def state_dict(self) -> Dict[str, Any]:
-        return {"format": _LEDGER_FORMAT, "queries": self.queries, "config": self._config(),
+    def state_dict(self, queries: Optional[int] = None) -> Dict[str, Any]:
+        """The ledger: an accountant ``state_dict`` plus the settings and the budget."""
+        queries = self.queries if queries is None else queries
+        entries = [{"event": self.mechanism.event.to_dict(), "count": queries}] if queries \
+            else []
+        return {"format": _LEDGER_FORMAT, "config": self._config(),
+                "privacy": {"accountant": self.accountant, "ledger": entries},
                 "budget": {"epsilon": self.budget_epsilon, "delta": self.budget_delta}}
 
+    def _ledger_bytes(self, queries: Optional[int] = None) -> bytes:
+        return seal(_KIND, json.dumps(self.state_dict(queries), allow_nan=False).encode())
+
+    def _write_ahead(self, queries: int) -> None:
+        if self.ledger_path is not None:
+            atomic_write(self.ledger_path, self._ledger_bytes(queries))
+
     def save_ledger(self, fname: str) -> None:
-        """Write the ledger (rows answered and settings) atomically as JSON."""
-        atomic_write(fname, json.dumps(self.state_dict()).encode("utf-8"))
+        """Write the ledger atomically (sealed JSON, see the module docstring)."""
+        atomic_write(fname, self._ledger_bytes())
+
+    def _parse_ledger(self, body: bytes) -> int:
+        """The number of answered rows in a ledger body, after every check."""
+        state = json.loads(body.decode("utf-8"))
+        if not isinstance(state, dict) or set(state) != {"format", "config", "privacy",
+                                                         "budget"}:
+            raise ValueError("missing or unknown fields")
+        if state["format"] != _LEDGER_FORMAT:
+            raise ValueError(f"format {state['format']!r}")
+        if not _same(state["config"], self._config()):
+            raise ValueError(f"settings differ: {state['config']} != {self._config()}")
+        budget = state["budget"]
+        if not isinstance(budget, dict) or set(budget) != {"epsilon", "delta"}:
+            raise ValueError("the budget needs exactly 'epsilon' and 'delta'")
+        entries = parse_ledger(state["privacy"])
+        if state["privacy"].get("accountant") != self.accountant or any(
+                event != self.mechanism.event for event, _ in entries):
+            raise ValueError("its events are not this mechanism's")
+        return sum(count for _, count in entries)
 
     def load_ledger(self, fname: str) -> None:
-        """Restore a ledger; it must come from the same mechanism settings."""
+        """Merge a saved ledger: the count of answered rows never decreases."""
+        body = read_sealed(_KIND, fname)
         try:
-            with open(fname, "rb") as handle:
-                state = json.loads(handle.read().decode("utf-8"))
-            if state.get("format") != _LEDGER_FORMAT:
-                raise ValueError(f"format {state.get('format')!r}")
-            queries = int(state["queries"])
-            if queries < 0:
-                raise ValueError("negative query count")
-            if state["config"] != self._config():
-                raise ValueError(f"settings differ: {state['config']} != {self._config()}")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            queries = self._parse_ledger(body)
+        except (ValueError, KeyError, TypeError, AttributeError, MXPrivacyError) as exc:
             raise CheckpointError(f"{fname} is not a usable NoisyOutput ledger ({exc}). "
                                   "The ledger is unchanged.") from exc
-        self.queries = max(self.queries, queries)  # never forget spent privacy
+        current = [(self.mechanism.event, self.queries)]
+        _, kept = merge_ledgers(current, [(self.mechanism.event, queries)], "NoisyOutput ledger")
+        merged = sum(count for _, count in kept)
+        if merged != self.queries:
+            self._write_ahead(merged)
+            self.queries = merged
 
     def save_parameters(self, filename: str, deduplicate: bool = False) -> None:
-        """Save the wrapped block's parameters and, next to them, the ledger."""
-        self.block.save_parameters(filename, deduplicate=deduplicate)
+        """Save the ledger (``filename + ".ledger.json"``), then the wrapped block's
+        parameters; both atomically. The ledger goes first, so a crash in between
+        leaves a ledger that over-states, never under-states, the spending."""
         self.save_ledger(filename + ".ledger.json")
+        with atomic_path(filename) as tmp:
+            self.block.save_parameters(tmp, deduplicate=deduplicate)
 
     def load_parameters(self, filename: str, ctx=None, **kwargs) -> None:
         """Load parameters and the ledger saved with them (a missing ledger is an error)."""

@@ -8,6 +8,8 @@ from mxnet import gluon
 from scipy import stats
 
 from mxprivacy import CheckpointError, InvalidParameterError, NoisyOutput, PrivacyBudgetExceeded
+from mxprivacy.gluon.noisy_output import NoisyOutput as GluonNoisyOutput
+from mxprivacy.mechanisms import NoisyOutput as MechanismsNoisyOutput
 from mxprivacy.accounting import GaussianEvent, PLDAccountant
 from mxprivacy.mechanisms import analytic_gaussian_sigma
 
@@ -149,3 +151,107 @@ def test_non_finite_output_is_refused_and_not_charged():
     with pytest.raises(InvalidParameterError, match="NaN"):
         net(mx.nd.zeros((1, 1)))
     assert net.queries == 0
+
+
+# -- location, one ledger format, atomic files, write-ahead ledger -------------------------
+def test_importable_from_gluon_mechanisms_and_the_top_level():
+    import subprocess
+    import sys
+    assert NoisyOutput is GluonNoisyOutput is MechanismsNoisyOutput
+    code = "import sys, mxprivacy.mechanisms; print('mxnet' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_the_ledger_is_an_accountant_state_dict():
+    net = wrap(budget_epsilon=4.0)
+    net(mx.nd.zeros((3, 1)))
+    state = net.state_dict()
+    assert set(state) == {"format", "config", "privacy", "budget"}
+    accountant = PLDAccountant()
+    accountant.load_state_dict(state["privacy"])
+    assert accountant.get_epsilon(1e-5) == pytest.approx(net.spent()[0], rel=1e-9)
+
+
+def test_save_parameters_is_atomic_keeps_the_mode_and_writes_the_ledger_first(tmp_path):
+    import os
+    dense = gluon.nn.Dense(2, in_units=3)
+    dense.initialize()
+    net = NoisyOutput(dense, epsilon=1.0, delta=1e-6, output_bound=1.0, budget_epsilon=5.0,
+                      budget_delta=1e-5)
+    fname = str(tmp_path / "model.params")
+    net.save_parameters(fname)
+    os.chmod(fname, 0o644)
+    before = open(fname, "rb").read()
+    net(mx.nd.ones((2, 3)))
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    dense.save_parameters = crash
+    with pytest.raises(OSError):
+        net.save_parameters(fname)
+    assert open(fname, "rb").read() == before  # the old model, whole
+    assert sorted(os.listdir(tmp_path)) == ["model.params", "model.params.ledger.json"]
+    fresh = wrap()
+    fresh.load_ledger(fname + ".ledger.json")
+    del dense.save_parameters
+    net.save_parameters(fname)
+    assert os.stat(fname).st_mode & 0o777 == 0o644
+
+
+def test_write_ahead_ledger_resumes_and_never_lowers(tmp_path):
+    path = str(tmp_path / "wal")
+    net = wrap(budget_epsilon=4.0, ledger_path=path)
+    net(mx.nd.zeros((3, 1)))
+    assert wrap(budget_epsilon=4.0, ledger_path=path).queries == 3  # no save needed
+    older = str(tmp_path / "older.json")
+    wrap(budget_epsilon=4.0).save_ledger(older)  # 0 rows
+    net(mx.nd.zeros((2, 1)))
+    net.load_ledger(older)
+    assert net.queries == 5
+    again = wrap(budget_epsilon=4.0, ledger_path=path)
+    assert again.queries == 5 and again.spent() == net.spent()
+
+
+def test_a_query_is_durable_before_its_answer(tmp_path, monkeypatch):
+    import mxprivacy.gluon.noisy_output as module
+    path = str(tmp_path / "wal")
+    net = wrap(budget_epsilon=4.0, ledger_path=path)
+
+    def failing_write(fname, data):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(module, "atomic_write", failing_write)
+    with pytest.raises(OSError):
+        net(mx.nd.zeros((2, 1)))
+    assert net.queries == 0
+    monkeypatch.undo()
+    net(mx.nd.zeros((2, 1)))
+    assert wrap(budget_epsilon=4.0, ledger_path=path).queries == 2
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "edit"])
+def test_a_corrupt_ledger_is_an_error_never_a_reset(tmp_path, damage):
+    import json as _json
+    from mxprivacy._io import seal
+    path = tmp_path / "wal"
+    net = wrap(budget_epsilon=4.0, ledger_path=str(path))
+    net(mx.nd.zeros((3, 1)))
+    data = path.read_bytes()
+    if damage == "flip":
+        data = data[:-5] + bytes([data[-5] ^ 4]) + data[-4:]
+    elif damage == "truncate":
+        data = data[:len(data) // 2]
+    elif damage == "empty":
+        data = b""
+    else:  # a resealed edit with a non-integer count
+        state = _json.loads(data.partition(b"\n")[2])
+        state["privacy"]["ledger"][0]["count"] = 2.5
+        data = seal("noisy-output-ledger", _json.dumps(state).encode())
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError):
+        wrap(budget_epsilon=4.0, ledger_path=str(path))
+    with pytest.raises(CheckpointError):
+        net.load_ledger(str(path))
+    assert net.queries == 3
