@@ -1,7 +1,8 @@
 """``fix(net)``: replace layers that cannot be trained with per-sample privacy.
 
-- ``BatchNorm`` / ``SyncBatchNorm`` mix samples through batch statistics. They become
-  ``GroupNorm``, with up to 32 groups that divide the channel count (one group when the
+- ``BatchNorm``, ``BatchNormReLU``, ``SyncBatchNorm`` and their subclasses mix samples
+  through batch statistics. They become ``GroupNorm`` (followed by a ReLU for
+  ``BatchNormReLU``), with up to 32 groups that divide the channel count (one group when the
   count is not known yet).
 - ``gluon.rnn.LSTM`` / ``GRU`` / ``RNN`` (fused, with no per-sample rule) become
   :class:`~mxprivacy.gluon.rnn.DPLSTM` / ``DPGRU`` / ``DPRNN``, with the same weights
@@ -14,7 +15,7 @@ from typing import Callable, List, Optional
 from mxnet import gluon
 
 from .rnn import DPGRU, DPLSTM, DPRNN
-from .validators import _SAMPLE_MIXING, _walk
+from .validators import _walk, mixes_samples
 
 __all__ = ["fix", "replacement_for"]
 
@@ -22,9 +23,17 @@ _RECURRENT = {gluon.rnn.LSTM: DPLSTM, gluon.rnn.GRU: DPGRU, gluon.rnn.RNN: DPRNN
 
 
 def _group_norm(bn) -> gluon.Block:
-    channels = int(bn.gamma.shape[0]) if bn.gamma.shape and bn.gamma.shape[0] else 0
+    gamma = bn._reg_params.get("gamma")
+    channels = int(gamma.shape[0]) if gamma is not None and gamma.shape and gamma.shape[0] \
+        else 0
     groups = max((g for g in range(1, 33) if channels and channels % g == 0), default=1)
-    return gluon.nn.GroupNorm(num_groups=groups, epsilon=bn._kwargs.get("eps", 1e-5))
+    norm = gluon.nn.GroupNorm(num_groups=groups,
+                              epsilon=getattr(bn, "_kwargs", {}).get("eps", 1e-5))
+    if not isinstance(bn, getattr(gluon.nn, "BatchNormReLU", ())):
+        return norm
+    fused = gluon.nn.HybridSequential()  # BatchNormReLU applies a ReLU after normalizing
+    fused.add(norm, gluon.nn.Activation("relu"))
+    return fused
 
 
 def _dp_recurrent(fused) -> gluon.Block:
@@ -44,7 +53,7 @@ def _dp_recurrent(fused) -> gluon.Block:
 
 def replacement_for(block) -> Optional[Callable]:
     """The function that builds ``block``'s DP-compatible replacement, if it needs one."""
-    if _SAMPLE_MIXING and isinstance(block, _SAMPLE_MIXING):
+    if mixes_samples(block):
         return _group_norm
     if type(block) in _RECURRENT:
         return _dp_recurrent

@@ -5,6 +5,7 @@ from mxnet import autograd, nd
 
 from ..errors import ScalarLossError
 from .private_block import PrivateBlock
+from .shards import check_no_raw_gradient
 
 __all__ = ["per_sample_grad_norms", "per_sample_grads"]
 
@@ -23,6 +24,7 @@ def _capture(net, loss_fn, data, label, mode: str):
         loss.backward()
         (shard,) = wrapped.take_shards()
         shard.check_fresh()
+        check_no_raw_gradient(shard)
         return shard
     finally:
         wrapped.release()

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from typing import Dict, List, Sequence
 
+import json
+
+import mxnet as mx
 from mxnet import gluon
 
 from ..errors import UnsupportedLayerError
@@ -14,9 +17,58 @@ from .rules import rule_for
 __all__ = ["validate", "check", "parameterized_layers", "is_hybridized", "has_all_rules"]
 
 _SAMPLE_MIXING = tuple(
-    t for t in (getattr(gluon.nn, "BatchNorm", None), getattr(gluon.nn, "SyncBatchNorm", None),
+    t for t in (getattr(gluon.nn.basic_layers, "_BatchNorm", None),
+                getattr(gluon.nn, "BatchNorm", None), getattr(gluon.nn, "SyncBatchNorm", None),
                 getattr(getattr(gluon, "contrib", None) and gluon.contrib.nn, "SyncBatchNorm", None))
     if t is not None)
+
+# Operators that compute statistics over the batch axis in training mode.
+_BATCH_STAT_OPS = frozenset({"BatchNorm", "BatchNorm_v1", "_contrib_BatchNormWithReLU",
+                             "_contrib_SyncBatchNorm", "SyncBatchNorm", "CuDNNBatchNorm"})
+_RUNNING_STATS = ("running_mean", "running_var", "moving_mean", "moving_var")
+
+
+def _traced_ops(block) -> frozenset:
+    """Operators of a user-defined HybridBlock's graph (empty when it cannot be traced).
+
+    Built-in Gluon layers are known by class; a block defined elsewhere is traced with a
+    symbolic input, so a custom layer calling ``F.BatchNorm`` is found by what it does.
+    """
+    if not isinstance(block, gluon.HybridBlock) or type(block).__module__.startswith("mxnet."):
+        return frozenset()
+    try:
+        graph = block(mx.sym.var("data"))
+        nodes = json.loads(graph.tojson())["nodes"]
+    except Exception:  # needs several inputs, or shapes: the class checks still apply
+        return frozenset()
+    return frozenset(node["op"] for node in nodes)
+
+
+def mixes_samples(block) -> bool:
+    """Whether ``block`` is a known batch-statistics layer: by class (subclasses of
+    Gluon's ``_BatchNorm``, ``BatchNormReLU``, ``SyncBatchNorm``) or by its running
+    statistics parameters."""
+    if _SAMPLE_MIXING and isinstance(block, _SAMPLE_MIXING):
+        return True
+    return any(name.endswith(_RUNNING_STATS) for name in block._reg_params)
+
+
+def sample_mixing_blocks(net) -> List:
+    """Every block that computes batch statistics: known ones, and user-defined hybrid
+    blocks whose traced graph contains a batch-statistics operator while none of their
+    children does (so the finding names the innermost block)."""
+    found: List = []
+
+    def visit(block) -> bool:
+        below = [visit(child) for child in block._children.values()]
+        if mixes_samples(block) or (not any(below)
+                                    and _traced_ops(block) & _BATCH_STAT_OPS):
+            found.append(block)
+            return True
+        return any(below)
+
+    visit(net)
+    return found
 
 
 _FUSED_RNN = (gluon.rnn.LSTM, gluon.rnn.GRU, gluon.rnn.RNN)
@@ -70,16 +122,16 @@ def validate(net, mode: str = "vectorized") -> List[str]:
         Empty when the network is fine.
     """
     problems = []
-    for block in _walk(net):
-        if _SAMPLE_MIXING and isinstance(block, _SAMPLE_MIXING):
-            problems.append(
-                f"{block.name} ({type(block).__name__}) mixes samples through batch statistics "
-                "and its running averages see raw data: replace it with nn.GroupNorm, "
-                "nn.LayerNorm or nn.InstanceNorm (mxprivacy.fix(net) does it).")
+    mixing = sample_mixing_blocks(net)
+    for block in mixing:
+        problems.append(
+            f"{block.name} ({type(block).__name__}) mixes samples through batch statistics "
+            "and its running averages see raw data: replace it with nn.GroupNorm, "
+            "nn.LayerNorm or nn.InstanceNorm (mxprivacy.fix(net) does it).")
     if mode == "vectorized":
         layers = parameterized_layers(net)
         for layer in layers:
-            if _SAMPLE_MIXING and isinstance(layer, _SAMPLE_MIXING):
+            if layer in mixing:
                 continue  # already reported above
             rule = rule_for(layer)
             reason = rule.problem(layer) if rule is not None else None

@@ -1,0 +1,363 @@
+"""Paths where the reported epsilon could fall below the real privacy loss (issue 11).
+
+Each test fails when its protection is removed; the test names carry the path numbers.
+"""
+import math
+import warnings
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import autograd, gluon, nd
+
+from mxprivacy import (BatchSizeMismatchError, DPTrainer, InvalidParameterError,
+                       PerSampleGradientError, PrivacyWarning, PrivateBlock, SamplingError,
+                       TiedParameterError, UnsupportedLayerError, fix, per_sample_grad_norms,
+                       validate)
+from mxprivacy.gluon.guards import FixedSizeDetector
+
+from .helpers import LOSS, allow_fixed_batches, batch, mlp, reference_grads
+
+
+def make(net=None, mode="vectorized", sigma=0.0, clip=1.0, expected=6, **kwargs):
+    block = PrivateBlock(net or mlp(), mode=mode, **kwargs.pop("block", {}))
+    trainer = DPTrainer(block.collect_params(), "sgd", {"learning_rate": 1.0},
+                        noise_multiplier=sigma, max_grad_norm=clip, expected_batch_size=expected,
+                        sample_rate=kwargs.pop("sample_rate", 0.1), **kwargs)
+    return block, trainer
+
+
+def flat_norms(grads, rows):
+    return np.linalg.norm(np.concatenate([g.reshape(rows, -1) for g in grads.values()],
+                                         axis=1), axis=1)
+
+
+def params_np(block):
+    return [p.data().asnumpy().copy() for p in block.collect_params().values()]
+
+
+# -- path 2: embedding ids that MXNet truncates and clips ----------------------------------
+class EmbedHead(gluon.nn.Block):
+    def __init__(self, vocab=5, **kwargs):
+        super().__init__(**kwargs)
+        self.embed = gluon.nn.Embedding(vocab, 3)
+        self.out = gluon.nn.Dense(2, flatten=True)
+
+    def forward(self, x):
+        return self.out(self.embed(x))
+
+
+def test_path2_embedding_norms_use_the_rows_mxnet_reads():
+    mx.random.seed(3)
+    net = EmbedHead(vocab=5)
+    net.initialize(mx.init.Normal(1.0))
+    # 7, 8, 9 and 1000 all read row 4; -1 and -0.5 read row 0; 1.7 reads row 1.
+    x = nd.array([[7, 8, 9, 1000], [-1, 0, -0.5, 2], [1.7, 1, 1.2, 3], [4, 4, 5, 6]])
+    y = nd.array([0, 1, 0, 1])
+    want = flat_norms(reference_grads(net, LOSS, x, y), 4)
+    got = per_sample_grad_norms(net, LOSS, x, y, mode="vectorized").asnumpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    # the raw-id rule would have seen four distinct rows in sample 0
+    assert want[0] > 1.05 * np.sqrt(np.sum(np.square(got[0])) / 2)
+
+
+def test_path2_embedding_clipped_sum_matches_reference():
+    mx.random.seed(4)
+    net = EmbedHead(vocab=5)
+    net.initialize(mx.init.Normal(1.0))
+    x = nd.array([[7, 8, 9, 1000], [-1, -1, -1, 2], [1.7, 1, 1.2, 3]])
+    y = nd.array([0, 1, 0])
+    ref = reference_grads(net, LOSS, x, y)
+    norms = flat_norms(ref, 3)
+    clip = float(np.min(norms)) / 2  # every sample clipped
+    block, trainer = make(net, clip=clip, expected=3)
+    before = params_np(block)
+    with autograd.record():
+        loss = LOSS(block(x), y)
+    loss.backward()
+    trainer.step(3)
+    factors = clip / norms
+    for (name, g), old, p in zip(ref.items(), before, block.collect_params().values()):
+        want = old - np.tensordot(factors, g, axes=1) / 3.0
+        np.testing.assert_allclose(p.data().asnumpy(), want, rtol=1e-4, atol=1e-6)
+
+
+# -- path 3: layers that use batch statistics ------------------------------------------------
+class CustomBN(gluon.HybridBlock):
+    """Computes batch statistics through the operator, with no BatchNorm in its name."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.scale = self.params.get("scale", shape=(4,), init="ones")
+            self.shift = self.params.get("shift", shape=(4,), init="zeros")
+            self.mean = self.params.get("mu", shape=(4,), init="zeros", grad_req="null")
+            self.var = self.params.get("sigma", shape=(4,), init="ones", grad_req="null")
+
+    def hybrid_forward(self, F, x, scale, shift, mean, var):
+        return F.BatchNorm(x, scale, shift, mean, var)
+
+
+class MyBatchNorm(gluon.nn.BatchNorm):
+    pass
+
+
+@pytest.mark.parametrize("layer", [
+    lambda: gluon.nn.BatchNormReLU(in_channels=4),
+    lambda: MyBatchNorm(in_channels=4),
+    lambda: gluon.contrib.nn.SyncBatchNorm(in_channels=4),
+    CustomBN,
+], ids=["BatchNormReLU", "subclass", "SyncBatchNorm", "custom-op"])
+def test_path3_batch_statistics_found_by_base_class_and_operator(layer):
+    net = gluon.nn.HybridSequential()
+    net.add(gluon.nn.Dense(4), layer(), gluon.nn.Dense(2))
+    net.initialize()
+    problems = validate(net, "microbatch")
+    assert len(problems) == 1 and "batch statistics" in problems[0]
+    with pytest.raises(UnsupportedLayerError, match="batch statistics"):
+        PrivateBlock(net, mode="microbatch")
+
+
+def test_path3_fix_replaces_batchnormrelu_with_groupnorm_and_relu():
+    net = gluon.nn.HybridSequential()
+    net.add(gluon.nn.Conv2D(4, 1), gluon.nn.BatchNormReLU(in_channels=4), gluon.nn.Dense(2))
+    net.initialize()
+    fixed = fix(net)
+    assert validate(fixed) == []
+    replaced = fixed[1]
+    assert isinstance(replaced[0], gluon.nn.GroupNorm)
+    assert isinstance(replaced[1], gluon.nn.Activation) and replaced[1]._act_type == "relu"
+    replaced.initialize()
+    out = replaced(nd.random.normal(shape=(2, 4, 3, 3))).asnumpy()
+    assert (out >= 0).all() and (out == 0).mean() > 0.2  # normalized, then rectified
+
+
+# -- path 4: adaptive clipping with microbatches of several samples ---------------------
+def test_path4_adaptive_clipping_refuses_multi_sample_microbatches():
+    with pytest.raises(InvalidParameterError, match="sensitivity of 1"):
+        make(mode="microbatch", block={"num_microbatches": 3}, clipping="adaptive",
+             sigma=1.0, clipping_options={"count_noise": 5.0})
+    make(mode="microbatch", clipping="adaptive", sigma=1.0,
+         clipping_options={"count_noise": 5.0})  # one sample per unit is fine
+
+
+# -- path 5 and 10: compression and distributed kvstore objects --------------------------
+def test_path5_compression_refused():
+    with pytest.raises(InvalidParameterError, match="compression"):
+        make(compression_params={"type": "2bit", "threshold": 0.5})
+
+
+def test_path10_distributed_kvstore_object_refused():
+    class FakeDist(mx.kvstore.KVStore):
+        type = "dist_sync"
+
+    store = mx.kv.create("local")
+    store.__class__ = FakeDist
+    with pytest.raises(InvalidParameterError, match="dist_sync"):
+        make(kvstore=store)
+    with pytest.raises(InvalidParameterError, match="dist_device_sync"):
+        make(kvstore="dist_device_sync")
+
+
+# -- path 6: one example forwarded more than once ---------------------------------------
+def views_setup(clip):
+    x, y = batch(b=4, seed=5)
+    x2 = x * 0.5 + 0.1  # a second "augmented" view of the same four examples
+    net = mlp(seed=7)
+    ref1, ref2 = reference_grads(net, LOSS, x, y), reference_grads(net, LOSS, x2, y)
+    summed = {k: ref1[k] + ref2[k] for k in ref1}
+    block, trainer = make(net, clip=clip, expected=4)
+    with autograd.record():
+        loss = LOSS(block(x), y) + LOSS(block(x2), y)
+    loss.backward()
+    return block, trainer, summed
+
+
+def test_path6_views_are_refused_without_example_ids():
+    block, trainer, _ = views_setup(0.1)
+    with pytest.raises(PerSampleGradientError, match="example_ids"):
+        trainer.step(4)
+    with pytest.raises(PerSampleGradientError, match="example_ids"):
+        trainer.step(8)  # counting each view as an example is refused too
+    assert trainer.steps == 0
+
+
+def test_path6_views_are_clipped_together_per_example():
+    clip = 0.1
+    block, trainer, summed = views_setup(clip)
+    before = params_np(block)
+    ids = np.arange(4)
+    trainer.step(4, example_ids=[ids, ids])
+    factors = np.minimum(1.0, clip / flat_norms(summed, 4))
+    assert (factors < 1).all()  # clipping acts on the per-example sums
+    for (name, g), old, p in zip(summed.items(), before, block.collect_params().values()):
+        want = old - np.tensordot(factors, g, axes=1) / 4.0
+        np.testing.assert_allclose(p.data().asnumpy(), want, rtol=1e-4, atol=1e-6)
+
+
+def test_path6_mismatch_message_no_longer_suggests_counting_views():
+    block, trainer = make()
+    x, y = batch(b=6)
+    with autograd.record():
+        loss = LOSS(block(nd.concat(x, x, dim=0)), nd.concat(y, y, dim=0))
+    loss.backward()
+    with pytest.raises(BatchSizeMismatchError, match="example_ids"):
+        trainer.step(6)
+    trainer.step(6, example_ids=np.concatenate([np.arange(6), np.arange(6)]))
+    assert trainer.steps == 1
+
+
+# -- path 8b: sample_rate against dataset_size -----------------------------------------
+def test_path8_sample_rate_must_match_batch_over_dataset_size():
+    with pytest.raises(InvalidParameterError, match="disagrees"):
+        make(sample_rate=0.01, dataset_size=60, expected=6)
+    _, trainer = make(sample_rate=0.1, dataset_size=60, expected=6)
+    assert trainer.sample_rate == pytest.approx(0.1)
+
+
+# -- path 9: a captured weight used outside its layer -------------------------------------
+class TiedDecoder(gluon.nn.Block):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.enc = gluon.nn.Dense(4, in_units=3, use_bias=False)
+
+    def forward(self, x):
+        hidden = nd.relu(self.enc(x))
+        return nd.dot(hidden, self.enc.weight.data(x.context))  # ties the weight
+
+
+def tied_net():
+    mx.random.seed(2)
+    net = TiedDecoder()
+    net.initialize(mx.init.Normal(1.0))
+    return net
+
+
+def test_path9_tied_weight_is_detected_in_vectorized_mode():
+    x, y = batch(b=5, features=3)
+    with pytest.raises(TiedParameterError, match="microbatch"):
+        per_sample_grad_norms(tied_net(), LOSS, x, y, mode="vectorized")
+    block, trainer = make(tied_net(), expected=5)
+    with autograd.record():
+        loss = LOSS(block(x), y)
+    loss.backward()
+    with pytest.raises(TiedParameterError):
+        trainer.step(5)
+
+
+def test_path9_microbatch_mode_is_exact_for_tied_weights():
+    x, y = batch(b=5, features=3)
+    net = tied_net()
+    want = flat_norms(reference_grads(net, LOSS, x, y), 5)
+    got = per_sample_grad_norms(net, LOSS, x, y, mode="microbatch").asnumpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+# -- path 11: a mean-reduced loss ---------------------------------------------------------
+def step_with(reduce, loss_reduction="sum"):
+    x, y = batch(b=6)
+    block, trainer = make(mlp(seed=9), clip=100.0, loss_reduction=loss_reduction)
+    with autograd.record():
+        loss = reduce(LOSS(block(x), y))
+    loss.backward()
+    return block, trainer
+
+
+def test_path11_mean_reduced_loss_refused_by_default():
+    block, trainer = step_with(lambda loss: loss.mean())
+    with pytest.raises(PerSampleGradientError, match="loss_reduction='mean'"):
+        trainer.step(6)
+    block, trainer = step_with(lambda loss: loss.mean() * 2)
+    with pytest.raises(PerSampleGradientError, match="other than sum"):
+        trainer.step(6)
+    block, trainer = step_with(lambda loss: loss, loss_reduction="mean")
+    with pytest.raises(PerSampleGradientError, match="expects loss.mean"):
+        trainer.step(6)
+
+
+def test_path11_declared_mean_trains_at_the_per_sample_scale():
+    results = []
+    for reduce, kind in [(lambda loss: loss, "sum"), (lambda loss: loss.sum(), "sum"),
+                         (lambda loss: loss.mean(), "mean")]:
+        block, trainer = step_with(reduce, kind)
+        trainer.step(6)
+        results.append(params_np(block))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# -- path 12: a fixed-size loader accounted as Poisson --------------------------------------
+def test_path12_shuffled_fixed_size_loader_is_refused():
+    x, y = batch(b=1280, seed=3)
+    block, trainer = make(expected=64, dataset_size=1280, sample_rate=None)
+    loader = gluon.data.DataLoader(gluon.data.ArrayDataset(x, y), batch_size=64, shuffle=True)
+    run = trainer._size_check.run
+    assert 5 <= run <= 12  # qN=64: p_eq = 0.037, so about 9 equal sizes
+    with pytest.raises(SamplingError, match="DPDataLoader"):
+        for _ in range(3):
+            for xb, yb in loader:
+                with autograd.record():
+                    loss = LOSS(block(xb), yb)
+                loss.backward()
+                trainer.step(xb.shape[0])
+    assert trainer.steps == run - 1
+
+
+def test_path12_detector_false_alarm_rate_on_poisson_sizes():
+    rng = np.random.default_rng(0)
+    for q, n in [(0.01, 25_600), (0.1, 60), (0.5, 40)]:
+        detector = FixedSizeDetector(q, q * n)
+        for size in rng.binomial(n, q, size=20_000):
+            detector.observe(int(size))  # never raises on true Poisson sizes
+    assert FixedSizeDetector(1.0, 100).run is None  # q = 1: sizes are constant
+
+
+# -- construction-time checks, seeds, retries ---------------------------------------------
+@pytest.mark.parametrize("kwargs", [{"warn_delta": 5.0}, {"warn_delta": 0.0},
+                                    {"warn_epsilon": float("nan")}, {"warn_epsilon": -1.0},
+                                    {"loss_reduction": "avg"}, {"secure_mode": "yes"}])
+def test_invalid_warning_and_mode_options_refused_at_construction(kwargs):
+    with pytest.raises(InvalidParameterError):
+        make(**kwargs)
+
+
+def test_noise_seed_warns_and_secure_mode_refuses_it():
+    with pytest.warns(PrivacyWarning, match="subtract"):
+        make(noise_seed=1)
+    with pytest.raises(InvalidParameterError, match="secure_mode"):
+        make(noise_seed=1, secure_mode=True)
+    with pytest.raises(InvalidParameterError, match="secure_mode"):
+        make(clipping="adaptive", sigma=1.0, clipping_options={"seed": 3}, secure_mode=True)
+
+
+def test_a_step_that_raises_keeps_the_captured_batch():
+    x, y = batch(b=6)
+    blocks = []
+    for _ in range(2):
+        blocks.append(make(clip=0.5))
+        with autograd.record():
+            loss = LOSS(blocks[-1][0](x), y)
+        loss.backward()
+    (block, trainer), (reference_block, reference) = blocks
+    with pytest.raises(BatchSizeMismatchError):
+        trainer.step(5)
+    trainer.step(6)  # the corrected retry needs no new forward and backward
+    reference.step(6)
+    for a, b in zip(params_np(block), params_np(reference_block)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_secure_mode_step_runs_and_is_noisy():
+    x, y = batch(b=6)
+    block, trainer = make(sigma=1.0, secure_mode=True)
+    block(x)  # initializes
+    before = params_np(block)
+    with autograd.record():
+        loss = LOSS(block(x), y)
+    loss.backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PrivacyWarning)
+        trainer.step(6)
+    moved = np.concatenate([(a - b).ravel() for a, b in zip(params_np(block), before)])
+    assert np.std(moved) > 0.05 and math.isfinite(float(np.sum(moved)))
