@@ -23,13 +23,14 @@ Modes
 from __future__ import annotations
 
 import contextlib
+import warnings
 import weakref
 from typing import List, Optional
 
 import numpy as np
 from mxnet import autograd, gluon, nd
 
-from ..errors import HybridizedCaptureError, InvalidParameterError
+from ..errors import HybridizedCaptureError, InvalidParameterError, PrivacyWarning
 from . import reduction, validators
 from .shards import MicrobatchShard, VectorizedShard, trainable_params
 
@@ -57,7 +58,10 @@ class PrivateBlock(gluon.Block):
         Microbatch mode only. ``None``: one sample per microbatch (sensitivity C).
         An integer M: random assignment to M microbatches (sensitivity 2C).
     seed : int, optional
-        Seed of the microbatch assignment.
+        Seed of the microbatch assignment, for reproducible experiments only: the 2C
+        bound assumes a secret assignment. A known one is fixed by batch position, so
+        removing one sample would move every later sample to another microbatch. A seed
+        therefore raises a :class:`~mxprivacy.PrivacyWarning`.
     """
 
     def __init__(self, net: gluon.Block, *, mode: str = "auto",
@@ -83,6 +87,12 @@ class PrivateBlock(gluon.Block):
         self.net = net
         self.mode = mode
         self.num_microbatches = num_microbatches
+        if seed is not None and num_microbatches is not None:
+            warnings.warn(
+                "PrivateBlock(seed=...) makes the microbatch assignment public; the 2C "
+                "sensitivity assumes a secret one (a known assignment by batch position "
+                "moves later samples when one is removed). Use seeds only for "
+                "reproducible experiments.", PrivacyWarning, stacklevel=2)
         self._rng = np.random.default_rng(seed)
         self._shards: List = []
         self._current: Optional[VectorizedShard] = None

@@ -361,3 +361,11 @@ def test_secure_mode_step_runs_and_is_noisy():
         trainer.step(6)
     moved = np.concatenate([(a - b).ravel() for a, b in zip(params_np(block), before)])
     assert np.std(moved) > 0.05 and math.isfinite(float(np.sum(moved)))
+
+
+def test_path1_microbatch_assignment_seed_warns():
+    with pytest.warns(PrivacyWarning, match="assignment public"):
+        PrivateBlock(mlp(), mode="microbatch", num_microbatches=3, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PrivacyWarning)
+        PrivateBlock(mlp(), mode="microbatch", num_microbatches=3)
