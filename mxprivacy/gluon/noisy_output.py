@@ -30,6 +30,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 from mxnet import gluon, nd
+from mxnet.base import MXNetError
 
 from .._io import atomic_path, atomic_write, read_sealed, seal
 from .._ledger import merge_ledgers
@@ -249,7 +250,13 @@ class NoisyOutput(gluon.Block):
     def load_parameters(self, filename: str, ctx=None, **kwargs) -> None:
         """Load parameters and the ledger saved with them (a missing ledger is an error)."""
         self.load_ledger(filename + ".ledger.json")
-        self.block.load_parameters(filename, ctx=ctx, **kwargs)
+        try:
+            self.block.load_parameters(filename, ctx=ctx, **kwargs)
+        except MXNetError as exc:
+            raise CheckpointError(
+                f"{filename} is not a readable parameter file for this block ({exc}). The "
+                "ledger was merged (it never decreases); the parameters are unchanged.") \
+                from exc
 
 
 def _build_mechanism(name: str, epsilon: float, delta: float, sensitivity: float,

@@ -255,3 +255,15 @@ def test_a_corrupt_ledger_is_an_error_never_a_reset(tmp_path, damage):
     with pytest.raises(CheckpointError):
         net.load_ledger(str(path))
     assert net.queries == 3
+
+
+def test_a_truncated_parameter_file_is_a_checkpoint_error(tmp_path):
+    dense = gluon.nn.Dense(2, in_units=3)
+    dense.initialize()
+    net = NoisyOutput(dense, epsilon=1.0, delta=1e-6, output_bound=1.0, budget_epsilon=5.0,
+                      budget_delta=1e-5)
+    fname = tmp_path / "model.params"
+    net.save_parameters(str(fname))
+    fname.write_bytes(fname.read_bytes()[:40])
+    with pytest.raises(CheckpointError, match="parameters are unchanged"):
+        net.load_parameters(str(fname))
