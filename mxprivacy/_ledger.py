@@ -10,8 +10,11 @@ object that already has one keeps:
   composition is a valid upper bound on their joint privacy loss; a
   :class:`~mxprivacy.PrivacyWarning` says so.
 
-Equal event sequences cannot tell one run from two identical runs, so loading a
-checkpoint of a *different* run with the same settings is treated as a resume.
+Equal event sequences cannot tell one run from two identical runs. A caller that knows
+the lineage of both ledgers passes ``same_run=False`` for ledgers of different runs: a
+non-empty current ledger is then always composed with the loaded one. (Two processes
+that resume from the same checkpoint are still one lineage; nothing local can see that
+the other exists.)
 """
 from __future__ import annotations
 
@@ -53,8 +56,17 @@ def is_prefix(first, second) -> bool:
     return True
 
 
-def merge_ledgers(current, loaded, what: str = "ledger") -> Tuple[str, list]:
+def merge_ledgers(current, loaded, what: str = "ledger",
+                  same_run: bool = True) -> Tuple[str, list]:
     """``(decision, ledger)`` by the rule of this module; warns when it composes."""
+    if not normalize(current):
+        return TAKE, normalize(loaded)
+    if not same_run:
+        warnings.warn(
+            f"The loaded {what} comes from another run than this trainer's, which has "
+            "already spent privacy. Both histories are composed (a valid upper bound), and "
+            "that is what is reported from now on.", PrivacyWarning, stacklevel=3)
+        return COMPOSE, normalize(list(current) + list(loaded))
     if is_prefix(loaded, current):
         return KEEP, normalize(current)
     if is_prefix(current, loaded):

@@ -43,7 +43,7 @@ __all__ = ["CheckpointMixin"]
 
 _KIND = "dptrainer-checkpoint"
 _FORMAT = "mxprivacy-dptrainer-2"
-_KEYS = {"format", "privacy", "steps", "nonfinite_count", "config", "optimizer"}
+_KEYS = {"format", "privacy", "steps", "nonfinite_count", "config", "optimizer", "run_id"}
 _CONFIG = {"noise_multiplier", "max_grad_norm", "expected_batch_size", "sample_rate",
            "clipping"}
 
@@ -109,7 +109,7 @@ class CheckpointMixin:
                            "max_grad_norm": self.max_grad_norm,
                            "expected_batch_size": self.expected_batch_size,
                            "sample_rate": self.sample_rate, "clipping": self.clipping},
-                "optimizer": optimizer}
+                "optimizer": optimizer, "run_id": self.run_id}
         atomic_write(fname, _pack(meta, arrays))
 
     def load_states(self, fname: str) -> None:
@@ -128,7 +128,9 @@ class CheckpointMixin:
             raise CheckpointError(
                 f"{fname} is not a usable DPTrainer checkpoint for this trainer ({exc}). "
                 "The trainer is unchanged.") from exc
-        decision, ledger = merge_ledgers(self.accountant.ledger, loaded[0], "checkpoint ledger")
+        run_id = meta["run_id"]
+        decision, ledger = merge_ledgers(self.accountant.ledger, loaded[0], "checkpoint ledger",
+                                         same_run=run_id == self.run_id)
         accountant = self.accountant.empty_like()
         for event, count in ledger:
             accountant.compose(event, count)
@@ -138,6 +140,8 @@ class CheckpointMixin:
             self._init_params()
         _optstate.apply_restore(self, plan)
         self._adopt(decision, accountant, loaded[1], bound)
+        if decision == TAKE:
+            self.run_id = run_id  # a resume continues the saved run's lineage
 
     def _adopt(self, decision: str, accountant, nonfinite: int, bound) -> None:
         self.accountant = accountant
@@ -156,6 +160,8 @@ class CheckpointMixin:
                              f"are not {sorted(_KEYS)}")
         if meta["format"] != _FORMAT:
             raise ValueError(f"format {meta['format']!r}, expected {_FORMAT!r}")
+        if not isinstance(meta["run_id"], str) or not 8 <= len(meta["run_id"]) <= 64:
+            raise ValueError(f"run_id {meta['run_id']!r} is not a run identifier")
         entries = parse_ledger(meta["privacy"])
         probe = self.accountant.empty_like()
         for event, _ in entries:

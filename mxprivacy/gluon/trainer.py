@@ -10,6 +10,7 @@ batch is itself private.
 """
 from __future__ import annotations
 
+import uuid
 import warnings
 from typing import Dict, List, Optional
 
@@ -122,6 +123,7 @@ class DPTrainer(CheckpointMixin, NoiseWriterMixin, gluon.Trainer):
         self._noise_seed = noise_seed
         self._noise = None
         self.steps = 0
+        self.run_id = uuid.uuid4().hex  # lineage: checkpoints of other runs are composed
         self.nonfinite_count = 0
         self._privatized_batch: Optional[int] = None
         self._warned = False

@@ -201,9 +201,26 @@ def test_resume_takes_the_saved_ledger(tmp_path):
         step(block, trainer, seed)
     trainer.save_states(str(tmp_path / "s"))
     fresh_block, fresh = build("sgd")
-    step(fresh_block, fresh, 0)  # a prefix of the saved history
     fresh.load_states(str(tmp_path / "s"))
     assert fresh.steps == 5 and fresh.epsilon(1e-5) == trainer.epsilon(1e-5)
+    assert fresh.run_id == trainer.run_id  # the resume continues the saved lineage
+    step(fresh_block, fresh, 5)
+    fresh.load_states(str(tmp_path / "s"))  # its own older checkpoint: keeps 6
+    assert fresh.steps == 6
+
+
+def test_another_run_with_the_same_settings_is_composed(tmp_path):
+    # Equal event lists, different runs: the one step this trainer took on the data
+    # before loading is not part of the saved history, so both are counted.
+    block, trainer = build("sgd")
+    for seed in range(5):
+        step(block, trainer, seed)
+    trainer.save_states(str(tmp_path / "s"))
+    other_block, other = build("sgd")
+    step(other_block, other, 0)  # looks like a prefix of the saved history
+    with pytest.warns(PrivacyWarning, match="another run"):
+        other.load_states(str(tmp_path / "s"))
+    assert other.steps == 6 and other.epsilon(1e-5) > trainer.epsilon(1e-5)
 
 
 def test_divergent_histories_are_composed_with_a_warning(tmp_path):
