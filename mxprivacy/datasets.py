@@ -10,13 +10,13 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Optional, Tuple
 
 import numpy as np
 
+from ._io import atomic_path, atomic_write
 from .errors import DatasetError
 
 __all__ = ["load_mnist", "load_digits", "data_home", "read_idx"]
@@ -73,20 +73,18 @@ def _find(directory: Path, stem: str) -> Optional[Path]:
 def _download(stem: str, target_dir: Path) -> Path:
     target_dir.mkdir(parents=True, exist_ok=True)
     errors = []
+    final = target_dir / (stem + ".gz")
     for mirror in MNIST_MIRRORS:
         url = mirror + stem + ".gz"
-        handle, tmp = tempfile.mkstemp(dir=target_dir, prefix=".download-")
         try:
-            with urllib.request.urlopen(url, timeout=30) as response, os.fdopen(handle, "wb") as out:
-                out.write(response.read())
-            read_idx(Path(tmp), compressed=True)
-            final = target_dir / (stem + ".gz")
-            os.replace(tmp, final)
+            with urllib.request.urlopen(url, timeout=30) as response:
+                data = response.read()
+            with atomic_path(str(final)) as tmp:  # checked before it replaces anything
+                Path(tmp).write_bytes(data)
+                read_idx(Path(tmp), compressed=True)
             return final
         except (OSError, DatasetError) as exc:
             errors.append(f"{url}: {exc}")
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     raise DatasetError(f"Could not download {stem}: " + "; ".join(errors))
 
 
@@ -169,15 +167,10 @@ def load_adult(data_dir: Optional[str] = None, *, split: str = "train",
 
 def _download_adult(name: str, target_dir: Path) -> Path:
     target_dir.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=target_dir, prefix=".download-")
+    final = target_dir / name
     try:
-        with urllib.request.urlopen(ADULT_URL + name, timeout=30) as response, \
-                os.fdopen(handle, "wb") as out:
-            out.write(response.read())
-        final = target_dir / name
-        os.replace(tmp, final)
+        with urllib.request.urlopen(ADULT_URL + name, timeout=30) as response:
+            atomic_write(str(final), response.read())
         return final
     except OSError as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         raise DatasetError(f"Could not download {ADULT_URL + name}: {exc}") from exc

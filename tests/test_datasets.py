@@ -1,5 +1,6 @@
 """MNIST loading from IDX files (offline copy, user paths, download) and digits."""
 import gzip
+import os
 import struct
 
 import numpy as np
@@ -63,6 +64,22 @@ def test_download_from_mirror(tmp_path, monkeypatch):
     assert xtr.shape == (6, 28, 28)
     assert sorted(p.name for p in (target / "mnist").iterdir()) == sorted(
         s + ".gz" for s in datasets.MNIST_FILES.values())  # no temporary files left
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (target / "mnist").iterdir():  # the umask default, not mkstemp's 0600
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_corrupt_download_leaves_nothing(tmp_path, monkeypatch):
+    source = tmp_path / "mirror"
+    source.mkdir()
+    for stem in datasets.MNIST_FILES.values():
+        (source / (stem + ".gz")).write_bytes(b"not an idx file")
+    monkeypatch.setattr(datasets, "MNIST_MIRRORS", (source.as_uri() + "/",))
+    target = tmp_path / "home"
+    with pytest.raises(datasets.DatasetError, match="Could not download"):
+        datasets.load_mnist(str(target))
+    assert list((target / "mnist").iterdir()) == []
 
 
 def test_digits_split():

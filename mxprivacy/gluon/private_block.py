@@ -30,6 +30,7 @@ from typing import List, Optional
 import numpy as np
 from mxnet import autograd, gluon, nd
 
+from .._io import atomic_path
 from ..errors import HybridizedCaptureError, InvalidParameterError, PrivacyWarning
 from . import reduction, validators
 from .shards import MicrobatchShard, VectorizedShard, trainable_params
@@ -158,6 +159,11 @@ class PrivateBlock(gluon.Block):
                 "the per-sample probes. Use PrivateBlock(net, mode='microbatch') to train a "
                 "hybridized net, or do not hybridize.")
         self.net.hybridize(active, **kwargs)
+
+    def save_parameters(self, filename: str, deduplicate: bool = False) -> None:
+        """Gluon's ``save_parameters``, written atomically (old file or new, whole)."""
+        with atomic_path(filename) as tmp:
+            super().save_parameters(tmp, deduplicate=deduplicate)
 
     def discard_capture(self) -> None:
         """Drop captured forward passes that will not be stepped on."""

@@ -369,3 +369,26 @@ def test_path1_microbatch_assignment_seed_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error", PrivacyWarning)
         PrivateBlock(mlp(), mode="microbatch", num_microbatches=3)
+
+
+def test_private_block_save_parameters_is_atomic_and_keeps_the_mode(tmp_path, monkeypatch):
+    import os
+    block = PrivateBlock(mlp())
+    block(batch()[0])
+    target = tmp_path / "model.params"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o640)
+
+    def crash(self, filename, deduplicate=False):
+        with open(filename, "wb") as out:
+            out.write(b"half")
+        raise KeyboardInterrupt  # a crash in the middle of MXNet's write
+
+    monkeypatch.setattr(gluon.Block, "save_parameters", crash)
+    with pytest.raises(KeyboardInterrupt):
+        block.save_parameters(str(target))
+    assert target.read_bytes() == b"old" and len(list(tmp_path.iterdir())) == 1
+    monkeypatch.undo()
+    block.save_parameters(str(target))
+    assert os.stat(target).st_mode & 0o777 == 0o640
+    block.load_parameters(str(target))
