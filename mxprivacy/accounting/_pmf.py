@@ -27,7 +27,7 @@ __all__ = ["DiscretePLD", "TAIL_MASS", "WindowTooLarge"]
 TAIL_MASS = 1e-20
 """Mass that truncation may move (up, or to infinity) at each truncation."""
 
-_MAX_POINTS = 1 << 24
+_MAX_POINTS = 1 << 22
 
 
 class WindowTooLarge(MemoryError):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Optional
 
@@ -15,6 +16,8 @@ __all__ = ["ACCOUNTANTS", "calibrate_noise_multiplier", "epsilon_for", "make_acc
            "resolve_steps"]
 
 _MAX_SIGMA = 1e4
+MAX_STEPS = 10 ** 18
+"""Largest step count accepted (about 3e10 years at one step per millisecond)."""
 
 ACCOUNTANTS = {"rdp": RDPAccountant, "pld": PLDAccountant}
 """Accountants by name: ``"rdp"`` (moments accountant) and ``"pld"`` (tighter, slower)."""
@@ -35,18 +38,35 @@ def resolve_steps(sample_rate: float, steps: Optional[int], epochs: Optional[flo
     if (steps is None) == (epochs is None):
         raise InvalidParameterError("Give exactly one of steps= or epochs=.")
     if steps is not None:
-        if int(steps) != steps or steps < 1:
-            raise InvalidParameterError(f"steps must be a positive integer, got {steps!r}.")
-        return int(steps)
-    if not epochs > 0:
-        raise InvalidParameterError(f"epochs must be > 0, got {epochs!r}.")
-    return int(math.ceil(epochs / sample_rate - 1e-9))
+        return _check_steps(steps, minimum=1)
+    if not (isinstance(epochs, numbers.Real) and math.isfinite(epochs) and epochs > 0):
+        raise InvalidParameterError(f"epochs must be a finite number > 0, got {epochs!r}.")
+    _check_rate(sample_rate)
+    return _check_steps(int(math.ceil(min(epochs / sample_rate, 2.0 * MAX_STEPS) - 1e-9)),
+                        minimum=1)
+
+
+def _check_steps(steps, minimum: int = 0) -> int:
+    """``steps`` as an int in [minimum, MAX_STEPS], or a clear error."""
+    try:
+        whole = not isinstance(steps, bool) and int(steps) == steps
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole or steps < minimum:
+        raise InvalidParameterError(
+            f"steps must be an integer >= {minimum}, got {steps!r}.")
+    if steps > MAX_STEPS:
+        raise InvalidParameterError(
+            f"{float(min(steps, 1e308)):.3g} steps is beyond what accounting supports (at most {MAX_STEPS:.0e}); "
+            "check the number of steps or epochs.")
+    return int(steps)
 
 
 def epsilon_for(noise_multiplier: float, sample_rate: float, steps: int, delta: float,
                 accountant: str = "rdp") -> float:
     """Epsilon of ``steps`` Poisson-subsampled Gaussian steps (warns when infinite)."""
     _check_rate(sample_rate)
+    steps = _check_steps(steps)
     acc = make_accountant(accountant)
     acc.compose(PoissonSampledEvent(sample_rate, GaussianEvent(noise_multiplier)), steps)
     eps = acc.get_epsilon(delta)
@@ -58,7 +78,7 @@ def epsilon_for(noise_multiplier: float, sample_rate: float, steps: int, delta: 
 
 
 def _check_rate(sample_rate: float) -> None:
-    if not 0 < sample_rate <= 1:
+    if not (isinstance(sample_rate, numbers.Real) and 0 < sample_rate <= 1):
         raise InvalidParameterError(f"sample_rate must lie in (0, 1], got {sample_rate!r}.")
 
 
@@ -81,7 +101,14 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
     n_steps = resolve_steps(sample_rate, steps, epochs)
 
     def eps(sigma: float) -> float:
-        return epsilon_for(sigma, sample_rate, n_steps, delta, accountant)
+        try:
+            with warnings.catch_warnings():  # an infinite epsilon is just above the target
+                warnings.simplefilter("ignore", PrivacyWarning)
+                return epsilon_for(sigma, sample_rate, n_steps, delta, accountant)
+        except InvalidParameterError:
+            if accountant == "rdp" or sigma >= 1.0:  # not a resolution limit of PLD
+                raise
+            return math.inf  # beyond PLD resolution: epsilon in the thousands, > target
 
     hi = 1.0
     while eps(hi) > target_epsilon:

@@ -30,6 +30,7 @@ from scipy import special
 from ..errors import InvalidParameterError, UnsupportedEventError
 from ._pmf import TAIL_MASS, DiscretePLD, WindowTooLarge
 from .base import PrivacyAccountant
+from .rdp import SIGMA_CEILING, SIGMA_FLOOR
 from .events import (ComposedEvent, DpEvent, EpsilonDeltaEvent, GaussianEvent, LaplaceEvent,
                      PoissonSampledEvent, SelfComposedEvent)
 
@@ -98,7 +99,9 @@ def _connect_the_dots(law: _LossLaw, loss_lo: float, loss_hi: float,
     mass_q = _cell_masses(law.cdf_q, law.sf_q, grid)
     # Split cell mass m_p between a and b so that P- and Q-mass are both preserved:
     # w_a + w_b = m_p and w_a e^-a + w_b e^-b = m_q.
-    at_upper = (mass_p - mass_q * np.exp(grid[:-1])) / -math.expm1(-interval)
+    with np.errstate(divide="ignore", over="ignore"):  # no inf * 0 at losses above 709
+        q_as_p = np.exp(np.log(mass_q) + grid[:-1])
+    at_upper = (mass_p - q_as_p) / -math.expm1(-interval)
     at_upper = np.clip(at_upper, 0.0, mass_p)
     pmf = np.zeros(grid.size)
     pmf[1:] += at_upper
@@ -125,14 +128,19 @@ def _point_masses(interval: float, losses: Tuple[float, ...], masses: Tuple[floa
 def _gaussian_laws(q: float, sigma: float) -> Tuple[_LossLaw, _LossLaw, float, float]:
     """Loss laws of the Poisson-subsampled Gaussian (sensitivity 1), both directions."""
     log_keep = math.log1p(-q) if q < 1 else -math.inf
+    log_q, sigma2 = math.log(q), sigma * sigma
 
     def x_of(loss):  # inverse of L(x) = log(1 - q + q exp((2x - 1) / (2 s^2)))
+        loss = np.asarray(loss, dtype=np.float64)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            x = sigma ** 2 * np.log1p(np.expm1(loss) / q) + 0.5
+            below = np.log1p(np.expm1(np.minimum(loss, 0.0)) / q)
+            pos = np.maximum(loss, 1e-300)  # log(expm1(l) / q), without overflow at l > 709
+            above = np.logaddexp(0.0, pos + np.log(-np.expm1(-pos)) - log_q)
+            x = sigma2 * np.where(loss > 0, above, below) + 0.5
         return np.where(loss > log_keep, x, -np.inf)
 
     def loss_of(x):
-        return float(np.logaddexp(log_keep, math.log(q) + (2 * x - 1) / (2 * sigma ** 2)))
+        return float(np.logaddexp(log_keep, log_q + (2 * x - 1) / (2 * sigma2)))
 
     def mix_cdf(x):
         return (1 - q) * special.ndtr(x / sigma) + q * special.ndtr((x - 1) / sigma)
@@ -156,9 +164,10 @@ def _gaussian_laws(q: float, sigma: float) -> Tuple[_LossLaw, _LossLaw, float, f
     return remove, add, remove_range, add_range
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=8)  # a pair can hold millions of grid points
 def _gaussian_pair(q: float, sigma: float, interval: float) -> PLDPair:
-    if sigma == 0.0:
+    sigma = min(sigma, SIGMA_CEILING)  # more noise only lowers the loss: pessimistic
+    if sigma < SIGMA_FLOOR:  # sigma = 0 dominates any tiny sigma (noise is post-processing)
         if q == 1.0:
             return PLDPair(_point_masses(interval, (0.0,), (0.0,), 1.0))
         keep = math.log1p(-q)
@@ -174,8 +183,9 @@ def _gaussian_pair(q: float, sigma: float, interval: float) -> PLDPair:
 @functools.lru_cache(maxsize=64)
 def _laplace_pair(scale: float, interval: float) -> PLDPair:
     """Laplace(0, b) against Laplace(1, b); the pair is symmetric."""
-    if scale == 0.0:
+    if scale < SIGMA_FLOOR:  # scale 0 dominates: the record is revealed
         return PLDPair(_point_masses(interval, (0.0,), (0.0,), 1.0))
+    scale = min(scale, SIGMA_CEILING)
     eps0 = 1.0 / scale
 
     def cut(loss):  # L <= loss  <=>  x >= cut(loss), for loss in [-eps0, eps0)

@@ -48,6 +48,11 @@ DEFAULT_ORDERS: Tuple[float, ...] = tuple(
 )
 
 _TRUNCATION_LOG = -30.0
+_MAX_CHUNKS = 256  # 16,384 series terms; a series still above e^-30 there counts as inf
+SIGMA_FLOOR = 1e-100
+"""Below this noise multiplier a step counts as sigma = 0 (infinite RDP; epsilon above 1e190)."""
+SIGMA_CEILING = 1e100
+"""Above this noise multiplier a step counts as sigma = 1e100 (more noise only lowers RDP)."""
 
 
 def _log_a_int(q: float, sigma: float, alpha: int) -> float:
@@ -83,6 +88,8 @@ def _log_a_frac(q: float, sigma: float, alphas: np.ndarray) -> np.ndarray:
         last = np.maximum(log_s0[:, -1], log_s1[:, -1])
         if start > alpha.max() and np.all(last < _TRUNCATION_LOG):
             break
+        if start >= _MAX_CHUNKS * 64 or np.isnan(last).any():  # pessimistic: infinite RDP
+            return np.full(alpha.shape[0], np.inf)
     sign = np.concatenate(chunk_signs, axis=1)
     log_a0, s0 = special.logsumexp(np.concatenate(chunks_0, axis=1), b=sign, axis=1,
                                    return_sign=True)
@@ -96,8 +103,9 @@ def _rdp_curve(q: float, sigma: float, orders: Tuple[float, ...]) -> np.ndarray:
     alphas = np.asarray(orders, dtype=np.float64)
     if q == 0.0:
         return np.zeros_like(alphas)
-    if sigma == 0.0:
+    if sigma < SIGMA_FLOOR:  # sigma = 0 dominates: the step is a post-processing of it
         return np.full_like(alphas, np.inf)
+    sigma = min(sigma, SIGMA_CEILING)  # likewise, sigma = 1e100 dominates any larger one
     if q == 1.0:
         return alphas / (2 * sigma ** 2)
     log_a = np.full_like(alphas, np.inf)  # infinite orders stay infinite
@@ -191,9 +199,10 @@ def rdp_to_delta(orders: Sequence[float], rdp: Sequence[float], epsilon: float) 
 
 def _laplace_rdp(b: float, orders: Tuple[float, ...]) -> np.ndarray:
     """RDP of the Laplace mechanism with scale/sensitivity ``b`` (Mironov 2017, Prop. 6)."""
-    if b == 0:
+    if b < SIGMA_FLOOR:
         return np.full(len(orders), np.inf)
     a = np.asarray(orders)
+    b = min(b, SIGMA_CEILING)
     log_terms = np.logaddexp(np.log(a / (2 * a - 1)) + (a - 1) / b,
                              np.log((a - 1) / (2 * a - 1)) - a / b)
     return log_terms / (a - 1)
