@@ -4,22 +4,58 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import warnings
 from typing import List, Optional
 
-from .errors import MXPrivacyError, PrivacyWarning
+from .errors import InvalidParameterError, MXPrivacyError, PrivacyWarning
 
 __all__ = ["main"]
 
 
+class _UsageError(Exception):
+    """A malformed option: reported on one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not the usage block
+        raise _UsageError(message)
+
+
+def _number(kind, test, wanted: str):
+    """An argparse type: parse with ``kind`` and check ``test``, or say what is wanted."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except (TypeError, ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if not (math.isfinite(value) and test(value)):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
+        return value
+    parse.__name__ = wanted
+    return parse
+
+
+_POS_INT = _number(int, lambda v: v >= 1, "an integer >= 1")
+_NONNEG_INT = _number(int, lambda v: v >= 0, "an integer >= 0")
+_POS_FLOAT = _number(float, lambda v: v > 0, "a finite number > 0")
+_NONNEG_FLOAT = _number(float, lambda v: v >= 0, "a finite number >= 0")
+_RATE = _number(float, lambda v: 0 < v <= 1, "a rate in (0, 1]")
+_DELTA = _number(float, lambda v: 0 < v < 1, "a delta in (0, 1)")
+_FRACTION = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+_UNIT = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+_AT_LEAST_ONE = _number(float, lambda v: v >= 1, "a number >= 1")
+
+
 def _add_rate_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sample-rate", type=float, help="Poisson sampling rate q")
-    parser.add_argument("--steps", type=int, help="number of DP-SGD steps")
-    parser.add_argument("--dataset-size", type=int, help="N, with --batch-size and --epochs")
-    parser.add_argument("--batch-size", type=int, help="expected batch size B (q = B/N)")
-    parser.add_argument("--epochs", type=float, help="epochs (steps = ceil(E*N/B))")
-    parser.add_argument("--delta", type=float, required=True)
+    parser.add_argument("--sample-rate", type=_RATE, help="Poisson sampling rate q")
+    parser.add_argument("--steps", type=_POS_INT, help="number of DP-SGD steps")
+    parser.add_argument("--dataset-size", type=_POS_INT,
+                        help="N, with --batch-size and --epochs")
+    parser.add_argument("--batch-size", type=_POS_INT, help="expected batch size B (q = B/N)")
+    parser.add_argument("--epochs", type=_POS_FLOAT, help="epochs (steps = ceil(E*N/B))")
+    parser.add_argument("--delta", type=_DELTA, required=True)
     _add_accountant_option(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
 
@@ -31,15 +67,31 @@ def _add_accountant_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _rate_and_steps(args) -> tuple:
-    if args.sample_rate is not None and args.steps is not None:
-        if args.steps < 1:
-            raise MXPrivacyError(f"--steps must be a positive integer, got {args.steps}.")
-        return args.sample_rate, args.steps
-    if None not in (args.dataset_size, args.batch_size, args.epochs):
-        rate = args.batch_size / args.dataset_size
-        return rate, int(math.ceil(args.epochs * args.dataset_size / args.batch_size))
-    raise MXPrivacyError("Give --sample-rate and --steps, or --dataset-size, --batch-size "
-                         "and --epochs.")
+    from .accounting.calibration import MAX_STEPS
+
+    direct = (args.sample_rate, args.steps)
+    derived = (args.dataset_size, args.batch_size, args.epochs)
+    usage = "Give --sample-rate and --steps, or --dataset-size, --batch-size and --epochs"
+    if any(v is not None for v in direct) and any(v is not None for v in derived):
+        raise InvalidParameterError(f"{usage}, not both.")
+    if None not in direct:
+        return direct
+    if None in derived:
+        raise InvalidParameterError(f"{usage}.")
+    if args.batch_size > args.dataset_size:
+        raise InvalidParameterError(
+            f"--batch-size {args.batch_size} exceeds --dataset-size {args.dataset_size}: "
+            "the expected batch size is q * N, with q at most 1.")
+    steps = args.epochs * args.dataset_size / args.batch_size
+    if steps > MAX_STEPS:
+        raise InvalidParameterError(
+            f"--epochs {args.epochs:g} means {steps:.3g} steps, more than accounting supports "
+            f"({MAX_STEPS:.0e}).")
+    return args.batch_size / args.dataset_size, int(math.ceil(steps))
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e6 else f"{value:.4g}"
 
 
 def _cmd_epsilon(args) -> dict:
@@ -49,12 +101,16 @@ def _cmd_epsilon(args) -> dict:
     with warnings.catch_warnings():  # an infinite epsilon is explained below instead
         warnings.simplefilter("ignore", PrivacyWarning)
         eps = epsilon_for(args.noise_multiplier, rate, steps, args.delta, args.accountant)
+    shown = _fmt(eps)
     print(f"{steps} steps at sampling rate {rate:.6g} with noise multiplier "
-          f"{args.noise_multiplier:g} satisfy ({eps:.4f}, {args.delta:g})-DP "
+          f"{args.noise_multiplier:g} satisfy ({shown}, {args.delta:g})-DP "
           f"({args.accountant.upper()} accountant).")
     if math.isinf(eps):
         print("Epsilon is infinite: this noise does not hide a single record at this delta "
-              "(noise multiplier 0 releases it exactly). Add noise or raise delta.")
+              "(noise multiplier 0 releases it exactly; below 1e-100 it counts as 0). "
+              "Add noise or raise delta.")
+    elif eps > 1e3:
+        print("Epsilon is astronomically large: this noise hides essentially nothing.")
     return {"epsilon": eps, "delta": args.delta, "accountant": args.accountant,
             "sample_rate": rate, "noise_multiplier": args.noise_multiplier, "steps": steps}
 
@@ -66,11 +122,16 @@ def _cmd_calibrate(args) -> dict:
     sigma = calibrate_noise_multiplier(args.target_epsilon, args.delta, rate, steps=steps,
                                        accountant=args.accountant)
     achieved = epsilon_for(sigma, rate, steps, args.delta, args.accountant)
-    print(f"Noise multiplier {sigma:.4f} gives epsilon {achieved:.4f} <= "
+    print(f"Noise multiplier {_fmt(sigma)} gives epsilon {_fmt(achieved)} <= "
           f"{args.target_epsilon:g} at delta {args.delta:g} over {steps} steps (q={rate:.6g}).")
     return {"epsilon": achieved, "achieved_epsilon": achieved, "delta": args.delta,
             "accountant": args.accountant, "sample_rate": rate, "noise_multiplier": sigma,
             "steps": steps, "target_epsilon": args.target_epsilon}
+
+
+_SEED_NOTE = ("mxprivacy: note: --sampling-seed makes the batches and the noise "
+              "reproducible; the privacy guarantee assumes a secret sample, so keep the seed "
+              "secret or report this run as non-private.")
 
 
 def _cmd_train(args) -> dict:
@@ -81,11 +142,15 @@ def _cmd_train(args) -> dict:
                       noise_multiplier=args.noise_multiplier, target_epsilon=args.target_epsilon,
                       delta=args.delta, max_grad_norm=args.max_grad_norm, lr=args.lr,
                       momentum=args.momentum, mode=args.mode, seed=args.seed,
-                      accountant=args.accountant,
-                      progress=not args.no_progress)
+                      sampling_seed=args.sampling_seed, accountant=args.accountant,
+                      progress=not args.no_progress, show_loss=not args.hide_loss)
     if cfg.target_epsilon is not None:
         cfg.noise_multiplier = None
-    result = run_training(cfg)
+    with warnings.catch_warnings():
+        if cfg.sampling_seed is not None:  # one line here instead of one warning per object
+            print(_SEED_NOTE, file=sys.stderr)
+            warnings.filterwarnings("ignore", ".*seed.*", PrivacyWarning)
+        result = run_training(cfg)
     print(f"test accuracy {result.test_accuracy:.4f} at ({result.epsilon:.3f}, "
           f"{result.delta:g})-DP after {result.steps} steps "
           f"(sigma={result.noise_multiplier:.3f}, C={result.max_grad_norm:g}, "
@@ -93,25 +158,87 @@ def _cmd_train(args) -> dict:
     return result.to_dict()
 
 
-def _cmd_anonymize(args) -> dict:
+def _same_file(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_output(path: str, flag: str, source: str, force: bool) -> None:
+    """Refuse an output that cannot be written, or that would replace the input."""
+    if os.path.isdir(path):
+        raise InvalidParameterError(f"{flag} {path} is a directory; give a file name.")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise InvalidParameterError(f"{flag} {path}: directory {parent} does not exist.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InvalidParameterError(f"{flag} {path}: directory {parent} is not writable.")
+    if _same_file(path, source) and not force:
+        raise InvalidParameterError(
+            f"{flag} {path} is the input file: writing it would replace the raw data. "
+            "Choose another file, or pass --force.")
+
+
+def _check_outputs(args) -> None:
+    if not os.path.isfile(args.input):
+        raise InvalidParameterError(f"Input {args.input} is not a readable file.")
+    _check_output(args.output, "-o", args.input, args.force)
+    if args.report:
+        _check_output(args.report, "--report", args.input, args.force)
+        if _same_file(args.report, args.output):
+            raise InvalidParameterError("--report and -o name the same file.")
+
+
+def _split_list(text: Optional[str], flag: str) -> Optional[List[str]]:
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",")]
+    if not all(items):
+        raise InvalidParameterError(f"{flag} has an empty name: {text!r}.")
+    if len(set(items)) != len(items):
+        raise InvalidParameterError(f"{flag} names a column twice: {text!r}.")
+    return items
+
+
+def _read_table(args):
     import pandas as pd
 
+    names = _split_list(args.names, "--names")
+    try:
+        frame = pd.read_csv(args.input, skipinitialspace=True,
+                            header=None if args.no_header else 0,
+                            na_values=args.na_values.split(",") if args.na_values else None)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:  # EmptyDataError, ParserError
+        raise InvalidParameterError(f"Cannot read {args.input}: {exc}") from exc
+    if names is not None:
+        if len(names) != frame.shape[1]:
+            raise InvalidParameterError(
+                f"--names gives {len(names)} names but {args.input} has {frame.shape[1]} "
+                "columns.")
+        frame.columns = names
+    frame.columns = [str(c) for c in frame.columns]
+    if len(frame) == 0:
+        raise InvalidParameterError(f"{args.input} has no data rows.")
+    return frame
+
+
+def _cmd_anonymize(args) -> dict:
     from ._io import atomic_write
     from .preprocessing import KAnonymizer
 
-    try:
-        frame = pd.read_csv(args.input, skipinitialspace=True,
-                            na_values=args.na_values.split(",") if args.na_values else None)
-    except (OSError, ValueError) as exc:
-        raise MXPrivacyError(f"Cannot read {args.input}: {exc}") from exc
+    _check_outputs(args)  # before any write
+    frame = _read_table(args)
     anonymizer = KAnonymizer(
-        [q.strip() for q in args.quasi_identifiers.split(",")], args.k,
+        _split_list(args.quasi_identifiers, "--quasi-identifiers"), args.k,
         sensitive=args.sensitive, l=args.l_diversity, l_kind=args.l_kind, c=args.c,
         t=args.t_closeness, max_suppression=args.max_suppression, mode=args.mode,
         output=args.output_mode)
     out = anonymizer.anonymize(frame)
-    atomic_write(args.output, out.to_csv(index=False).encode("utf-8"))
     report = dict(anonymizer.report_, input=args.input, output=args.output)
+    atomic_write(args.output, out.to_csv(index=False).encode("utf-8"))
     if args.report:
         atomic_write(args.report, json.dumps(report, indent=2).encode("utf-8"))
     print(f"{report['rows_out']} of {report['rows_in']} rows written to {args.output} "
@@ -127,68 +254,87 @@ def _json_safe(value):
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mxprivacy", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    eps = sub.add_parser("epsilon", help="epsilon of DP-SGD settings")
-    eps.add_argument("--noise-multiplier", type=float, required=True)
-    _add_rate_options(eps)
-    eps.set_defaults(func=_cmd_epsilon)
-
-    cal = sub.add_parser("calibrate", help="smallest noise multiplier for a target epsilon")
-    cal.add_argument("--target-epsilon", type=float, required=True)
-    _add_rate_options(cal)
-    cal.set_defaults(func=_cmd_calibrate)
-
+def _anonymize_parser(sub) -> None:
     anon = sub.add_parser("anonymize", help="k-anonymize a CSV file (Mondrian)")
     anon.add_argument("input")
     anon.add_argument("-o", "--output", required=True)
+    anon.add_argument("--force", action="store_true",
+                      help="allow -o or --report to replace the input file")
     anon.add_argument("--quasi-identifiers", required=True, help="comma-separated columns")
-    anon.add_argument("--k", type=int, required=True)
+    anon.add_argument("--k", type=_POS_INT, required=True)
     anon.add_argument("--sensitive")
-    anon.add_argument("--l-diversity", type=float)
+    anon.add_argument("--l-diversity", type=_AT_LEAST_ONE)
     anon.add_argument("--l-kind", choices=["distinct", "entropy", "recursive"],
                       default="distinct")
-    anon.add_argument("--c", type=float, help="c of recursive (c, l)-diversity")
-    anon.add_argument("--t-closeness", type=float)
-    anon.add_argument("--max-suppression", type=float, default=0.0)
+    anon.add_argument("--c", type=_POS_FLOAT, help="c of recursive (c, l)-diversity")
+    anon.add_argument("--t-closeness", type=_UNIT)
+    anon.add_argument("--max-suppression", type=_FRACTION, default=0.0)
     anon.add_argument("--mode", choices=["strict", "relaxed"], default="strict")
     anon.add_argument("--output-mode", choices=["generalized", "representative"],
                       default="generalized")
+    anon.add_argument("--no-header", action="store_true",
+                      help="the first line is data (columns are 0, 1, ... unless --names)")
+    anon.add_argument("--names", help="comma-separated column names (replace the header)")
     anon.add_argument("--na-values", help="comma-separated extra missing markers, e.g. '?'")
     anon.add_argument("--report", help="write the report JSON here")
     anon.add_argument("--json", action="store_true", help="print one JSON object last")
     anon.set_defaults(func=_cmd_anonymize)
 
+
+def _train_parser(sub) -> None:
     train = sub.add_parser("train", help="train a classifier with DP-SGD")
     train.add_argument("--dataset", choices=["digits", "mnist"], default="mnist")
     train.add_argument("--data-dir", help="directory with MNIST IDX files (or MXPRIVACY_DATA)")
     train.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
-    train.add_argument("--epochs", type=float, default=60)
-    train.add_argument("--batch-size", type=int, default=256, help="expected batch size")
+    train.add_argument("--epochs", type=_POS_FLOAT, default=60)
+    train.add_argument("--batch-size", type=_POS_INT, default=256, help="expected batch size")
     noise = train.add_mutually_exclusive_group()
-    noise.add_argument("--noise-multiplier", type=float, default=1.1)
-    noise.add_argument("--target-epsilon", type=float)
-    train.add_argument("--delta", type=float, default=1e-5)
-    train.add_argument("--max-grad-norm", type=float, default=1.0)
-    train.add_argument("--lr", type=float, default=0.5)
-    train.add_argument("--momentum", type=float, default=0.0)
+    noise.add_argument("--noise-multiplier", type=_NONNEG_FLOAT, default=1.1)
+    noise.add_argument("--target-epsilon", type=_POS_FLOAT)
+    train.add_argument("--delta", type=_DELTA, default=1e-5)
+    train.add_argument("--max-grad-norm", type=_POS_FLOAT, default=1.0)
+    train.add_argument("--lr", type=_POS_FLOAT, default=0.5)
+    train.add_argument("--momentum", type=_FRACTION, default=0.0)
     train.add_argument("--mode", choices=["auto", "vectorized", "microbatch"], default="auto")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=_NONNEG_INT,
+                       help="seed of the model initialization only (default: OS entropy)")
+    train.add_argument("--sampling-seed", type=_NONNEG_INT,
+                       help="seed of Poisson sampling and noise, for reproducible "
+                            "experiments; the guarantee assumes it stays secret")
     _add_accountant_option(train)
     train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--hide-loss", action="store_true",
+                       help="do not show the (un-noised) training loss in the progress bar "
+                            "or the curve")
     train.add_argument("--json", action="store_true", help="print one JSON object last")
     train.set_defaults(func=_cmd_train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mxprivacy", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    eps = sub.add_parser("epsilon", help="epsilon of DP-SGD settings")
+    eps.add_argument("--noise-multiplier", type=_NONNEG_FLOAT, required=True)
+    _add_rate_options(eps)
+    eps.set_defaults(func=_cmd_epsilon)
+
+    cal = sub.add_parser("calibrate", help="smallest noise multiplier for a target epsilon")
+    cal.add_argument("--target-epsilon", type=_POS_FLOAT, required=True)
+    _add_rate_options(cal)
+    cal.set_defaults(func=_cmd_calibrate)
+
+    _anonymize_parser(sub)
+    _train_parser(sub)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         result = args.func(args)
-    except MXPrivacyError as exc:
-        print(f"mxprivacy: error: {exc}", file=sys.stderr)
+    except (_UsageError, MXPrivacyError) as exc:
+        print("mxprivacy: error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps({key: _json_safe(value) for key, value in result.items()}))

@@ -21,7 +21,15 @@ __all__ = ["TrainConfig", "run_training", "build_model", "load_dataset"]
 
 @dataclass
 class TrainConfig:
-    """Options of one training run; the defaults reach the documented MNIST accuracy."""
+    """Options of one training run; the defaults reach the documented MNIST accuracy.
+
+    ``seed`` seeds the model initialization only (it does not depend on the data).
+    ``sampling_seed`` seeds Poisson sampling and the gradient noise, for reproducible
+    experiments; the guarantee then assumes the seed is secret, and the sampler and the
+    trainer warn. Both default to None: OS entropy. ``show_loss=False`` keeps the raw
+    loss of private batches out of the progress bar and the curve: that loss is not
+    noised, so showing it is a release that epsilon does not cover.
+    """
 
     dataset: str = "mnist"
     data_dir: Optional[str] = None
@@ -36,10 +44,41 @@ class TrainConfig:
     momentum: float = 0.0
     mode: str = "auto"
     accountant: str = "rdp"
-    seed: int = 0
+    seed: Optional[int] = None
+    sampling_seed: Optional[int] = None
     train_limit: Optional[int] = None
     progress: bool = True
     history: bool = False
+    show_loss: bool = True
+
+    def validate(self) -> "TrainConfig":
+        """Check every numeric option; raise InvalidParameterError naming the bad one."""
+        _check(self.epochs, "epochs", lambda v: v > 0, "a finite number > 0")
+        _check_int(self.batch_size, "batch_size", 1)
+        if self.noise_multiplier is not None:
+            _check(self.noise_multiplier, "noise_multiplier", lambda v: v >= 0,
+                   "a finite number >= 0")
+        if self.target_epsilon is not None:
+            _check(self.target_epsilon, "target_epsilon", lambda v: v > 0, "a finite number > 0")
+        _check(self.delta, "delta", lambda v: 0 < v < 1, "in (0, 1)")
+        _check(self.max_grad_norm, "max_grad_norm", lambda v: v > 0, "a finite number > 0")
+        _check(self.lr, "lr", lambda v: v > 0, "a finite number > 0")
+        _check(self.momentum, "momentum", lambda v: 0 <= v < 1, "in [0, 1)")
+        for name in ("seed", "sampling_seed", "train_limit"):
+            if getattr(self, name) is not None:
+                _check_int(getattr(self, name), name, 1 if name == "train_limit" else 0)
+        return self
+
+
+def _check(value, name: str, test, wanted: str) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (ok and math.isfinite(value) and test(value)):
+        raise InvalidParameterError(f"{name} must be {wanted}, got {value!r}.")
+
+
+def _check_int(value, name: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InvalidParameterError(f"{name} must be an integer >= {minimum}, got {value!r}.")
 
 
 @dataclass
@@ -134,9 +173,14 @@ def run_training(cfg: TrainConfig) -> TrainResult:
 
     from .gluon import DPDataLoader, DPTrainer, PrivateBlock
 
-    mx.random.seed(cfg.seed)
+    cfg.validate()
+    if cfg.seed is not None:
+        mx.random.seed(cfg.seed)  # model initialization only; never the sampling
     ctx = mx.cpu()
     (xtr, ytr), (xte, yte) = load_dataset(cfg.dataset, cfg.data_dir, cfg.train_limit)
+    if cfg.batch_size > len(xtr):
+        raise InvalidParameterError(
+            f"batch_size {cfg.batch_size} exceeds the {len(xtr)} training examples.")
     rate = cfg.batch_size / len(xtr)
     per_epoch = int(math.ceil(1.0 / rate))
     total_steps = int(math.ceil(cfg.epochs * per_epoch))
@@ -148,9 +192,10 @@ def run_training(cfg: TrainConfig) -> TrainResult:
                         {"learning_rate": cfg.lr, "momentum": cfg.momentum},
                         noise_multiplier=sigma, max_grad_norm=cfg.max_grad_norm,
                         expected_batch_size=cfg.batch_size, sample_rate=rate,
-                        warn_delta=cfg.delta, accountant=cfg.accountant)
+                        warn_delta=cfg.delta, accountant=cfg.accountant,
+                        noise_seed=cfg.sampling_seed)
     loader = DPDataLoader((xtr, ytr), rate, trainer=trainer, ctx=ctx,
-                          num_batches=total_steps, seed=cfg.seed)
+                          num_batches=total_steps, seed=cfg.sampling_seed)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     curve: List[Dict[str, float]] = []
     start = time.perf_counter()
@@ -164,12 +209,14 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         trainer.step(x.shape[0])
         done = trainer.steps
         if done % per_epoch == 0 or done == total_steps:
-            point = {"step": done, "loss": float(loss.mean().asscalar()),
-                     "epsilon": trainer.epsilon(cfg.delta)}
+            point = {"step": done, "epsilon": trainer.epsilon(cfg.delta)}
+            if cfg.show_loss:  # the raw loss of a private batch: not covered by epsilon
+                point["loss"] = float(loss.mean().asscalar())
             if cfg.history:
                 point["test_accuracy"] = _accuracy(net, xte, yte, ctx)
             curve.append(point)
-            bar.set_postfix(loss=f"{point['loss']:.3f}", eps=f"{point['epsilon']:.2f}")
+            shown = {"loss": f"{point['loss']:.3f}"} if cfg.show_loss else {}
+            bar.set_postfix(**shown, eps=f"{point['epsilon']:.2f}")
         bar.update(trainer.steps - bar.n)
     bar.close()
     return TrainResult(

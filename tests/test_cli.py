@@ -128,3 +128,188 @@ def test_anonymize_unreachable_is_a_clear_error(tmp_path, capsys):
                  "--quasi-identifiers", "a", "--k", "5"]) == 2
     assert "k=5" in capsys.readouterr().err
     assert not (tmp_path / "o.csv").exists()
+
+
+# -- input validation: one line on stderr, exit code 2, bounded time and memory ------------
+_RATE = ["--sample-rate", "0.01", "--steps", "10", "--delta", "1e-5"]
+_SIZES = ["--dataset-size", "60000", "--batch-size", "256", "--epochs", "1", "--delta", "1e-5"]
+
+
+def _replace(args, flag, value):
+    out = list(args)
+    out[out.index(flag) + 1] = value
+    return out
+
+
+@pytest.mark.parametrize("argv", [
+    ["epsilon", "--noise-multiplier", "1", *_replace(_SIZES, "--batch-size", "0")],
+    ["epsilon", "--noise-multiplier", "1", *_replace(_SIZES, "--dataset-size", "0")],
+    ["epsilon", "--noise-multiplier", "1", *_replace(_SIZES, "--epochs", "nan")],
+    ["epsilon", "--noise-multiplier", "1", *_replace(_SIZES, "--epochs", "inf")],
+    ["epsilon", "--noise-multiplier", "1", *_replace(_SIZES, "--epochs", "0")],
+    ["epsilon", "--noise-multiplier", "1", *_replace(_SIZES, "--epochs", "1e300")],
+    ["epsilon", "--noise-multiplier", "1", *_replace(_SIZES, "--batch-size", "70000")],
+    ["epsilon", "--noise-multiplier", "1", *_replace(_SIZES, "--batch-size", "2.5")],
+    ["epsilon", "--noise-multiplier", "nan", *_RATE],
+    ["epsilon", "--noise-multiplier", "-1", *_RATE],
+    ["epsilon", "--noise-multiplier", "1", *_replace(_RATE, "--sample-rate", "0")],
+    ["epsilon", "--noise-multiplier", "1", *_replace(_RATE, "--sample-rate", "1.01")],
+    ["epsilon", "--noise-multiplier", "1", *_replace(_RATE, "--delta", "1")],
+    ["epsilon", "--noise-multiplier", "1", *_replace(_RATE, "--delta", "0")],
+    ["epsilon", "--noise-multiplier", "1", *_replace(_RATE, "--steps", "-3")],
+    ["epsilon", "--noise-multiplier", "1", *_RATE, "--dataset-size", "100"],
+    ["calibrate", "--target-epsilon", "0", *_RATE],
+    ["calibrate", "--target-epsilon", "inf", *_RATE],
+    ["calibrate", "--target-epsilon", "1", *_replace(_SIZES, "--epochs", "nan")],
+    ["train", "--epochs", "0"], ["train", "--epochs", "nan"], ["train", "--batch-size", "0"],
+    ["train", "--lr", "-1"], ["train", "--max-grad-norm", "0"], ["train", "--delta", "2"],
+    ["train", "--momentum", "1"], ["train", "--noise-multiplier", "inf"],
+    ["train", "--seed", "-1"], ["train", "--sampling-seed", "x"],
+])
+def test_bad_numbers_are_one_line_errors(capsys, argv):
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mxprivacy: error: "), captured.err
+    assert captured.out == ""
+
+
+def _cli_bounded(args, seconds=60, megabytes=1500):
+    prelude = (f"import resource, sys; resource.setrlimit(resource.RLIMIT_AS, "
+               f"({megabytes << 20}, {megabytes << 20})); from mxprivacy.cli import main; "
+               f"sys.exit(main({args!r}))")
+    return subprocess.run([sys.executable, "-c", prelude], capture_output=True, text=True,
+                          timeout=seconds)
+
+
+@pytest.mark.parametrize("sigma", ["1e-300", "1e160", "5e-324"])
+def test_absurd_noise_is_answered_quickly(sigma):
+    # Before: 1e-300 used 9.85 GB in 60 s; 1e160 raised an OverflowError traceback.
+    done = _cli_bounded(["epsilon", "--noise-multiplier", sigma, *_RATE, "--json"])
+    assert done.returncode == 0, done.stderr
+    eps = json.loads(done.stdout.strip().splitlines()[-1])["epsilon"]
+    if float(sigma) < 1:
+        assert eps == "inf" and "infinite" in done.stdout.lower()
+    else:
+        assert 0 <= eps < 0.01
+
+
+def test_pld_beyond_resolution_is_a_one_line_error():
+    done = _cli_bounded(["epsilon", "--noise-multiplier", "0.001", *_RATE, "--accountant",
+                         "pld"])
+    assert done.returncode == 2 and done.stderr.startswith("mxprivacy: error: ")
+    assert "RDP" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_absurd_target_epsilon_calibrates(capsys):
+    assert main(["calibrate", "--target-epsilon", "1e300", *_RATE, "--json"]) == 0
+    out = _json_last_line(capsys)
+    assert out["achieved_epsilon"] <= 1e300 and out["noise_multiplier"] > 0
+
+
+# -- anonymize: every output checked before any write; headerless input ---------------------
+def _table(tmp_path, header=True):
+    src = tmp_path / "in.csv"
+    rows = "\n".join(f"{20 + i % 30}, {['a', 'b', 'c'][i % 3]}, {i}" for i in range(40))
+    src.write_text(("age,job,id\n" if header else "") + rows + "\n")
+    return src
+
+
+def _anon(src, *extra):
+    return main(["anonymize", str(src), "--quasi-identifiers", "age,job", "--k", "4", *extra])
+
+
+def _one_error_line(capsys, *needles):
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mxprivacy: error: "), captured.err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_anonymize_output_into_missing_dir_or_onto_dir(tmp_path, capsys):
+    src = _table(tmp_path)
+    assert _anon(src, "-o", str(tmp_path / "nope" / "o.csv")) == 2
+    _one_error_line(capsys, "does not exist")
+    assert _anon(src, "-o", str(tmp_path)) == 2
+    _one_error_line(capsys, "directory")
+
+
+def test_anonymize_report_checked_before_the_csv_is_written(tmp_path, capsys):
+    src, out = _table(tmp_path), tmp_path / "o.csv"
+    assert _anon(src, "-o", str(out), "--report", str(tmp_path / "nope" / "r.json")) == 2
+    _one_error_line(capsys, "--report")
+    assert not out.exists()
+
+
+def test_anonymize_refuses_to_replace_its_input(tmp_path, capsys):
+    src = _table(tmp_path)
+    original = src.read_text()
+    link = tmp_path / "link.csv"
+    link.symlink_to(src)
+    for target in (str(src), str(tmp_path / "." / "in.csv"), str(link)):
+        assert _anon(src, "-o", target) == 2
+        _one_error_line(capsys, "--force")
+        assert src.read_text() == original
+    assert _anon(src, "-o", str(tmp_path / "o.csv"), "--report", str(link)) == 2
+    _one_error_line(capsys, "input")
+    assert _anon(src, "-o", str(src), "--force") == 0
+    assert src.read_text() != original
+
+
+def test_anonymize_headerless_with_names(tmp_path, capsys):
+    import pandas as pd
+    from mxprivacy.preprocessing import check_k_anonymity
+    src, out = _table(tmp_path, header=False), tmp_path / "o.csv"
+    assert _anon(src, "-o", str(out), "--no-header", "--names", "age,job,id") == 0
+    result = pd.read_csv(out)
+    assert len(result) == 40 and list(result.columns) == ["age", "job", "id"]
+    assert check_k_anonymity(result, ["age", "job"]) >= 4
+    capsys.readouterr()
+    assert _anon(src, "-o", str(out), "--no-header", "--names", "age,job") == 2
+    _one_error_line(capsys, "3 columns")
+    assert _anon(src, "-o", str(out), "--no-header", "--names", "age,job,job") == 2
+    _one_error_line(capsys, "twice")
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--quasi-identifiers", "age,zzz", "--k", "4"], "zzz"),
+    (["--quasi-identifiers", "age", "--k", "four"], "--k"),
+    (["--quasi-identifiers", "age", "--k", "0"], "--k"),
+    (["--quasi-identifiers", "age", "--k", "4", "--max-suppression", "1.5"], "suppression"),
+    (["--quasi-identifiers", "age", "--k", "4", "--t-closeness", "nan"], "closeness"),
+])
+def test_anonymize_malformed_options(tmp_path, capsys, extra, needle):
+    src = _table(tmp_path)
+    assert main(["anonymize", str(src), "-o", str(tmp_path / "o.csv"), *extra]) == 2
+    _one_error_line(capsys, needle)
+    assert not (tmp_path / "o.csv").exists()
+
+
+@pytest.mark.parametrize("content", ["", "age,job\n"])
+def test_anonymize_empty_input(tmp_path, capsys, content):
+    src = tmp_path / "in.csv"
+    src.write_text(content)
+    assert main(["anonymize", str(src), "-o", str(tmp_path / "o.csv"),
+                 "--quasi-identifiers", "age", "--k", "2"]) == 2
+    _one_error_line(capsys)
+
+
+ADULT_NAMES = ("age,workclass,fnlwgt,education,education-num,marital-status,occupation,"
+               "relationship,race,sex,capital-gain,capital-loss,hours-per-week,"
+               "native-country,income")
+
+
+def test_anonymize_readme_example_on_uci_adult(tmp_path, capsys, data_dir):
+    import os
+    import pandas as pd
+    from mxprivacy.preprocessing import check_k_anonymity
+    adult = os.path.join(data_dir, "adult", "adult.data")
+    out = tmp_path / "adult_k10.csv"
+    assert main(["anonymize", adult, "-o", str(out), "--no-header", "--names", ADULT_NAMES,
+                 "--na-values", "?", "--quasi-identifiers", "age,sex,race,marital-status",
+                 "--k", "10", "--json"]) == 0
+    report = _json_last_line(capsys)
+    result = pd.read_csv(out)
+    assert report["rows_in"] == 32561 and len(result) == report["rows_out"]
+    assert check_k_anonymity(result, ["age", "sex", "race", "marital-status"]) >= 10
