@@ -392,3 +392,32 @@ def test_private_block_save_parameters_is_atomic_and_keeps_the_mode(tmp_path, mo
     block.save_parameters(str(target))
     assert os.stat(target).st_mode & 0o777 == 0o640
     block.load_parameters(str(target))
+
+
+def test_path2_embedding_rows_above_float32_precision_stay_apart():
+    class Wide(gluon.nn.Block):
+        def __init__(self, vocab, **kwargs):
+            super().__init__(**kwargs)
+            self.embed = gluon.nn.Embedding(vocab, 1)
+            self.out = gluon.nn.Dense(2, in_units=2)
+
+        def forward(self, x):
+            return self.out(self.embed(x).reshape((x.shape[0], -1)))
+
+    net = Wide(2 ** 24 + 8)  # float32 cannot tell 2^24 from 2^24 + 1
+    net.initialize(mx.init.One())
+    net.embed.weight.set_data(nd.zeros(net.embed.weight.shape))  # updates exact in float32
+    net.out.weight.set_data(nd.array([[1.0, 2.0], [-1.0, 0.5]]))
+    x = nd.array(np.array([[2 ** 24, 2 ** 24 + 1]]), dtype="int64")
+    y = nd.array([0])
+    block, trainer = make(net, clip=0.1, expected=1)
+    before = net.embed.weight.data()[2 ** 24:2 ** 24 + 2].asnumpy().ravel()
+    ref = reference_grads(net, LOSS, x, y)
+    with autograd.record():
+        loss = LOSS(block(x), y)
+    loss.backward()
+    trainer.step(1)
+    moved = before - net.embed.weight.data()[2 ** 24:2 ** 24 + 2].asnumpy().ravel()
+    factor = 0.1 / flat_norms(ref, 1)[0]
+    want = factor * ref[net.embed.weight.name][0, 2 ** 24:2 ** 24 + 2].ravel()
+    np.testing.assert_allclose(moved, want, rtol=1e-4)  # both rows, each its own share

@@ -48,7 +48,9 @@ def _scatter(layer, ids, grads):
     weight = nd.zeros(layer.weight.shape, ctx=grads.context, dtype=grads.dtype)
     weight.attach_grad()
     with autograd.record():
-        out = nd.Embedding(ids.astype(weight.dtype, copy=False), weight,
+        # int64 ids address every row exactly; the weight's dtype would merge rows
+        # above 2^24 (float32) or 2048 (float16) that the norm counts apart.
+        out = nd.Embedding(ids.astype("int64", copy=False), weight,
                            input_dim=weight.shape[0], output_dim=weight.shape[1])
     out.backward(grads)
     return weight.grad
