@@ -22,6 +22,7 @@ __all__ = [
     "DatasetError",
     "SamplingError",
     "TiedParameterError",
+    "UnknownValueError",
     "NonFiniteGradientWarning",
     "PrivacyWarning",
 ]
@@ -101,3 +102,7 @@ class PrivacyWarning(UserWarning):
 
 class NonFiniteGradientWarning(UserWarning):
     """Some per-sample gradients were not finite and were zeroed."""
+
+
+class UnknownValueError(InvalidParameterError):
+    """A value at transform time lies outside what the fitted anonymizer can generalize."""
