@@ -86,7 +86,7 @@ def test_infinite_epsilon_is_explained_and_strict_json(capsys):
 def test_bad_rates_and_steps_are_clear_errors(capsys, args):
     assert main(["epsilon", "--noise-multiplier", "1", "--delta", "1e-5", *args]) == 2
     err = capsys.readouterr().err
-    assert "sample_rate" in err or "--steps" in err
+    assert "--sample-rate" in err or "--steps" in err
 
 
 def test_anonymize_csv(tmp_path, capsys):

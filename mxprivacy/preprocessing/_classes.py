@@ -73,14 +73,21 @@ def _representatives(column: Column, values: pd.Series, class_of_row: np.ndarray
     kept = class_of_row >= 0
     series = values[kept].reset_index(drop=True)
     groups = pd.Series(class_of_row[kept])
-    if column.kind == "numeric":
-        medians = pd.to_numeric(series).groupby(groups).median()
-        return [float(medians.get(i, np.nan)) for i in range(n_classes)]
-    frame = pd.DataFrame({"g": groups, "v": series}).dropna()
-    counts = frame.groupby(["g", "v"], sort=True).size().reset_index(name="n")
+    if column.kind == "numeric":  # missing sorts last: more than half missing -> missing
+        numbers = pd.to_numeric(series)
+        medians = numbers.groupby(groups).median()
+        mostly_missing = numbers.isna().groupby(groups).mean() > 0.5
+        return [np.nan if mostly_missing.get(i, True) else float(medians.get(i, np.nan))
+                for i in range(n_classes)]
+    marker = object()  # missing is a value of its own: it stays missing when it is the mode
+    frame = pd.DataFrame({"g": groups, "v": series.astype(object).where(series.notna(), marker)})
+    frame["key"] = frame["v"].map(lambda v: "" if v is marker else "\x01" + str(v))
+    counts = frame.groupby(["g", "key"], sort=True).size().reset_index(name="n")
     best = counts.sort_values(["g", "n"], ascending=[True, False], kind="stable") \
-        .drop_duplicates("g").set_index("g")["v"]
-    return [best.get(i, np.nan) for i in range(n_classes)]
+        .drop_duplicates("g").set_index("g")["key"]
+    first = frame.drop_duplicates(["g", "key"]).set_index(["g", "key"])["v"]
+    return [np.nan if i not in best.index or best[i] == "" else first[(i, best[i])]
+            for i in range(n_classes)]
 
 
 def summarize(columns: List[Column], frame: pd.DataFrame, class_of_row: np.ndarray,

@@ -134,6 +134,8 @@ class Column:
         if self.kind == "hierarchy":
             index = self.categories.index(text) if text in self.categories else -1
             node = self._find(label)
+            if node is self.root:  # the root stands for every value, known or not
+                return True
             return node is not None and node.lo <= index <= node.hi
         return label == text or text in label.strip("{}").split("|")
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -9,12 +10,13 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ..errors import InvalidParameterError, UnreachableTargetError
+from ..errors import InvalidParameterError, UnknownValueError, UnreachableTargetError
 from ._encode import encode_column
 from ._classes import summarize
 from .metrics import report
 from .models import PrivacyModels, hierarchy_nodes
 from .mondrian import partition, route
+from ._unknown import fit_cover, general_labels, uncovered
 
 __all__ = ["KAnonymizer"]
 
@@ -23,11 +25,53 @@ SUPPRESSED = "*"
 
 def _as_frame(X) -> pd.DataFrame:
     if isinstance(X, pd.DataFrame):
+        duplicated = X.columns[X.columns.duplicated()].tolist()
+        if duplicated:
+            raise InvalidParameterError(
+                f"Column names {duplicated[:5]} appear more than once; rename them first.")
         return X
     array = np.asarray(X, dtype=object)
     if array.ndim != 2:
         raise InvalidParameterError(f"Expected a 2-D table, got shape {array.shape}.")
     return pd.DataFrame(array, columns=[f"x{i}" for i in range(array.shape[1])]).infer_objects()
+
+
+def _release_shift(models: PrivacyModels, codes, classes) -> Optional[float]:
+    """None if every class passes against the kept rows' own distribution; else the EMD
+    between that distribution and the whole table's (the reference that was used)."""
+    if codes is None or models.t is None:
+        return None  # k and l are per class: removing other rows cannot break them
+    kept = np.concatenate(classes) if classes else np.empty(0, dtype=np.int64)
+    reference = np.bincount(codes[kept], minlength=len(models.reference))
+    check = replace(models, reference=reference)
+    counts = [np.bincount(codes[c], minlength=len(reference)) for c in classes]
+    if all(check.accepts(c.size, n) for c, n in zip(classes, counts)):
+        return None
+    return models.distance(reference)
+
+
+def _released_partition(columns, models: PrivacyModels, codes, budget: int, relaxed: bool):
+    """Mondrian whose released table satisfies the models *on itself*.
+
+    Suppression changes the table's sensitive distribution, against which t-closeness
+    is measured. The EMD is a metric whose ground distance is at most 1, so removing a
+    fraction s of the rows moves the reference by at most s (total variation), and a
+    class within t - s of the whole table is within t of the kept rows. A failed
+    release is partitioned again with t lowered by twice the observed shift, then by
+    the whole budget (which guarantees it); failing that, nothing is suppressed.
+    """
+    result = partition(columns, models, codes, budget, relaxed)
+    shift = _release_shift(models, codes, result.classes)
+    if shift is None:
+        return result
+    rows = columns[0].keys.size
+    for margin in (2 * shift, budget / rows):
+        if margin <= models.t:
+            result = partition(columns, replace(models, t=models.t - margin), codes, budget,
+                               relaxed)
+            if _release_shift(models, codes, result.classes) is None:
+                return result
+    return partition(columns, models, codes, 0, relaxed)
 
 
 class KAnonymizer(TransformerMixin, BaseEstimator):
@@ -56,7 +100,15 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
     mode : {"strict", "relaxed"}
     output : {"generalized", "representative"}
         ``generalized``: "[lo, hi]" intervals, hierarchy nodes or "{a|b}" sets (strings).
-        ``representative``: the class median (numeric) or mode, typed.
+        ``representative``: the class median (numeric) or mode, typed. Missing stays
+        missing when it is the class's mode (or, numeric, more than half the class).
+    handle_unknown : {"error", "generalize"}
+        What ``transform`` does with a value that its fitted class does not cover (an
+        unseen category, a missing value, a number outside the class's range).
+        ``"error"`` raises :class:`~mxprivacy.errors.UnknownValueError`; ``"generalize"``
+        gives it the most general label that covers it: the column's full range widened
+        to the value (plus "missing" for a missing value), all categories, or the
+        hierarchy's root. In representative mode such a value becomes missing.
 
     Notes
     -----
@@ -70,7 +122,8 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
                  l_kind: str = "distinct", c: Optional[float] = None,
                  t: Optional[float] = None, hierarchies: Optional[Dict] = None,
                  orders: Optional[Dict] = None, max_suppression: float = 0.0,
-                 mode: str = "strict", output: str = "generalized") -> None:
+                 mode: str = "strict", output: str = "generalized",
+                 handle_unknown: str = "error") -> None:
         self.quasi_identifiers = quasi_identifiers
         self.k = k
         self.sensitive = sensitive
@@ -83,6 +136,7 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
         self.max_suppression = max_suppression
         self.mode = mode
         self.output = output
+        self.handle_unknown = handle_unknown
 
     # -- fitting -------------------------------------------------------------------------
     def _validate(self, frame: pd.DataFrame) -> List[str]:
@@ -91,6 +145,9 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
         if self.output not in ("generalized", "representative"):
             raise InvalidParameterError(
                 f"output must be 'generalized' or 'representative', got {self.output!r}.")
+        if self.handle_unknown not in ("error", "generalize"):
+            raise InvalidParameterError(
+                f"handle_unknown must be 'error' or 'generalize', got {self.handle_unknown!r}.")
         if not 0 <= self.max_suppression < 1:
             raise InvalidParameterError(
                 f"max_suppression must lie in [0, 1), got {self.max_suppression!r}.")
@@ -98,8 +155,14 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
             raise InvalidParameterError("l-diversity and t-closeness need sensitive=<column>.")
         if self.sensitive is not None and self.sensitive not in frame.columns:
             raise InvalidParameterError(f"Sensitive column {self.sensitive!r} not found.")
-        qis = list(self.quasi_identifiers) if self.quasi_identifiers is not None else \
-            [c for c in frame.columns if c != self.sensitive]
+        if isinstance(self.quasi_identifiers, str):  # one column, not its letters
+            qis = [self.quasi_identifiers]
+        elif self.quasi_identifiers is not None:
+            qis = list(self.quasi_identifiers)
+        else:
+            qis = [c for c in frame.columns if c != self.sensitive]
+        if len(set(qis)) != len(qis):
+            raise InvalidParameterError(f"Quasi-identifiers {qis} name a column twice.")
         missing = [q for q in qis if q not in frame.columns]
         if missing or not qis:
             raise InvalidParameterError(f"Quasi-identifiers {missing or qis} not found.")
@@ -142,8 +205,9 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
                 f"The whole table ({rows} rows) does not satisfy the requested models "
                 f"(k={self.k}, l={self.l}, t={self.t}); no generalization can. Lower k or "
                 "l, raise t, or add data.")
-        result = partition(self.columns_, models, codes,
-                           int(np.floor(self.max_suppression * rows)), self.mode == "relaxed")
+        result = _released_partition(self.columns_, models, codes,
+                                     int(np.floor(self.max_suppression * rows)),
+                                     self.mode == "relaxed")
         self.quasi_identifiers_ = qis
         self.feature_names_in_ = np.array([str(c) for c in frame.columns], dtype=object)
         self.n_features_in_ = frame.shape[1]
@@ -152,6 +216,8 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
         for number, members in enumerate(result.classes):
             self.train_classes_[members] = number
         self.suppressed_ = self.train_classes_ == -2
+        self.cover_ = {c.name: fit_cover(c, self.train_classes_, len(result.classes))
+                       for c in self.columns_}
         self._describe_classes(frame, result.classes)
         self.report_ = report(self, rows, result.classes, time.perf_counter() - start)
         return self
@@ -189,9 +255,33 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
                 f"{self.n_features_in_}.")
         if not isinstance(X, pd.DataFrame):
             frame.columns = list(self.feature_names_in_)
-        keys = [c.key_of(frame[c.name]) for c in self.columns_]
-        out = self._output(frame, route(self.tree_, keys))
+        absent = [q for q in self.quasi_identifiers_ if q not in frame.columns]
+        if absent:
+            raise InvalidParameterError(
+                f"X lacks the quasi-identifiers {absent} that the anonymizer was fitted on.")
+        classes = route(self.tree_, [c.key_of(frame[c.name]) for c in self.columns_])
+        out = self._output(frame, classes)
+        for column in self.columns_:
+            self._handle_unknown(column, frame[column.name], classes, out)
         return out if isinstance(X, pd.DataFrame) else out.to_numpy(dtype=object)
+
+    def _handle_unknown(self, column, values: pd.Series, classes: np.ndarray,
+                        out: pd.DataFrame) -> None:
+        bad = uncovered(column, self.cover_[column.name], values, classes)
+        if not bad.any():
+            return
+        if self.handle_unknown == "error":
+            row = int(np.flatnonzero(bad)[0])
+            raise UnknownValueError(
+                f"Column {column.name!r} has value {values.iloc[row]!r} (row {row}) that no "
+                f"fitted class covers ({int(bad.sum())} such rows). Fit on data that "
+                "includes it, or pass handle_unknown='generalize'.")
+        position = out.columns.get_loc(column.name)
+        if self.output == "representative":
+            out.iloc[np.flatnonzero(bad), position] = np.nan
+        else:
+            labels = general_labels(column, self.cover_[column.name], values[bad])
+            out.iloc[np.flatnonzero(bad), position] = labels
 
     def fit_transform(self, X, y=None, **fit_params):
         """Fit, then return the training rows with their own classes' values (suppressed

@@ -8,7 +8,7 @@ from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from mxprivacy.errors import InvalidParameterError, UnreachableTargetError
+from mxprivacy.errors import InvalidParameterError, UnknownValueError, UnreachableTargetError
 from mxprivacy.preprocessing import (KAnonymizer, check_k_anonymity, check_l_diversity,
                                      check_t_closeness)
 
@@ -87,9 +87,13 @@ def test_representative_output_and_transform_of_new_rows():
     out = anon.transform(df)
     assert out["age"].tolist() == [21.5] * 4 + [31.5] * 4
     assert out["age"].dtype == np.float64
-    generalized = KAnonymizer(["age", "job"], k=4).fit(df)
-    new = generalized.transform(pd.DataFrame({"age": [19, 33], "job": ["b", "zzz"]}))
-    assert new["age"].tolist() == ["[20, 23]", "[30, 35]"]
+    new_rows = pd.DataFrame({"age": [19, 33], "job": ["b", "zzz"]})
+    with pytest.raises(UnknownValueError, match="'age' has value 19"):
+        KAnonymizer(["age", "job"], k=4).fit(df).transform(new_rows)
+    generalized = KAnonymizer(["age", "job"], k=4, handle_unknown="generalize").fit(df)
+    new = generalized.transform(new_rows)
+    assert new["age"].tolist() == ["[19, 35]", "[30, 35]"]  # 19 widens the full range
+    assert new["job"].tolist() == ["{a|b}", "{a|b|c|d|missing|zzz}"]
     assert list(generalized.get_feature_names_out()) == ["age", "job"]
 
 
