@@ -132,10 +132,14 @@ class AdaptiveClipping(FlatClipping):
                 "expected_batch_size / 20).")
         return rest ** -0.5
 
-    def factors(self, shard) -> Tuple:
-        factors, finite = super().factors(shard)
-        self._unclipped.append((nd.sum(factors >= 1.0), factors.shape[0]))
-        return factors, finite
+    def record(self, factors) -> None:
+        """Count the unclipped units of a step that succeeded (``factors`` per shard).
+
+        Only the trainer calls it, after the step's checks have passed: a step that
+        raised and is retried must not count its units twice (sensitivity 1, not 1/2).
+        """
+        for shard_factors in factors:
+            self._unclipped.append((nd.sum(shard_factors >= 1.0), shard_factors.shape[0]))
 
     def _standard_normal(self) -> float:
         if self.secure:

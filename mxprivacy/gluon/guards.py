@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Optional
+
+import numpy as np
 
 from ..errors import InvalidParameterError, PrivacyWarning, SamplingError
 
@@ -34,14 +35,23 @@ def positive(name: str, value, allow_zero: bool = False) -> float:
     return value
 
 
+_SINGLE_MACHINE = (None, "local", "device", "nccl", "local_update_cpu",
+                   "local_allreduce_cpu", "local_allreduce_device")
+
+
 def check_kvstore(kvstore) -> None:
-    """Refuse distributed kvstores, given by name or as a ``KVStore`` object."""
-    kind = kvstore if isinstance(kvstore, str) else getattr(kvstore, "type", "")
-    if isinstance(kind, str) and "dist" in kind:
+    """Allow only single-machine kvstores, given by name or as a ``KVStore`` object.
+
+    Distributed ones (``dist_*``, Horovod, BytePS) would sample and add noise per
+    worker, which the accountant does not count.
+    """
+    kind = kvstore if kvstore is None or isinstance(kvstore, str) \
+        else getattr(kvstore, "type", repr(kvstore))
+    if kind not in _SINGLE_MACHINE:
         raise InvalidParameterError(
-            f"Distributed kvstores ({kind!r}) are not supported yet: every worker would add "
-            "its own noise and sample on its own, which the accountant does not count. "
-            "Train on one machine (several devices are fine).")
+            f"kvstore {kind!r} is not supported: distributed training would sample and "
+            "add noise on every worker, which the accountant does not count. Use one of "
+            f"{[k for k in _SINGLE_MACHINE if k]} (several devices on one machine).")
 
 
 def check_compression(compression_params) -> None:
@@ -121,47 +131,88 @@ def check_loss_reduction(loss_reduction) -> str:
 
 
 class FixedSizeDetector:
-    """Notice batches that are too regular to be Poisson samples.
+    """Notice batch sizes that a Poisson sample would almost never produce.
 
-    A Poisson batch's size is Binomial(N, q). Two independent draws are equal with
-    probability ``p_eq = sum_n P(n)^2`` (about 1 / (2 sqrt(pi) sd), so 0.018 at qN=256).
-    A shuffled loader with a fixed ``batch_size`` gives the same size every step. The
-    detector raises after ``run`` equal sizes in a row, where ``p_eq^(run-1) <= 1e-12``:
-    a true Poisson loader trips it with probability below 1e-12 per step (1e-7 over
-    100,000 steps). Where equal sizes are likely anyway (p_eq >= 0.5: q close to 1, or
-    fewer than about one sample per batch) it cannot tell, and checks nothing.
+    A Poisson batch's size is Binomial(N, q) with N = qN / q. Three tests, each with a
+    false-alarm probability of at most about 1e-12 per step on true Poisson sizes
+    (1e-7 over 100,000 steps):
+
+    - *implausible size*: a size in a tail of probability below 1e-12 (at qN=256 outside
+      about [146, 374]), refused before the step does anything. Two views of a batch
+      passed as ``step(2B)`` land there;
+    - *a run of equal sizes*: two draws are equal with probability
+      ``p_eq = sum_n P(n)^2`` (0.018 at qN=256), so ``run`` equal sizes in a row with
+      ``p_eq^(run-1) <= 1e-12`` come from a fixed-size loader;
+    - *a window of the last 100 sizes* with too many equal neighbours (binomial tail) or
+      too little spread (chi-square tail of the sample variance, used where the
+      binomial is close to normal): this catches shuffled loaders whose last batch is
+      smaller, alternating sizes and batches filtered by a few percent.
+
+    Where equal sizes are likely anyway (p_eq >= 0.5: q close to 1, or fewer than
+    about one sample per batch) it checks nothing.
     """
 
     FALSE_ALARM = 1e-12
+    WINDOW = 100
 
     def __init__(self, sample_rate: float, expected_batch_size: float) -> None:
-        p_equal = _equal_size_probability(sample_rate, expected_batch_size)
-        self.run = None if p_equal >= 0.5 else \
-            1 + int(math.ceil(math.log(self.FALSE_ALARM) / math.log(p_equal)))
-        self._last: Optional[int] = None
-        self._count = 0
+        from scipy import stats
 
-    def observe(self, size: int) -> None:
-        """Record one logical step's batch size; raise when the run is too long."""
-        if self.run is None:
-            return
-        self._count = self._count + 1 if size == self._last else 1
-        self._last = size
-        if self._count >= self.run:
+        size = max(1, int(round(expected_batch_size / sample_rate)))
+        law = stats.binom(size, sample_rate)
+        p_equal = _equal_size_probability(law, size)
+        self.enabled = p_equal < 0.5
+        self.run = 1 + int(math.ceil(math.log(self.FALSE_ALARM) / math.log(p_equal))) \
+            if self.enabled else None
+        self.low = int(law.ppf(self.FALSE_ALARM))
+        self.high = int(law.isf(self.FALSE_ALARM))
+        pairs = self.WINDOW - 1
+        self._max_equal_pairs = int(stats.binom(pairs, p_equal).isf(self.FALSE_ALARM))
+        variance = law.var()
+        self._min_variance = variance * stats.chi2(pairs).ppf(self.FALSE_ALARM) / pairs \
+            if variance >= 20 else None
+        self._sizes: list = []
+
+    def check(self, size: int) -> None:
+        """Refuse a size that is implausible for a Poisson sample (before the step)."""
+        if self.enabled and not self.low <= size <= self.high:
             raise SamplingError(
-                f"The last {self._count} steps all had exactly {size} samples. Poisson "
-                "batches vary in size, so these batches come from a fixed-size loader "
-                "(such as gluon.data.DataLoader with shuffle=True), which the Poisson "
-                "accountant does not describe and can under-report. Use "
+                f"A batch of {size} examples is implausible for Poisson sampling with "
+                f"expected size {self.low}..{self.high} (probability below "
+                f"{self.FALSE_ALARM:g}). Is step() given views of the same examples "
+                "(pass example_ids= instead), or batches from another loader? Use "
                 "mxprivacy.DPDataLoader(..., trainer=trainer).")
 
+    def observe(self, size: int) -> None:
+        """Record one logical step's batch size; raise when the sizes are too regular."""
+        if not self.enabled:
+            return
+        self._sizes = (self._sizes + [int(size)])[-max(self.WINDOW, self.run):]
+        recent = self._sizes[-self.run:]
+        if len(recent) == self.run and len(set(recent)) == 1:
+            self._refuse(f"the last {self.run} steps all had exactly {size} samples")
+        window = np.asarray(self._sizes[-self.WINDOW:])
+        if len(window) < self.WINDOW:
+            return
+        equal = int(np.sum(window[1:] == window[:-1]))
+        if equal > self._max_equal_pairs:
+            self._refuse(f"{equal} of the last {self.WINDOW - 1} consecutive steps had "
+                         "equal sizes")
+        if self._min_variance is not None and window.var(ddof=1) < self._min_variance:
+            self._refuse(f"the last {self.WINDOW} batch sizes vary far less than Poisson "
+                         f"sizes do (variance {window.var(ddof=1):.3g})")
 
-def _equal_size_probability(sample_rate: float, expected_batch_size: float) -> float:
-    from scipy import stats
+    def _refuse(self, what: str) -> None:
+        self._sizes = []
+        raise SamplingError(
+            f"Batch sizes are not Poisson: {what}. These batches come from a fixed-size "
+            "loader (such as gluon.data.DataLoader with shuffle=True), which the Poisson "
+            "accountant does not describe and can under-report. Use "
+            "mxprivacy.DPDataLoader(..., trainer=trainer).")
 
-    size = max(1, int(round(expected_batch_size / sample_rate)))
-    pmf = stats.binom(size, sample_rate).pmf
-    mean, sd = size * sample_rate, math.sqrt(size * sample_rate * (1 - sample_rate))
+
+def _equal_size_probability(law, size: int) -> float:
+    mean, sd = law.mean(), law.std()
     lo, hi = max(0, int(mean - 12 * sd) - 1), min(size, int(mean + 12 * sd) + 2)
-    values = pmf(range(lo, hi + 1))
+    values = law.pmf(np.arange(lo, hi + 1))
     return float((values ** 2).sum())

@@ -205,14 +205,14 @@ class PrivateBlock(gluon.Block):
             raise HybridizedCaptureError(
                 "The forward pass ran without reaching any per-sample probe (a hybridized "
                 "or replaced sub-block?). Nothing was captured; use mode='microbatch'.")
-        for param in shard.captured_params:  # so that a tied use shows as a fresh gradient
-            for data in param.list_data():
-                if data.context == x.context and data._fresh_grad:
-                    data._fresh_grad = False
         self._append(shard)
         return out
 
     def _append(self, shard) -> None:
+        for param in shard.captured_params:  # so that a tied use shows as a fresh gradient
+            for data in param.list_data():
+                if data.context == shard.ctx and data._fresh_grad:
+                    data._fresh_grad = False
         reduction.await_backward(shard)
         self._shards.append(shard)
 

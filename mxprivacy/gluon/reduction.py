@@ -37,6 +37,10 @@ HINTS = {  # (declared, observed) -> what to do
         "DPTrainer(loss_reduction='mean') expects loss.mean().backward(), but backward "
         "ran on the per-sample loss vector (or its sum). Use loss.mean().backward(), or "
         "loss_reduction='sum'."),
+    "unseen": (
+        "The backward pass ran through a path mxprivacy could not observe (for example "
+        "mxnet.autograd.backward imported before mxprivacy), so the loss reduction is "
+        "unknown. Call loss.backward() on the per-sample loss vector."),
     "other": (
         "The loss was reduced to a scalar by something other than sum() or mean() (for "
         "example loss.mean() * 2), so the scale of the per-sample gradients is unknown. "
@@ -70,8 +74,6 @@ def _record(heads, head_grads) -> None:
     shards = list(_WAITING)
     _WAITING.clear()
     kinds = {classify_head(h, max(s.batch_size for s in shards)) for h in heads}
-    if head_grads is not None:
-        kinds = {"sum"}  # explicit head gradients: the caller chose the weights
     kind = kinds.pop() if len(kinds) == 1 else "other"
     for shard in shards:
         shard.reduction = kind

@@ -32,12 +32,11 @@ def trainable_params(block) -> List:
 
 
 def check_no_raw_gradient(shard) -> None:
-    """A vectorized shard's layers run on detached views of their parameters, so the
-    parameters themselves must receive no gradient. One that did was also used outside
-    its layer (weight tying, ``layer.weight.data()`` read elsewhere), and that use of the
-    gradient escaped the per-sample rules."""
-    if shard.mode != "vectorized":
-        return  # microbatch replicas stand in for the parameter wherever it is read
+    """Captured layers run on detached views (vectorized) or replicas (microbatch) of
+    their parameters, so the parameters themselves must receive no gradient. One that
+    did was also used where the capture does not see it (weight tying, or
+    ``layer.weight.data()`` read by another layer or by the loss outside the wrapped net),
+    and that part of its gradient escaped clipping."""
     for param in shard.captured_params:
         for data in param.list_data():
             if data.context == shard.ctx and data._fresh_grad:
@@ -45,8 +44,8 @@ def check_no_raw_gradient(shard) -> None:
                     f"Parameter {param.name} is captured by its layer but also received a "
                     "gradient from outside it (weight tying, or its .data() used by another "
                     "layer). That part of its per-sample gradient would escape clipping. "
-                    "Use PrivateBlock(net, mode='microbatch'), which is exact for tied "
-                    "weights, or untie them.")
+                    "Use PrivateBlock(net, mode='microbatch'), which is exact for weights "
+                    "tied inside the wrapped net, or untie them.")
 
 
 class _ReductionMixin:

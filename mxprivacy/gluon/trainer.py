@@ -194,9 +194,11 @@ class DPTrainer(CheckpointMixin, NoiseWriterMixin, gluon.Trainer):
                 "are further views of the same examples (augmentations, siamese or "
                 "contrastive pairs), pass example_ids= so that each example is clipped "
                 "once; counting views as examples would under-report epsilon.")
+        self._size_check.check(captured)
         sums = self._merge(self._accumulated, self._checked_sums(units))
         self._size_check.observe(captured)
         self._block.take_shards()
+        self._commit_counts()
         self._accumulated, self._accumulated_units = {}, 0
         if not self._kv_initialized:
             self._init_kvstore()
@@ -229,6 +231,7 @@ class DPTrainer(CheckpointMixin, NoiseWriterMixin, gluon.Trainer):
         units, count = self._units(example_ids)
         sums = self._checked_sums(units)
         self._block.take_shards()
+        self._commit_counts()
         self._accumulated = self._merge(self._accumulated, sums)
         self._accumulated_units += count
 
@@ -249,13 +252,21 @@ class DPTrainer(CheckpointMixin, NoiseWriterMixin, gluon.Trainer):
         grouped = group_by_example(shards, example_ids, self._block, self.clipping)
         return [grouped], grouped.batch_size
 
+    def _commit_counts(self) -> None:
+        if hasattr(self._clipping, "record"):
+            self._clipping.record(getattr(self, "_pending_factors", []))
+        self._pending_factors = []
+
     def _check_reduction(self, shard) -> None:
-        if shard.reduction == self.loss_reduction:
+        observed = shard.reduction
+        if shard.batch_size <= 1 and observed in ("sum", "mean"):
+            observed = self.loss_reduction  # a mean over one sample is its sum
+        if observed == self.loss_reduction:
             if self.loss_reduction == "mean":
                 shard.rescale_once(float(shard.batch_size))
             return
-        if shard.reduction is None:
-            return  # no backward observed: check_fresh has the clearer message
+        if observed is None:  # fresh gradients, but no backward call was seen
+            raise PerSampleGradientError(reduction.HINTS["unseen"])
         raise PerSampleGradientError(reduction.HINTS.get(
             (self.loss_reduction, shard.reduction), reduction.HINTS["other"]))
 
@@ -291,6 +302,7 @@ class DPTrainer(CheckpointMixin, NoiseWriterMixin, gluon.Trainer):
         """Clipped sums of every shard. Non-finite units are found after the work is
         queued (one synchronization); only then are they zeroed and the sums redone."""
         factors = [self._clip_factors(shard) for shard in shards]
+        self._pending_factors = [f for f, _ in factors]  # counted once the step succeeds
         sums = self._sum_shards(shards, [f for f, _ in factors])
         bad = [int(shard.num_units - finite.sum().asscalar())
                for shard, (_, finite) in zip(shards, factors)]

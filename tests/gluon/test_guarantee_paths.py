@@ -421,3 +421,104 @@ def test_path2_embedding_rows_above_float32_precision_stay_apart():
     factor = 0.1 / flat_norms(ref, 1)[0]
     want = factor * ref[net.embed.weight.name][0, 2 ** 24:2 ** 24 + 2].ravel()
     np.testing.assert_allclose(moved, want, rtol=1e-4)  # both rows, each its own share
+
+
+def test_path9_weight_read_by_the_loss_outside_the_net_is_refused_in_microbatch_mode():
+    x, y = batch(b=4)
+    net = mlp(seed=3)
+    block, trainer = make(net, mode="microbatch", expected=4)
+    with autograd.record():
+        out = block(x)
+        first = net[0].weight.data(x.context)  # read outside the wrapped forward
+        loss = LOSS(out, y) + (first * first).sum()
+    loss.backward()
+    with pytest.raises(TiedParameterError):
+        trainer.step(4)
+
+
+def test_path11_backward_path_not_seen_is_refused(monkeypatch):
+    from mxprivacy.gluon import reduction
+    x, y = batch(b=6)
+    block, trainer = make()
+    with autograd.record():
+        loss = LOSS(block(x), y)
+    monkeypatch.setattr(reduction, "_WAITING", type(reduction._WAITING)())  # hook bypassed
+    loss.backward()
+    with pytest.raises(PerSampleGradientError, match="could not observe"):
+        trainer.step(6)
+
+
+def test_path11_explicit_head_gradient_on_a_mean_is_still_a_mean():
+    x, y = batch(b=6)
+    block, trainer = make(mlp(seed=9))
+    with autograd.record():
+        loss = LOSS(block(x), y).mean()
+    loss.backward(nd.ones((1,)))
+    with pytest.raises(PerSampleGradientError, match="averaged"):
+        trainer.step(6)
+
+
+def test_path11_a_batch_of_one_takes_either_reduction():
+    x, y = batch(b=1)
+    for kind in ("sum", "mean"):
+        block, trainer = make(mlp(seed=9), loss_reduction=kind, expected=1)
+        with autograd.record():
+            loss = LOSS(block(x), y).mean()
+        loss.backward()
+        trainer.step(1)
+        assert trainer.steps == 1
+
+
+@pytest.mark.parametrize("kvstore", ["horovod", "byteps", "dist_async"])
+def test_path10_only_single_machine_kvstores(kvstore):
+    with pytest.raises(InvalidParameterError, match="not supported"):
+        make(kvstore=kvstore)
+
+
+def sizes_refused(detector, sizes):
+    try:
+        for size in sizes:
+            detector.check(size)
+            detector.observe(size)
+    except SamplingError:
+        return True
+    return False
+
+
+def test_path12_detector_catches_keep_last_batch_alternating_and_filtered_loaders():
+    rng = np.random.default_rng(1)
+    keep = [256, 256, 256, 232] * 100  # N = 1000, B = 256, last_batch='keep'
+    assert sizes_refused(FixedSizeDetector(256 / 1000, 256), keep)
+    alternating = [255, 257] * 100
+    assert sizes_refused(FixedSizeDetector(256 / 60000, 256), alternating)
+    filtered = list(256 - rng.binomial(256, 0.01, size=300))  # 1 % dropped per batch
+    assert sizes_refused(FixedSizeDetector(256 / 60000, 256), filtered)
+    detector = FixedSizeDetector(256 / 60000, 256)
+    with pytest.raises(SamplingError, match="implausible"):
+        detector.check(512)  # two views of a batch counted as examples
+    poisson = rng.binomial(60000, 256 / 60000, size=5000)
+    assert not sizes_refused(FixedSizeDetector(256 / 60000, 256), poisson)
+
+
+def test_adaptive_count_of_a_failed_step_is_not_counted_twice():
+    x, y = batch(b=6)
+    block, trainer = make(clipping="adaptive", sigma=1.0, expected=6,
+                          clipping_options={"count_noise": 5.0})
+    with autograd.record():
+        loss = LOSS(block(x), y)
+    loss.backward()
+    with pytest.raises(BatchSizeMismatchError):
+        trainer.step(7)
+    original = trainer._size_check.observe
+
+    def fail_once(size):
+        trainer._size_check.observe = original
+        raise SamplingError("simulated")
+
+    trainer._size_check.observe = fail_once
+    with pytest.raises(SamplingError):
+        trainer.step(6)  # fails after the clipping factors were computed
+    counts = []
+    trainer._clipping.update = lambda b: counts.append(list(trainer._clipping._unclipped))
+    trainer.step(6)
+    assert len(counts[0]) == 1  # one shard counted once, not once per attempt
