@@ -193,6 +193,8 @@ class DPDataLoader:
 
     def __iter__(self):
         for indices in self.sampler:
+            if self.trainer is not None:  # the trainer checks step(n) against it
+                self.trainer.expect_examples(len(indices))
             if indices:
                 yield self._batch(indices)
                 continue

@@ -126,6 +126,7 @@ class DPTrainer(CheckpointMixin, NoiseWriterMixin, gluon.Trainer):
         self.run_id = uuid.uuid4().hex  # lineage: checkpoints of other runs are composed
         self.nonfinite_count = 0
         self._privatized_batch: Optional[int] = None
+        self._loader_examples: Optional[int] = None
         self._warned = False
 
     def _find_block(self):
@@ -194,11 +195,17 @@ class DPTrainer(CheckpointMixin, NoiseWriterMixin, gluon.Trainer):
                 "are further views of the same examples (augmentations, siamese or "
                 "contrastive pairs), pass example_ids= so that each example is clipped "
                 "once; counting views as examples would under-report epsilon.")
+        if self._loader_examples is not None and captured != self._loader_examples:
+            raise BatchSizeMismatchError(
+                f"The DPDataLoader drew {self._loader_examples} examples for this step, but "
+                f"{captured} were captured. Rows that are further views of the same "
+                "examples need example_ids=; each drawn example must be forwarded.")
         self._size_check.check(captured)
         sums = self._merge(self._accumulated, self._checked_sums(units))
         self._size_check.observe(captured)
         self._block.take_shards()
         self._commit_counts()
+        self._loader_examples = None
         self._accumulated, self._accumulated_units = {}, 0
         if not self._kv_initialized:
             self._init_kvstore()
@@ -215,6 +222,11 @@ class DPTrainer(CheckpointMixin, NoiseWriterMixin, gluon.Trainer):
         self.accountant.compose(
             PoissonSampledEvent(self.sample_rate, GaussianEvent(self.noise_multiplier)))
         self._privatized_batch = captured
+
+    def expect_examples(self, count: int) -> None:
+        """Called by :class:`DPDataLoader` with the size of the batch it just drew; the
+        next step must capture exactly that many examples."""
+        self._loader_examples = int(count)
 
     def accumulate(self, *, example_ids=None) -> None:
         """Virtual steps: clip the physical batch just processed and keep its sum.

@@ -522,3 +522,20 @@ def test_adaptive_count_of_a_failed_step_is_not_counted_twice():
     trainer._clipping.update = lambda b: counts.append(list(trainer._clipping._unclipped))
     trainer.step(6)
     assert len(counts[0]) == 1  # one shard counted once, not once per attempt
+
+
+def test_path6_loader_batch_size_binds_the_step():
+    from mxprivacy import DPDataLoader
+    x, y = batch(b=60, seed=2)
+    block, trainer = make(expected=6, dataset_size=60, sample_rate=None)
+    loader = DPDataLoader((x.asnumpy(), y.asnumpy()), expected_batch_size=6, trainer=trainer)
+    xb, yb = next(iter(loader))
+    doubled = nd.concat(xb, xb, dim=0)  # two views in one pass, counted as examples
+    with autograd.record():
+        loss = LOSS(block(doubled), nd.concat(yb, yb, dim=0))
+    loss.backward()
+    with pytest.raises(BatchSizeMismatchError, match="DPDataLoader drew"):
+        trainer.step(2 * xb.shape[0])
+    n = xb.shape[0]
+    trainer.step(n, example_ids=np.concatenate([np.arange(n), np.arange(n)]))
+    assert trainer.steps == 1
