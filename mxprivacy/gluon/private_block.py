@@ -96,6 +96,7 @@ class PrivateBlock(gluon.Block):
                 "reproducible experiments.", PrivacyWarning, stacklevel=2)
         self._rng = np.random.default_rng(seed)
         self._shards: List = []
+        self._rows_checked = False  # the first recorded batch of >= 3 rows is probed
         self._current: Optional[VectorizedShard] = None
         self._patched: List = []
         for param in net.collect_params().values():
@@ -195,6 +196,7 @@ class PrivateBlock(gluon.Block):
                 "The wrapped net is hybridized, so vectorized per-sample capture cannot run. "
                 "Call net.hybridize(active=False), or use mode='microbatch'.")
         self._ensure_initialized(x, args)  # so that every captured layer runs detached
+        self._probe_rows(x, args)
         shard = VectorizedShard(x.context, x.shape[0])
         self._current = shard
         try:
@@ -228,8 +230,14 @@ class PrivateBlock(gluon.Block):
             with autograd.pause():
                 self.net(x[0:1], *[_rows(a, np.array([0])) for a in args])
 
+    def _probe_rows(self, x, args) -> None:
+        if not self._rows_checked and x.shape[0] >= 3:
+            validators.check_rows_independent(self.net, x, args)
+            self._rows_checked = True
+
     def _microbatch_forward(self, x, *args):
         self._ensure_initialized(x, args)
+        self._probe_rows(x, args)
         params = [p for layer in validators.parameterized_layers(self.net)
                   for p in trainable_params(layer)]
         params = list({id(p): p for p in params}.values())

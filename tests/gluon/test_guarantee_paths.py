@@ -539,3 +539,79 @@ def test_path6_loader_batch_size_binds_the_step():
     n = xb.shape[0]
     trainer.step(n, example_ids=np.concatenate([np.arange(n), np.arange(n)]))
     assert trainer.steps == 1
+
+
+class PlainBatchNorm(gluon.Block):
+    """A plain Block calling nd.BatchNorm; its statistics are not named running_*."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.stats = [self.params.get(n, shape=(8,), init=i, grad_req="null")
+                      for n, i in (("g", "ones"), ("b", "zeros"), ("m", "zeros"), ("v", "ones"))]
+
+    def forward(self, x):
+        return nd.BatchNorm(x, *[p.data(x.context) for p in self.stats], fix_gamma=False)
+
+
+class TwoInputBatchNorm(gluon.HybridBlock):
+    """Two inputs: a symbolic trace with one input fails, so only the probe sees it."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.g = self.params.get("g", shape=(8,), init="ones", grad_req="null")
+        self.b = self.params.get("b", shape=(8,), init="zeros", grad_req="null")
+        self.m = self.params.get("m", shape=(8,), init="zeros", grad_req="null")
+        self.v = self.params.get("v", shape=(8,), init="ones", grad_req="null")
+
+    def hybrid_forward(self, F, x, shift, g, b, m, v):
+        return F.BatchNorm(x + shift, g, b, m, v)
+
+
+class Centered(gluon.Block):
+    def __init__(self, mix, **kwargs):
+        super().__init__(**kwargs)
+        self.first = gluon.nn.Dense(8, in_units=5)
+        self.mix = mix
+        self.drop = gluon.nn.Dropout(0.5)
+        self.last = gluon.nn.Dense(3, in_units=8)
+
+    def forward(self, x):
+        hidden = self.first(x)
+        if isinstance(self.mix, TwoInputBatchNorm):
+            hidden = self.mix(hidden, nd.zeros_like(hidden))
+        elif self.mix is not None:
+            hidden = self.mix(hidden)
+        return self.last(self.drop(nd.relu(hidden)))
+
+
+def subtract_batch_mean(x):
+    return nd.broadcast_sub(x, x.mean(axis=0, keepdims=True))
+
+
+@pytest.mark.parametrize("mode", ["vectorized", "microbatch"])
+@pytest.mark.parametrize("mix", [PlainBatchNorm, TwoInputBatchNorm, lambda: subtract_batch_mean],
+                         ids=["plain-block", "two-inputs", "batch-mean"])
+def test_path3_cross_sample_computation_found_by_what_it_computes(mix, mode):
+    net = Centered(mix())
+    net.initialize()
+    x, y = batch(b=8)
+    block = PrivateBlock(net, mode=mode)
+    with pytest.raises(UnsupportedLayerError, match="depends on other samples"):
+        with autograd.record():
+            block(x)
+
+
+def test_path3_row_probe_has_no_false_alarm_with_dropout_and_keeps_rng_reproducible():
+    outs = []
+    for _ in range(2):
+        mx.random.seed(11)
+        net = Centered(None)  # dropout in training mode, no cross-sample operation
+        net.initialize()
+        block, trainer = make(net, expected=8)
+        x, y = batch(b=8)
+        with autograd.record():
+            loss = LOSS(block(x), y)
+        loss.backward()
+        trainer.step(8)
+        outs.append(nd.random.uniform(shape=(3,)).asnumpy())
+    np.testing.assert_array_equal(outs[0], outs[1])  # a seeded run stays reproducible
