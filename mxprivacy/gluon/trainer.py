@@ -324,7 +324,8 @@ class DPTrainer(CheckpointMixin, NoiseWriterMixin, gluon.Trainer):
         warnings.warn(
             f"{sum(bad)} per-sample gradient(s) were not finite and were zeroed (not "
             f"clipped) this step; {self.nonfinite_count} so far. Check the inputs or lower "
-            "the learning rate.", NonFiniteGradientWarning, stacklevel=4)
+            "the learning rate. This warning and trainer.nonfinite_count are not private: "
+            "they show in which steps a bad record was sampled, so do not publish them.", NonFiniteGradientWarning, stacklevel=4)
         for shard, (_, finite), count in zip(shards, factors, bad):
             if count:
                 shard.zero_units(finite)
@@ -365,11 +366,14 @@ class DPTrainer(CheckpointMixin, NoiseWriterMixin, gluon.Trainer):
         """One DP-SGD step; ``batch_size`` must be the actual number of examples.
 
         ``example_ids`` is for an example forwarded more than once in one step (two
-        augmented views, a siamese or contrastive pair): one int array per captured
+        augmented views, the two sides of a siamese pair): one int array per captured
         forward pass, in call order, giving the example (0 .. batch_size-1) of each of
         its rows. The views' gradients are summed per example before clipping, so each
         example moves the update by at most C. Two passes over the same batch:
-        ``example_ids=[np.arange(B), np.arange(B)]``.
+        ``example_ids=[np.arange(B), np.arange(B)]``. Each example's loss terms must
+        depend only on its own rows: losses with in-batch negatives (InfoNCE / NT-Xent,
+        in-batch triplet mining) let one example move every other example's gradient,
+        and are not covered.
         """
         if ignore_stale_grad:
             raise InvalidParameterError(
