@@ -153,7 +153,35 @@ def _zero_rows(array, keep):
     return nd.where(keep, array, nd.zeros_like(array))
 
 
-class MicrobatchShard(_ReductionMixin):
+class _StackedUnits:
+    """Shards whose per-unit gradients are materialized as (units, size) matrices, one
+    per parameter (``_compute_stack``); norms and clipped sums are row operations."""
+
+    _stacked = None
+
+    def _stack(self) -> Dict:
+        if self._stacked is None:
+            self._stacked = self._compute_stack()
+        return self._stacked
+
+    def unit_sq_norms(self):
+        total = nd.zeros((self.num_units,), ctx=self.ctx)
+        for grads in self._stack().values():
+            total = total + sq_row_sum(grads)
+        return total
+
+    def clipped_sums(self, factors) -> Dict:
+        row = factors.reshape((1, -1))
+        return {p: nd.dot(row, g).reshape(p.shape) for p, g in self._stack().items()}
+
+    def per_unit_grads(self) -> Dict:
+        return {p: g.reshape((self.num_units,) + p.shape) for p, g in self._stack().items()}
+
+    def zero_units(self, keep) -> None:
+        self._stacked = {p: _zero_rows(g, keep) for p, g in self._stack().items()}
+
+
+class MicrobatchShard(_StackedUnits, _ReductionMixin):
     """Parameter replicas of each microbatch; their ``.grad`` is its exact gradient.
 
     (The sensitivity of several samples per microbatch is worked out in
@@ -192,35 +220,16 @@ class MicrobatchShard(_ReductionMixin):
                     f"No backward pass reached microbatch {number} since its forward pass. "
                     + _STALE_HINT)
 
-    def _stack(self) -> Dict:
-        if self._stacked is None:
-            self._stacked = {
-                p: nd.stack(*[unit[p].grad.reshape((-1,)) for unit in self.replicas])
+    def _compute_stack(self) -> Dict:
+        return {p: nd.stack(*[unit[p].grad.reshape((-1,)) for unit in self.replicas])
                 for p in self.params}
-        return self._stacked
-
-    def unit_sq_norms(self):
-        total = nd.zeros((self.num_units,), ctx=self.ctx)
-        for grads in self._stack().values():
-            total = total + sq_row_sum(grads)
-        return total
-
-    def clipped_sums(self, factors) -> Dict:
-        row = factors.reshape((1, -1))
-        return {p: nd.dot(row, g).reshape(p.shape) for p, g in self._stack().items()}
-
-    def per_unit_grads(self) -> Dict:
-        return {p: g.reshape((self.num_units,) + p.shape) for p, g in self._stack().items()}
-
-    def zero_units(self, keep) -> None:
-        self._stacked = {p: _zero_rows(g, keep) for p, g in self._stack().items()}
 
 
-class ExampleShard:
+class ExampleShard(_StackedUnits):
     """Several captured forward passes whose rows are tied to examples.
 
-    Views of one example (augmentations, the two sides of a siamese or contrastive
-    loss) must be clipped together: one example contributes the *sum* of its views'
+    Views of one example (augmentations, the two sides of a siamese pair) must be
+    clipped together: one example contributes the *sum* of its views'
     gradients, and that sum is clipped to C (augmentation multiplicity, De et al. 2022).
     Clipping each view alone would let one example move the update by k C.
 
@@ -237,7 +246,7 @@ class ExampleShard:
         self.ctx = self.shards[0].ctx
         self.batch_size = self.num_units = int(num_examples)
         self._ids = [np.asarray(ids, dtype=np.int64) for ids in example_ids]
-        self._grads = None
+        self._stacked = None
 
     @property
     def captured_params(self) -> List:
@@ -247,32 +256,14 @@ class ExampleShard:
         for shard in self.shards:
             shard.check_fresh()
 
-    def _per_example(self) -> Dict:
-        if self._grads is None:
-            grads: Dict = {}
-            for shard, ids in zip(self.shards, self._ids):
-                onehot = nd.one_hot(nd.array(ids, ctx=self.ctx), self.num_units).T
-                for param, rows in shard.per_unit_grads().items():
-                    flat = nd.dot(onehot, rows.reshape((rows.shape[0], -1)))
-                    grads[param] = flat if param not in grads else grads[param] + flat
-            self._grads = grads
-        return self._grads
-
-    def unit_sq_norms(self):
-        total = nd.zeros((self.num_units,), ctx=self.ctx)
-        for grads in self._per_example().values():
-            total = total + sq_row_sum(grads)
-        return total
-
-    def clipped_sums(self, factors) -> Dict:
-        row = factors.reshape((1, -1))
-        return {p: nd.dot(row, g).reshape(p.shape) for p, g in self._per_example().items()}
-
-    def per_unit_grads(self) -> Dict:
-        return {p: g.reshape((self.num_units,) + p.shape) for p, g in self._per_example().items()}
-
-    def zero_units(self, keep) -> None:
-        self._grads = {p: _zero_rows(g, keep) for p, g in self._per_example().items()}
+    def _compute_stack(self) -> Dict:
+        grads: Dict = {}
+        for shard, ids in zip(self.shards, self._ids):
+            onehot = nd.one_hot(nd.array(ids, ctx=self.ctx), self.num_units).T
+            for param, rows in shard.per_unit_grads().items():
+                flat = nd.dot(onehot, rows.reshape((rows.shape[0], -1)))
+                grads[param] = flat if param not in grads else grads[param] + flat
+        return grads
 
 
 def one_pass_per_context(shards) -> None:
