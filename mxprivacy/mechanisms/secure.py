@@ -194,8 +194,14 @@ def standard_normal(size: int) -> np.ndarray:
 
 def _normal_chunk(n: int) -> np.ndarray:
     # 4n uniforms -> 2n Box-Muller pairs -> 4n independent normals -> n sums of four.
+    # Lane i takes cos of pairs i and n+i and sin of pairs i+1 and n+i+1 (cyclically):
+    # four different pairs, so four separately transformed draws. (cos + sin of one pair
+    # would be a single transformed draw, sqrt(2) r sin(theta + pi/4).) The two outputs
+    # of a Box-Muller pair are independent, so the lanes stay independent.
+    if n < 2:
+        return _normal_chunk(2)[:n]
     mantissa = (random_uint64(4 * n) >> np.uint64(11)).astype(np.float64)
     radius = np.sqrt(-2.0 * np.log((mantissa[:2 * n] + 1.0) * 2.0 ** -53))  # u in (0, 1]
     angle = (mantissa[2 * n:] * 2.0 ** -53) * _TWO_PI  # u in [0, 1)
     cos, sin = radius * np.cos(angle), radius * np.sin(angle)
-    return ((cos[:n] + cos[n:]) + (sin[:n] + sin[n:])) * 0.5
+    return ((cos[:n] + cos[n:]) + (np.roll(sin[:n], -1) + np.roll(sin[n:], -1))) * 0.5

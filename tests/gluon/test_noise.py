@@ -83,7 +83,8 @@ def reference_normals(raw: bytes, n: int) -> np.ndarray:
     u2 = bits[2 * n:] * 2.0 ** -53
     r, theta = np.sqrt(-2 * np.log(u1)), 2 * np.pi * u2
     c, s = r * np.cos(theta), r * np.sin(theta)
-    return (c[:n] + c[n:] + s[:n] + s[n:]) / 2
+    # four different pairs per value: cos of pairs i, n+i and sin of pairs i+1, n+i+1
+    return (c[:n] + c[n:] + np.roll(s[:n], -1) + np.roll(s[n:], -1)) / 2
 
 
 def test_secure_noise_is_drawn_from_urandom_in_the_background(byte_stream):
@@ -108,3 +109,12 @@ def test_secure_noise_chunks_large_vectors(byte_stream):
     head = reference_normals(expected.bytes(32 << 16), 1 << 16)
     tail = reference_normals(expected.bytes(32 * 5), 5)
     np.testing.assert_allclose(value, np.concatenate([head, tail]), rtol=1e-6, atol=1e-6)
+
+
+def test_secure_lanes_use_four_different_pairs_and_stay_independent():
+    from mxprivacy.mechanisms.secure import standard_normal
+    z = standard_normal(100_000).astype(np.float64)
+    # neighbouring lanes share a Box-Muller pair (cos to one, sin to the other): the two
+    # outputs of a pair are independent, so neighbours must be uncorrelated
+    assert abs(np.corrcoef(z[:-1], z[1:])[0, 1]) < 5 / np.sqrt(len(z))
+    assert standard_normal(1).shape == (1,) and standard_normal(1).dtype == np.float32
