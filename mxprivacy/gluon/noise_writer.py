@@ -19,7 +19,7 @@ __all__ = ["NoiseWriterMixin"]
 
 class NoiseWriterMixin:
     """Gradient writing for :class:`~mxprivacy.gluon.DPTrainer` (needs ``_trainable``,
-    ``gradient_noise_multiplier``, ``sensitivity``, ``_noise_seed``, ``secure_mode``)."""
+    ``gradient_noise_multiplier``, ``sensitivity``, ``_noise_seeds``, ``secure_mode``)."""
 
     def _write_grads(self, sums: Dict) -> None:
         for param in self._trainable():
@@ -51,7 +51,8 @@ class NoiseWriterMixin:
                 self._noise.close()
             with warnings.catch_warnings():  # the trainer already warned about a seed
                 warnings.simplefilter("ignore")
-                self._noise = NoiseSource(size, self._noise_seed, secure=self.secure_mode)
+                seed = None if self._noise_seeds is None else self._noise_seeds.spawn(1)[0]
+                self._noise = NoiseSource(size, seed, secure=self.secure_mode)
         ctx = params[0].list_grad()[0].context
         buffer = self._noise.take()
         if ctx.device_type != "cpu":

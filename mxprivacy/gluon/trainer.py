@@ -14,6 +14,7 @@ import uuid
 import warnings
 from typing import Dict, List, Optional
 
+import numpy as np
 from mxnet import gluon
 
 from ..accounting import GaussianEvent, PoissonSampledEvent, PrivacyAccountant, make_accountant
@@ -120,7 +121,9 @@ class DPTrainer(CheckpointMixin, NoiseWriterMixin, gluon.Trainer):
         self._accumulated: Dict = {}
         self._accumulated_units = 0
         self.accountant = make_accountant(accountant)
-        self._noise_seed = noise_seed
+        # A seed starts a sequence: every new noise stream (the trainable size changed)
+        # gets a fresh child seed, so no stream ever repeats another.
+        self._noise_seeds = None if noise_seed is None else np.random.SeedSequence(noise_seed)
         self._noise = None
         self.steps = 0
         self.run_id = uuid.uuid4().hex  # lineage: checkpoints of other runs are composed

@@ -615,3 +615,15 @@ def test_path3_row_probe_has_no_false_alarm_with_dropout_and_keeps_rng_reproduci
         trainer.step(8)
         outs.append(nd.random.uniform(shape=(3,)).asnumpy())
     np.testing.assert_array_equal(outs[0], outs[1])  # a seeded run stays reproducible
+
+
+def test_path1_seeded_noise_never_restarts_when_the_trainable_set_changes():
+    with pytest.warns(PrivacyWarning):
+        block, trainer = make(sigma=1.0, noise_seed=5)
+    block(batch()[0])
+    params = trainer._trainable()
+    first, _ = trainer._noise_vector(params)
+    first = first.asnumpy().copy()
+    trainer._noise_vector(params[:2])  # a layer frozen: a stream of another size
+    again, _ = trainer._noise_vector(params)  # unfrozen: must not replay the first stream
+    assert not np.allclose(first, again.asnumpy())
