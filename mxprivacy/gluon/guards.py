@@ -143,10 +143,12 @@ class FixedSizeDetector:
     - *a run of equal sizes*: two draws are equal with probability
       ``p_eq = sum_n P(n)^2`` (0.018 at qN=256), so ``run`` equal sizes in a row with
       ``p_eq^(run-1) <= 1e-12`` come from a fixed-size loader;
-    - *a window of the last 100 sizes* with too many equal neighbours (binomial tail) or
-      too little spread (chi-square tail of the sample variance, used where the
-      binomial is close to normal): this catches shuffled loaders whose last batch is
-      smaller, alternating sizes and batches filtered by a few percent.
+    - *a window of the last 100 sizes* whose sum leaves the tails of
+      Binomial(100 N, q) (a loader at another rate, such as one built without
+      ``trainer=``), with too many equal neighbours (binomial tail) or too little spread
+      (chi-square tail of the sample variance, used where the binomial is close to
+      normal): this catches shuffled loaders whose last batch is smaller, alternating
+      sizes and batches filtered by a few percent.
 
     Where equal sizes are likely anyway (p_eq >= 0.5: q close to 1, or fewer than
     about one sample per batch) it checks nothing.
@@ -164,10 +166,14 @@ class FixedSizeDetector:
         self.enabled = p_equal < 0.5
         self.run = 1 + int(math.ceil(math.log(self.FALSE_ALARM) / math.log(p_equal))) \
             if self.enabled else None
+        self._mean = float(law.mean())
         self.low = int(law.ppf(self.FALSE_ALARM))
         self.high = int(law.isf(self.FALSE_ALARM))
         pairs = self.WINDOW - 1
         self._max_equal_pairs = int(stats.binom(pairs, p_equal).isf(self.FALSE_ALARM))
+        window_law = stats.binom(self.WINDOW * size, sample_rate)  # sum of the window
+        self._sum_low = int(window_law.ppf(self.FALSE_ALARM))
+        self._sum_high = int(window_law.isf(self.FALSE_ALARM))
         variance = law.var()
         self._min_variance = variance * stats.chi2(pairs).ppf(self.FALSE_ALARM) / pairs \
             if variance >= 20 else None
@@ -194,6 +200,10 @@ class FixedSizeDetector:
         window = np.asarray(self._sizes[-self.WINDOW:])
         if len(window) < self.WINDOW:
             return
+        if not self._sum_low <= int(window.sum()) <= self._sum_high:
+            self._refuse(f"the last {self.WINDOW} batches average {window.mean():.4g} "
+                         f"examples, but the sampling rate implies {self._mean:.4g}; the "
+                         "loader samples at another rate than the trainer accounts for")
         equal = int(np.sum(window[1:] == window[:-1]))
         if equal > self._max_equal_pairs:
             self._refuse(f"{equal} of the last {self.WINDOW - 1} consecutive steps had "

@@ -20,7 +20,8 @@ from mxnet import gluon
 from ..accounting import GaussianEvent, PoissonSampledEvent, PrivacyAccountant, make_accountant
 from ..errors import (BatchSizeMismatchError, ForeignParameterError,
                       HybridizedCaptureError, InvalidParameterError, NonFiniteGradientWarning,
-                      PerSampleGradientError, PrivacyWarning, StaleGradientError)
+                      PerSampleGradientError, PrivacyWarning, SamplingError,
+                      StaleGradientError)
 from . import guards, reduction
 from .checkpoint import CheckpointMixin
 from .clipping import make_clipping
@@ -188,6 +189,11 @@ class DPTrainer(CheckpointMixin, NoiseWriterMixin, gluon.Trainer):
         A call that raises leaves the captured batch in place, so a corrected call
         needs no new forward and backward pass.
         """
+        if self.secure_mode and self._loader_examples is None:
+            raise SamplingError(
+                "secure_mode=True needs batches drawn by DPDataLoader(..., trainer=trainer), "
+                "which samples from the OS CSPRNG and tells the trainer each batch's size; "
+                "this step came from elsewhere.")
         units, count = self._units(example_ids)
         captured = count + self._accumulated_units
         if batch_size is not None and int(batch_size) != captured:

@@ -356,6 +356,9 @@ def test_secure_mode_step_runs_and_is_noisy():
     with autograd.record():
         loss = LOSS(block(x), y)
     loss.backward()
+    with pytest.raises(SamplingError, match="DPDataLoader"):
+        trainer.step(6)  # secure mode takes batches from a secure DPDataLoader only
+    trainer.expect_examples(6)  # what DPDataLoader(..., trainer=trainer) does
     with warnings.catch_warnings():
         warnings.simplefilter("error", PrivacyWarning)
         trainer.step(6)
@@ -627,3 +630,13 @@ def test_path1_seeded_noise_never_restarts_when_the_trainable_set_changes():
     trainer._noise_vector(params[:2])  # a layer frozen: a stream of another size
     again, _ = trainer._noise_vector(params)  # unfrozen: must not replay the first stream
     assert not np.allclose(first, again.asnumpy())
+
+
+def test_path8_loader_at_another_rate_without_trainer_is_caught_by_the_window_mean():
+    rng = np.random.default_rng(4)
+    detector = FixedSizeDetector(0.01, 100)  # the trainer's q = 0.01, N = 10,000
+    sizes = rng.binomial(10_000, 0.0125, size=200)  # a loader built without trainer=
+    with pytest.raises(SamplingError, match="another rate"):
+        for size in sizes:
+            detector.check(int(size))
+            detector.observe(int(size))
