@@ -95,6 +95,7 @@ class PrivateBlock(gluon.Block):
                 "moves later samples when one is removed). Use seeds only for "
                 "reproducible experiments.", PrivacyWarning, stacklevel=2)
         self._rng = np.random.default_rng(seed)
+        self._seeded, self._secure = seed is not None, False
         self._shards: List = []
         self._rows_checked = False  # the first recorded batch of >= 3 rows is probed
         self._current: Optional[VectorizedShard] = None
@@ -218,10 +219,22 @@ class PrivateBlock(gluon.Block):
         reduction.await_backward(shard)
         self._shards.append(shard)
 
+    def use_secure_randomness(self) -> None:
+        """Draw the microbatch assignment from the OS CSPRNG (``DPTrainer(secure_mode=True)``)."""
+        if self._seeded and self.num_microbatches is not None:
+            raise InvalidParameterError(
+                "secure_mode=True cannot use a seeded microbatch assignment: remove "
+                "PrivateBlock(seed=...).")
+        self._secure = True
+
     def _groups(self, batch: int) -> List[np.ndarray]:
         if self.num_microbatches is None:
             return [np.array([i]) for i in range(batch)]
-        labels = self._rng.integers(0, self.num_microbatches, size=batch)
+        if self._secure:
+            from ..mechanisms.secure import uniform_below
+            labels = uniform_below(np.full(batch, self.num_microbatches, dtype=np.int64))
+        else:
+            labels = self._rng.integers(0, self.num_microbatches, size=batch)
         return [np.flatnonzero(labels == k) for k in range(self.num_microbatches)
                 if np.any(labels == k)]
 

@@ -82,7 +82,12 @@ class PoissonBatchSampler(gluon.data.Sampler):
             raise InvalidParameterError(f"num_examples must be a positive integer, got {num_examples!r}.")
         self.num_examples = int(num_examples)
         self.sample_rate = _check_rate(sample_rate)
-        self.num_batches = int(num_batches) if num_batches else int(math.ceil(1.0 / self.sample_rate))
+        if num_batches is not None and (isinstance(num_batches, bool) or
+                                        int(num_batches) != num_batches or num_batches < 1):
+            raise InvalidParameterError(
+                f"num_batches must be a positive integer or None, got {num_batches!r}.")
+        self.num_batches = int(num_batches) if num_batches is not None else \
+            int(math.ceil(1.0 / self.sample_rate))
         self.secure = bool(secure)
         self._rng = _sampling_rng(seed, self.secure)
 
@@ -189,7 +194,12 @@ class DPDataLoader:
     def _batch(self, indices: List[int]):
         if self._arrays is not None:
             return tuple(nd.array(a[indices], ctx=self.ctx, dtype=a.dtype) for a in self._arrays)
-        return gluon.data.dataloader.default_batchify_fn([self._dataset[i] for i in indices])
+        batch = gluon.data.dataloader.default_batchify_fn([self._dataset[i] for i in indices])
+        if self.ctx is None:
+            return batch
+        items = batch if isinstance(batch, (list, tuple)) else [batch]
+        moved = [b.as_in_context(self.ctx) if isinstance(b, nd.NDArray) else b for b in items]
+        return type(batch)(moved) if isinstance(batch, (list, tuple)) else moved[0]
 
     def __iter__(self):
         for indices in self.sampler:

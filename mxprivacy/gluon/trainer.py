@@ -113,6 +113,8 @@ class DPTrainer(CheckpointMixin, NoiseWriterMixin, gluon.Trainer):
         super().__init__(params, optimizer, optimizer_params, kvstore, compression_params,
                          update_on_kvstore=False)
         self._block = self._find_block()
+        if self.secure_mode:
+            self._block.use_secure_randomness()
         self.clipping = clipping
         self._clipping_options = dict(clipping_options or {})
         if clipping == "adaptive":

@@ -640,3 +640,18 @@ def test_path8_loader_at_another_rate_without_trainer_is_caught_by_the_window_me
         for size in sizes:
             detector.check(int(size))
             detector.observe(int(size))
+
+
+def test_secure_mode_draws_the_microbatch_assignment_from_urandom(monkeypatch):
+    import os
+    with pytest.warns(PrivacyWarning):
+        seeded = PrivateBlock(mlp(), mode="microbatch", num_microbatches=3, seed=1)
+    with pytest.raises(InvalidParameterError, match="seeded microbatch"):
+        DPTrainer(seeded.collect_params(), "sgd", noise_multiplier=1.0, max_grad_norm=1.0,
+                  expected_batch_size=6, sample_rate=0.1, secure_mode=True)
+    block, trainer = make(mode="microbatch", block={"num_microbatches": 3}, secure_mode=True)
+    calls = []
+    real = os.urandom
+    monkeypatch.setattr(os, "urandom", lambda n: calls.append(n) or real(n))
+    groups = block._groups(6)
+    assert calls and sorted(np.concatenate(groups).tolist()) == list(range(6))

@@ -161,3 +161,20 @@ def test_secure_sampler_inclusion_rate_and_independence():
     assert abs(r) < 5 / np.sqrt(masks[1:].size)
     assert stats.chi2_contingency(np.histogram2d(masks[:-1].ravel(), masks[1:].ravel(),
                                                  bins=2)[0]).pvalue > ALPHA
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_num_batches_must_be_a_positive_integer(bad):
+    from mxprivacy import InvalidParameterError, PoissonBatchSampler
+    with pytest.raises(InvalidParameterError, match="num_batches"):
+        PoissonBatchSampler(10, 0.5, num_batches=bad)
+
+
+def test_dataset_batches_land_on_the_requested_context():
+    import mxnet as mx
+    from mxnet import gluon as g
+    from mxprivacy import DPDataLoader
+    data = g.data.ArrayDataset(np.ones((20, 2), dtype=np.float32), np.arange(20))
+    loader = DPDataLoader(data, 1.0, ctx=mx.cpu(1), num_batches=1)
+    x, y = next(iter(loader))
+    assert x.context == mx.cpu(1) and y.context == mx.cpu(1)
