@@ -25,6 +25,7 @@ __all__ = [
     "UnknownValueError",
     "NonFiniteGradientWarning",
     "PrivacyWarning",
+    "NonFiniteOutputWarning",
 ]
 
 
@@ -106,3 +107,7 @@ class NonFiniteGradientWarning(UserWarning):
 
 class UnknownValueError(InvalidParameterError):
     """A value at transform time lies outside what the fitted anonymizer can generalize."""
+
+
+class NonFiniteOutputWarning(UserWarning):
+    """NoisyOutput replaced non-finite output rows by zeros before noising them."""
