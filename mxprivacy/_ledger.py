@@ -63,9 +63,9 @@ def merge_ledgers(current, loaded, what: str = "ledger",
         return TAKE, normalize(loaded)
     if not same_run:
         warnings.warn(
-            f"The loaded {what} comes from another run than this trainer's, which has "
-            "already spent privacy. Both histories are composed (a valid upper bound), and "
-            "that is what is reported from now on.", PrivacyWarning, stacklevel=3)
+            f"The loaded {what} comes from another run (lineage) than the current one, "
+            "which has already spent privacy. Both histories are composed (a valid upper "
+            "bound), and that is what is reported from now on.", PrivacyWarning, stacklevel=3)
         return COMPOSE, normalize(list(current) + list(loaded))
     if is_prefix(loaded, current):
         return KEEP, normalize(current)

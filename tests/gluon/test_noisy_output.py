@@ -7,11 +7,15 @@ import pytest
 from mxnet import gluon
 from scipy import stats
 
-from mxprivacy import CheckpointError, InvalidParameterError, NoisyOutput, PrivacyBudgetExceeded
+from mxprivacy import (CheckpointError, InvalidParameterError, NoisyOutput, PrivacyBudgetExceeded,
+                       PrivacyWarning)
 from mxprivacy.gluon.noisy_output import NoisyOutput as GluonNoisyOutput
 from mxprivacy.mechanisms import NoisyOutput as MechanismsNoisyOutput
 from mxprivacy.accounting import GaussianEvent, PLDAccountant
 from mxprivacy.mechanisms import analytic_gaussian_sigma
+
+# wrap() seeds the noise for reproducible tests; the seed's PrivacyWarning is tested below.
+pytestmark = pytest.mark.filterwarnings(r"ignore:NoisyOutput\(random_state")
 
 
 class Constant(gluon.Block):
@@ -123,9 +127,10 @@ def test_save_parameters_carries_the_ledger(tmp_path):
     other.initialize()
     restored = NoisyOutput(other, epsilon=1.0, delta=1e-6, output_bound=1.0,
                            budget_epsilon=5.0, budget_delta=1e-5)
-    restored(mx.nd.ones((1, 3)))  # finish deferred init
-    restored.load_parameters(fname)
-    assert restored.queries == 2  # never forgets (max of both ledgers)
+    restored(mx.nd.ones((1, 3)))  # finish deferred init: one row of another lineage
+    with pytest.warns(PrivacyWarning, match="another run"):
+        restored.load_parameters(fname)
+    assert restored.queries == 3  # both lineages' rows are counted
     np.testing.assert_allclose(other.weight.data().asnumpy(), dense.weight.data().asnumpy())
     with pytest.raises(CheckpointError):
         restored.load_parameters(str(tmp_path / "missing.params"))
@@ -146,13 +151,6 @@ def test_bad_settings_are_clear_errors(kwargs, match):
         wrap(**kwargs)
 
 
-def test_non_finite_output_is_refused_and_not_charged():
-    net = wrap(rows=((math.nan, 1.0),))
-    with pytest.raises(InvalidParameterError, match="NaN"):
-        net(mx.nd.zeros((1, 1)))
-    assert net.queries == 0
-
-
 # -- location, one ledger format, atomic files, write-ahead ledger -------------------------
 def test_importable_from_gluon_mechanisms_and_the_top_level():
     import subprocess
@@ -167,7 +165,7 @@ def test_the_ledger_is_an_accountant_state_dict():
     net = wrap(budget_epsilon=4.0)
     net(mx.nd.zeros((3, 1)))
     state = net.state_dict()
-    assert set(state) == {"format", "config", "privacy", "budget"}
+    assert set(state) == {"format", "config", "privacy", "budget", "run_id"}
     accountant = PLDAccountant()
     accountant.load_state_dict(state["privacy"])
     assert accountant.get_epsilon(1e-5) == pytest.approx(net.spent()[0], rel=1e-9)
