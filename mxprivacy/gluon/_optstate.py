@@ -22,6 +22,7 @@ __all__ = ["capture", "plan_restore", "apply_restore"]
 _SKIP = {"num_update", "begin_num_update", "rescale_grad", "aggregate_num",
          "allow_np_array", "multi_precision"}
 _DTYPES = {"float16", "float32", "float64"}
+_MAX_INT = 1 << 53  # counters beyond it are not from a real run (and overflow floats)
 
 
 def _scalar_hypers(optimizer) -> Dict[str, Any]:
@@ -60,8 +61,9 @@ def _fail(message: str):
 
 
 def _int(value, name: str) -> int:
-    if type(value) is not int or value < 0:
-        _fail(f"{name} must be an integer >= 0, got {value!r}")
+    if type(value) is not int or not 0 <= value <= _MAX_INT:
+        shown = "a huge integer" if type(value) is int and value > _MAX_INT else repr(value)
+        _fail(f"{name} must be an integer in [0, 2**53], got {shown}")
     return value
 
 
@@ -91,8 +93,10 @@ def _hypers(optimizer, saved) -> Dict[str, Any]:
         if key not in current and not (key == "lr" and optimizer.lr_scheduler is not None):
             _fail(f"unknown optimizer setting {key!r}")
         if value is not None and (not isinstance(value, (int, float)) or (
-                not isinstance(value, bool) and not math.isfinite(value))):
-            _fail(f"optimizer setting {key}={value!r} is not a finite number")
+                not isinstance(value, bool) and not (abs(value) <= _MAX_INT if
+                                                     isinstance(value, int) else
+                                                     math.isfinite(value)))):
+            _fail(f"optimizer setting {key} is not a finite number (or is beyond 2**53)")
         old = current.get(key)
         if isinstance(value, bool) != isinstance(old, bool) and None not in (value, old):
             _fail(f"optimizer setting {key}={value!r} has the wrong type")

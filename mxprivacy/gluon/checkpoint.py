@@ -17,6 +17,25 @@ What the checksum protects against
     unknown fields are refused), and the checkpoint must match the trainer (number and
     shapes of the parameters, optimizer type and state layout).
 
+What a DPTrainer ledger may hold
+    Only what a DPTrainer composes: ``PoissonSampledEvent(q, GaussianEvent(sigma))`` with
+    ``0 < q <= 1`` and ``sigma >= 0``, each with a count >= 1 (and at most
+    ``2**53``), and the last event must be the one of the ``config`` section (its
+    ``sample_rate`` and ``noise_multiplier``). Any other event (``epsilon_delta``,
+    ``composed``, ``self_composed``, ``q = 0``...) is refused, so a careless edit cannot
+    turn the spent privacy into nothing; a consistent forgery under a recomputed checksum
+    is still possible (see above).
+
+Bounded reading
+    The archive must hold stored (uncompressed) ``.npy`` members, as ``np.savez`` writes
+    them; their total size may not exceed the file's, which is checked from the zip
+    headers before any member is read, and each array's declared size must match its
+    member. A compressed member (a decompression bomb) is refused before it is expanded.
+
+Pending steps
+    ``load_states`` between ``allreduce_grads()`` and ``update()`` is refused: the
+    privatized gradient waiting for ``update()`` belongs to the current ledger.
+
 The ledger never decreases
     ``load_states`` merges the saved ledger with the trainer's current one
     (see :mod:`mxprivacy._ledger`): an older checkpoint of this run keeps the current,
@@ -29,6 +48,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import zipfile
 from typing import Any, Dict, Tuple
 
 import numpy as np
@@ -36,6 +56,7 @@ import numpy as np
 from .._io import atomic_write, read_sealed, seal
 from .._ledger import COMPOSE, TAKE, merge_ledgers
 from ..accounting.base import parse_ledger
+from ..accounting.events import GaussianEvent, PoissonSampledEvent
 from ..errors import CheckpointError
 from . import _optstate
 
@@ -46,6 +67,7 @@ _FORMAT = "mxprivacy-dptrainer-2"
 _KEYS = {"format", "privacy", "steps", "nonfinite_count", "config", "optimizer", "run_id"}
 _CONFIG = {"noise_multiplier", "max_grad_norm", "expected_batch_size", "sample_rate",
            "clipping"}
+_MAX_COUNT = 1 << 53  # steps, counts: far beyond any run, and exact in a float
 
 
 def _strict_json(data: bytes) -> Any:
@@ -69,9 +91,58 @@ def _pack(meta: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> bytes:
     return seal(_KIND, buffer.getvalue())
 
 
+def _read_npy(handle, size: int, name: str) -> np.ndarray:
+    """One ``.npy`` member of ``size`` bytes: plain dtype, C order, exact length."""
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+    else:
+        raise ValueError(f"array {name} has .npy version {version}")
+    if fortran or dtype.hasobject or not all(type(n) is int and n >= 0 for n in shape):
+        raise ValueError(f"array {name} is not a plain C-ordered array")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes != size - handle.tell():
+        raise ValueError(f"array {name} declares {nbytes} bytes, its member holds "
+                         f"{size - handle.tell()}")
+    data = handle.read(nbytes)
+    if len(data) != nbytes:
+        raise ValueError(f"array {name} is truncated")
+    return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+
+
+def _read_npz(body: bytes) -> Dict[str, np.ndarray]:
+    """The arrays of an ``np.savez`` archive, reading no more than ``len(body)`` bytes.
+
+    Every member must be stored (not compressed) and their sizes, from the zip headers,
+    must add up to at most the archive's: checked before any member is read.
+    """
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        infos = archive.infolist()
+        names = [info.filename for info in infos]
+        if len(set(names)) != len(names) or not all(n.endswith(".npy") for n in names):
+            raise ValueError(f"unexpected archive members {names[:10]}")
+        total = 0
+        for info in infos:
+            if info.compress_type != zipfile.ZIP_STORED or \
+                    info.file_size != info.compress_size:
+                raise ValueError(f"member {info.filename} is compressed; checkpoints store "
+                                 "their arrays uncompressed")
+            total += info.file_size
+        if total > len(body):
+            raise ValueError(f"its members claim {total} bytes in a {len(body)}-byte file")
+        arrays = {}
+        for info in infos:
+            with archive.open(info) as handle:
+                arrays[info.filename[:-4]] = _read_npy(handle, info.file_size, info.filename)
+    return arrays
+
+
 def _unpack(body: bytes) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
-    with np.load(io.BytesIO(body), allow_pickle=False) as archive:
-        arrays = {name: archive[name] for name in archive.files}
+    arrays = _read_npz(body)
+    if "meta" not in arrays:
+        raise ValueError("no meta member")
     blob = arrays.pop("meta")
     if blob.dtype != np.uint8 or blob.ndim != 1:
         raise ValueError("meta is not a byte string")
@@ -82,9 +153,37 @@ def _unpack(body: bytes) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
 
 
 def _count(value, name: str) -> int:
-    if type(value) is not int or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    if type(value) is not int or not 0 <= value <= _MAX_COUNT:
+        shown = "a huge integer" if type(value) is int and value > _MAX_COUNT else repr(value)
+        raise ValueError(f"{name} must be an integer in [0, 2**53], got {shown}")
     return value
+
+
+def _number(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value):
+        raise ValueError(f"{name} {value!r} is not a finite number")
+    return float(value)
+
+
+def _check_dp_ledger(entries, config) -> None:
+    """Only DP-SGD steps, each counted at least once, ending with the config's setting."""
+    for event, count in entries:
+        _count(count, "a ledger count")
+        if count < 1:
+            raise ValueError("a ledger entry counts 0 steps")
+        if type(event) is not PoissonSampledEvent or type(event.event) is not GaussianEvent \
+                or not 0 < event.sample_rate <= 1:
+            raise ValueError(f"{event!r} is not a DP-SGD step (a Poisson-sampled Gaussian with "
+                             "a sample rate in (0, 1])")
+    if entries:
+        last = entries[-1][0]
+        rate = _number(config["sample_rate"], "config sample_rate")
+        sigma = _number(config["noise_multiplier"], "config noise_multiplier")
+        if (last.sample_rate, last.event.noise_multiplier) != (rate, sigma):
+            raise ValueError(
+                f"the last ledger event (sample rate {last.sample_rate}, noise multiplier "
+                f"{last.event.noise_multiplier}) is not the config's ({rate}, {sigma})")
 
 
 class CheckpointMixin:
@@ -117,23 +216,28 @@ class CheckpointMixin:
 
         The privacy ledger never decreases: see the module docstring.
         """
+        if getattr(self, "_privatized_batch", None) is not None:
+            raise CheckpointError(
+                "A privatized gradient is waiting for update(): its step is already in the "
+                "ledger, and loading now could drop that charge. Call update() (or step()) "
+                "first, then load_states. The trainer is unchanged.")
         body = read_sealed(_KIND, fname)
         try:
             meta, arrays = _unpack(body)
             loaded, bound = self._check_meta(meta)
             plan = _optstate.plan_restore(self, meta["optimizer"], arrays)
+            run_id = meta["run_id"]
+            decision, ledger = merge_ledgers(self.accountant.ledger, loaded[0],
+                                             "checkpoint ledger", same_run=run_id == self.run_id)
+            accountant = self.accountant.empty_like()
+            for event, count in ledger:
+                accountant.compose(event, count)
         except CheckpointError:
             raise
         except Exception as exc:  # untrusted content: every parse failure is a bad file
             raise CheckpointError(
-                f"{fname} is not a usable DPTrainer checkpoint for this trainer ({exc}). "
-                "The trainer is unchanged.") from exc
-        run_id = meta["run_id"]
-        decision, ledger = merge_ledgers(self.accountant.ledger, loaded[0], "checkpoint ledger",
-                                         same_run=run_id == self.run_id)
-        accountant = self.accountant.empty_like()
-        for event, count in ledger:
-            accountant.compose(event, count)
+                f"{fname} is not a usable DPTrainer checkpoint for this trainer "
+                f"({type(exc).__name__}: {str(exc)[:300]}). The trainer is unchanged.") from exc
         if not self._kv_initialized:
             self._init_kvstore()
         if self._params_to_init:
@@ -174,6 +278,7 @@ class CheckpointMixin:
         config = meta["config"]
         if not isinstance(config, dict) or set(config) != _CONFIG:
             raise ValueError("the config section has missing or unknown fields")
+        _check_dp_ledger(entries, config)
         bound = None
         if self.clipping == "adaptive" and config["clipping"] == "adaptive":
             bound = config["max_grad_norm"]
