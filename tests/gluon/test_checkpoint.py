@@ -113,7 +113,38 @@ EDITS = {
     "nan setting": lambda m: m["optimizer"]["hyper"].update(lr=float("nan")),
     "state index": lambda m: m["optimizer"]["states"].update({"7": None}),
     "update count": lambda m: m["optimizer"]["index_update_counts"]["0"].update({"0": 2.5}),
+    # Ledgers a DPTrainer cannot have written (review r4): each would load with eps ~ 0.
+    "q 0": lambda m: _event(m).update(sample_rate=0.0),
+    "sigma 1e6, config 1.0": lambda m: _event(m)["event"].update(noise_multiplier=1e6),
+    "epsilon_delta event": lambda m: m["privacy"]["ledger"][0].update(
+        event={"type": "epsilon_delta", "epsilon": 0.0, "delta": 0.0}),
+    "self_composed count 0": lambda m: m["privacy"]["ledger"][0].update(
+        event={"type": "self_composed", "count": 0, "event": _event(m)}),
+    "composed []": lambda m: m["privacy"]["ledger"][0].update(
+        event={"type": "composed", "events": []}),
+    "plain gaussian event": lambda m: m["privacy"]["ledger"][0].update(
+        event=_event(m)["event"]),
+    "poisson laplace": lambda m: _event(m).update(
+        event={"type": "laplace", "noise_multiplier": 1.0}),
+    "zero-count entry": lambda m: m["privacy"]["ledger"].insert(
+        0, {"event": {**_event(m), "sample_rate": 0.5}, "count": 0}),
+    "last event is not the config's": lambda m: m["config"].update(noise_multiplier=2.0),
+    "config sample_rate true": lambda m: m["config"].update(sample_rate=True),
+    # Huge counts (review r5): no raw OverflowError, the trainer unchanged.
+    "count = steps = 10**400": lambda m: (m["privacy"]["ledger"][0].update(count=10**400),
+                                         m.update(steps=10**400)) and None,
+    "count = steps = 2**53 + 1": lambda m: (m["privacy"]["ledger"][0].update(count=2**53 + 1),
+                                           m.update(steps=2**53 + 1)) and None,
+    "nonfinite_count 10**400": lambda m: m.update(nonfinite_count=10**400),
+    "num_update 10**400": lambda m: m["optimizer"].update(num_update=10**400),
+    "update count 10**400": lambda m: m["optimizer"]["index_update_counts"]["0"].update(
+        {"0": 10**400}),
+    "setting 10**400": lambda m: m["optimizer"]["hyper"].update(beta1=10**400),
 }
+
+
+def _event(meta):
+    return meta["privacy"]["ledger"][0]["event"]
 
 
 @pytest.mark.parametrize("name", sorted(EDITS))
@@ -246,3 +277,115 @@ def test_a_failed_load_leaves_no_temporary_and_keeps_the_mode(tmp_path):
     trainer.save_states(path)
     assert os.stat(path).st_mode & 0o777 == 0o640
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+
+
+# -- a step waiting for update() -----------------------------------------------------------
+def test_load_states_between_allreduce_and_update_is_refused(tmp_path):
+    from mxnet import autograd
+
+    from .ckpt_helpers import LOSS, data
+    block, trainer = build("sgd")
+    for seed in range(3):
+        step(block, trainer, seed)
+    trainer.save_states(str(tmp_path / "s"))
+    for seed in range(3, 6):
+        step(block, trainer, seed)
+    trainer.save_states(str(tmp_path / "later"))
+    fresh_block, fresh = build("sgd")
+    fresh.load_states(str(tmp_path / "s"))  # resume at 3
+    x, y = data(3, 99)
+    with autograd.record():
+        loss = LOSS(fresh_block(x), y)
+    loss.backward()
+    fresh.allreduce_grads(3)  # step 4 is in the ledger, waiting for update()
+    before = snapshot(fresh_block, fresh)
+    with pytest.raises(CheckpointError, match=r"update\(\) \(or step\(\)\) first"):
+        fresh.load_states(str(tmp_path / "later"))
+    assert same(snapshot(fresh_block, fresh), before) and fresh._privatized_batch == 3
+    fresh.update(3)
+    assert fresh.steps == 4 == sum(count for _, count in fresh.accountant.ledger)
+    fresh.load_states(str(tmp_path / "later"))  # allowed again; a prefix-free history
+    assert fresh.steps >= 6
+
+
+# -- bounded reading of the archive --------------------------------------------------------
+def _rewrite(path, meta, arrays, compressed=False):
+    buffer = io.BytesIO()
+    blob = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    (np.savez_compressed if compressed else np.savez)(buffer, meta=blob, **arrays)
+    with open(path, "wb") as handle:
+        handle.write(seal("dptrainer-checkpoint", buffer.getvalue()))
+
+
+def test_a_compressed_archive_is_refused_before_any_member_is_read(tmp_path, monkeypatch):
+    import zipfile
+    path = _saved(tmp_path)
+    meta, arrays = read_meta(path)
+    _rewrite(path, meta, arrays, compressed=True)  # same content, deflated members
+    opened = []
+    real_open = zipfile.ZipFile.open
+    monkeypatch.setattr(zipfile.ZipFile, "open",
+                        lambda self, *a, **k: opened.append(a[0]) or real_open(self, *a, **k))
+    block, trainer = build("adam")
+    before = snapshot(block, trainer)
+    with pytest.raises(CheckpointError, match="compressed"):
+        trainer.load_states(path)
+    assert opened == [] and same(snapshot(block, trainer), before)
+
+
+def test_a_decompression_bomb_is_refused_without_expanding_it(tmp_path):
+    import resource
+    import zipfile
+    path = _saved(tmp_path)
+    meta, _ = read_meta(path)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("meta.npy", "w") as handle:
+            np.lib.format.write_array(handle, np.frombuffer(json.dumps(meta).encode(),
+                                                            np.uint8))
+        with archive.open("a0.npy", "w", force_zip64=True) as handle:
+            count = 1 << 27  # 512 MB of float32 zeros in a few hundred kB
+            np.lib.format.write_array_header_1_0(
+                handle, {"descr": "<f4", "fortran_order": False, "shape": (count,)})
+            zero = bytes(1 << 22)
+            for _ in range(4 * count // len(zero)):
+                handle.write(zero)
+    with open(path, "wb") as handle:
+        handle.write(seal("dptrainer-checkpoint", buffer.getvalue()))
+    assert os.path.getsize(path) < 5 << 20
+    _, trainer = build("adam")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CheckpointError, match="compressed"):
+        trainer.load_states(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 100 << 10  # kB
+
+
+def test_an_array_header_larger_than_its_member_is_refused(tmp_path):
+    import zipfile
+    path = _saved(tmp_path)
+    meta, arrays = read_meta(path)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        with archive.open("meta.npy", "w") as handle:
+            np.lib.format.write_array(handle, np.frombuffer(json.dumps(meta).encode(),
+                                                            np.uint8))
+        for name, value in arrays.items():
+            with archive.open(name + ".npy", "w") as handle:
+                header = {"descr": np.lib.format.dtype_to_descr(value.dtype),
+                          "fortran_order": False, "shape": (1 << 40,)}
+                np.lib.format.write_array_header_1_0(handle, header)
+                handle.write(value.tobytes())
+    with open(path, "wb") as handle:
+        handle.write(seal("dptrainer-checkpoint", buffer.getvalue()))
+    _, trainer = build("adam")
+    with pytest.raises(CheckpointError, match="declares"):
+        trainer.load_states(path)
+
+
+def test_a_stored_npz_checkpoint_still_loads(tmp_path):
+    path = _saved(tmp_path)
+    meta, arrays = read_meta(path)
+    _rewrite(path, meta, arrays)  # np.savez, as save_states writes it
+    _, trainer = build("adam")
+    trainer.load_states(path)
+    assert trainer.steps == 3
