@@ -126,6 +126,9 @@ EDITS = {
         event=_event(m)["event"]),
     "poisson laplace": lambda m: _event(m).update(
         event={"type": "laplace", "noise_multiplier": 1.0}),
+    "an earlier entry with q 0": lambda m: (m["privacy"]["ledger"].insert(
+        0, {"event": {**_event(m), "sample_rate": 0.0}, "count": 5}),
+        m.update(steps=m["steps"] + 5)) and None,
     "zero-count entry": lambda m: m["privacy"]["ledger"].insert(
         0, {"event": {**_event(m), "sample_rate": 0.5}, "count": 0}),
     "last event is not the config's": lambda m: m["config"].update(noise_multiplier=2.0),
@@ -328,7 +331,7 @@ def test_a_compressed_archive_is_refused_before_any_member_is_read(tmp_path, mon
                         lambda self, *a, **k: opened.append(a[0]) or real_open(self, *a, **k))
     block, trainer = build("adam")
     before = snapshot(block, trainer)
-    with pytest.raises(CheckpointError, match="compressed"):
+    with pytest.raises(CheckpointError, match="member .* is compressed"):
         trainer.load_states(path)
     assert opened == [] and same(snapshot(block, trainer), before)
 
@@ -355,7 +358,7 @@ def test_a_decompression_bomb_is_refused_without_expanding_it(tmp_path):
     assert os.path.getsize(path) < 5 << 20
     _, trainer = build("adam")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with pytest.raises(CheckpointError, match="compressed"):
+    with pytest.raises(CheckpointError, match="member .* is compressed"):
         trainer.load_states(path)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 100 << 10  # kB
 
@@ -389,3 +392,25 @@ def test_a_stored_npz_checkpoint_still_loads(tmp_path):
     _, trainer = build("adam")
     trainer.load_states(path)
     assert trainer.steps == 3
+
+
+def test_members_claiming_more_than_the_file_are_refused_before_reading(tmp_path, monkeypatch):
+    import struct
+    import zipfile
+    path = _saved(tmp_path)
+    meta, arrays = read_meta(path)
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+    data = bytearray(buffer.getvalue())
+    central = data.index(b"PK\x01\x02")  # the first central-directory entry: sizes at +20
+    data[central + 20:central + 28] = struct.pack("<II", 0x7FFFFFF0, 0x7FFFFFF0)
+    with open(path, "wb") as handle:
+        handle.write(seal("dptrainer-checkpoint", bytes(data)))
+    opened = []
+    real_open = zipfile.ZipFile.open
+    monkeypatch.setattr(zipfile.ZipFile, "open",
+                        lambda self, *a, **k: opened.append(a[0]) or real_open(self, *a, **k))
+    _, trainer = build("adam")
+    with pytest.raises(CheckpointError, match="members claim"):
+        trainer.load_states(path)
+    assert opened == []
