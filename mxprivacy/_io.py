@@ -10,6 +10,16 @@ Atomic writes
     umask default, ``0o666 & ~umask``, when it is new). Temporary files left by an earlier
     crashed write to the same target (their process is dead) are removed by the next write.
 
+Stale temporaries and shared directories
+    "Their process is dead" is judged from the PID in the temporary's name, looked up
+    among the *local* processes (``kill(pid, 0)``). A directory shared between hosts or
+    containers (NFS, a bind mount seen from several PID namespaces) defeats that test: a
+    live writer on another host can look dead here, so its temporary may be removed
+    under it and its write then fails (the target is never left half-written, but the
+    other writer's save raises). Such a directory needs one writer per target file; the
+    NoisyOutput write-ahead ledger's ``flock`` is likewise only as good as the file
+    system's locking across hosts.
+
 Sealed files
     :func:`seal` prefixes content with a header line holding its kind and a SHA-256 over
     the whole content; :func:`unseal` checks both before anything is parsed and raises
