@@ -80,6 +80,7 @@ __all__ = ["NoisyOutput"]
 _LEDGER_FORMAT = "mxprivacy-noisy-output-3"
 _LEGACY_FORMAT = "mxprivacy-noisy-output-2"  # no run id: read as another lineage
 _KIND = "noisy-output-ledger"
+_MAX_ROWS = 1 << 53  # far beyond any budget, and exact in a float
 _SEEDED_WARNING = (
     "NoisyOutput(random_state=...) seeds the noise of the released rows: the guarantee "
     "assumes secret noise, and anyone who knows the seed can subtract it. Use "
@@ -252,7 +253,8 @@ class NoisyOutput(gluon.Block):
                 "delta": getattr(mech, "delta", 0.0), "output_bound": self.output_bound,
                 "secure": mech.secure, "accountant": self.accountant}
 
-    def state_dict(self, queries: Optional[int] = None) -> Dict[str, Any]:
+    def state_dict(self, queries: Optional[int] = None,
+                   run_id: Optional[str] = None) -> Dict[str, Any]:
         """The ledger: an accountant ``state_dict`` plus the settings, the budget and the
         run id."""
         queries = self.queries if queries is None else queries
@@ -261,14 +263,16 @@ class NoisyOutput(gluon.Block):
         return {"format": _LEDGER_FORMAT, "config": self._config(),
                 "privacy": {"accountant": self.accountant, "ledger": entries},
                 "budget": {"epsilon": self.budget_epsilon, "delta": self.budget_delta},
-                "run_id": self.run_id}
+                "run_id": self.run_id if run_id is None else run_id}
 
-    def _ledger_bytes(self, queries: Optional[int] = None) -> bytes:
-        return seal(_KIND, json.dumps(self.state_dict(queries), allow_nan=False).encode())
+    def _ledger_bytes(self, queries: Optional[int] = None,
+                      run_id: Optional[str] = None) -> bytes:
+        state = self.state_dict(queries, run_id)
+        return seal(_KIND, json.dumps(state, allow_nan=False).encode())
 
-    def _write_ahead(self, queries: int) -> None:
+    def _write_ahead(self, queries: int, run_id: Optional[str] = None) -> None:
         if self.ledger_path is not None:
-            atomic_write(self.ledger_path, self._ledger_bytes(queries))
+            atomic_write(self.ledger_path, self._ledger_bytes(queries, run_id))
 
     @contextlib.contextmanager
     def _file_lock(self) -> Iterator[None]:
@@ -314,14 +318,8 @@ class NoisyOutput(gluon.Block):
             _, kept = merge_ledgers([(event, self.queries)], [(event, count)], what,
                                     same_run=run_id == self.run_id)
             merged = sum(n for _, n in kept)
-        if self.ledger_path is not None and (merged != on_file or new_run != self.run_id):
-            previous = self.run_id
-            self.run_id = new_run
-            try:
-                self._write_ahead(merged)
-            except BaseException:
-                self.run_id = previous
-                raise
+        if merged != on_file or new_run != self.run_id:
+            self._write_ahead(merged, new_run)  # no-op without a ledger_path
         self.run_id = new_run
         self.queries = merged
 
@@ -356,7 +354,10 @@ class NoisyOutput(gluon.Block):
         if state["privacy"].get("accountant") != self.accountant or any(
                 event != self.mechanism.event for event, _ in entries):
             raise ValueError("its events are not this mechanism's")
-        return run_id, sum(count for _, count in entries)
+        rows = sum(count for _, count in entries)
+        if rows > _MAX_ROWS:
+            raise ValueError("it counts more than 2**53 rows")
+        return run_id, rows
 
     def _checked(self, body: bytes, fname: str) -> Tuple[Optional[str], int]:
         try:

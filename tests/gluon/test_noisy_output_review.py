@@ -275,3 +275,19 @@ def test_a_seed_raises_a_privacy_warning():
         warnings.simplefilter("error")
         NoisyOutput(Constant(((1.0,),)), epsilon=1.0, delta=1e-6, output_bound=1.0,
                     budget_epsilon=5.0, budget_delta=1e-5)
+
+
+def test_a_ledger_with_a_huge_count_is_a_checkpoint_error(tmp_path):
+    from mxprivacy import CheckpointError
+    from mxprivacy._io import seal
+    path = tmp_path / "ledger.json"
+    net = wrap(budget_epsilon=4.0)
+    net(mx.nd.zeros((1, 1)))
+    net.save_ledger(str(path))
+    state = json.loads(path.read_bytes().partition(b"\n")[2])
+    state["privacy"]["ledger"][0]["count"] = 10**400
+    path.write_bytes(seal("noisy-output-ledger", json.dumps(state).encode()))
+    fresh = wrap(budget_epsilon=4.0)
+    with pytest.raises(CheckpointError, match="2\\*\\*53"):
+        fresh.load_ledger(str(path))
+    assert fresh.queries == 0
