@@ -33,6 +33,8 @@ from mxnet import autograd, gluon, nd
 from .._io import atomic_path
 from ..errors import HybridizedCaptureError, InvalidParameterError, PrivacyWarning
 from . import reduction, validators
+from . import capture
+from .graph_capture import GraphCapture, graph_key
 from .shards import MicrobatchShard, VectorizedShard, trainable_params
 
 __all__ = ["PrivateBlock", "owner_of"]
@@ -102,9 +104,10 @@ class PrivateBlock(gluon.Block):
         self._patched: List = []
         for param in net.collect_params().values():
             _OWNERS[param] = self
+        self._trace = None  # set while a capture graph is traced
+        self._graphs: dict = {}
         if mode == "vectorized":
-            for layer in validators.parameterized_layers(net):
-                self._install_probe(layer)
+            self._install_patches()
         reduction.install()
 
     @property
@@ -121,32 +124,32 @@ class PrivateBlock(gluon.Block):
         return 1 if self.mode == "vectorized" or self.num_microbatches is None else 2
 
     # -- capture plumbing ---------------------------------------------------------------
-    def _install_probe(self, layer) -> None:
-        original = layer.forward
-        owner = weakref.ref(self)
+    def _install_patches(self) -> None:
+        """Rule layers capture imperatively; any hybrid block with parameters may be the
+        outermost hybridized block of a call, which then runs a capture graph."""
+        rule_layers = {id(layer) for layer in validators.parameterized_layers(self.net)}
+        for block in _walk(self.net):
+            hybrid = isinstance(block, gluon.HybridBlock) and bool(list(block.collect_params().values()))
+            if id(block) in rule_layers or hybrid:
+                capture.install(self, block, id(block) in rule_layers)
+                self._patched.append(weakref.ref(block))
 
-        def forward(x, *args):
-            block = owner()
-            if block is None or block._current is None or not isinstance(x, nd.NDArray):
-                return original(x, *args)
-            with _without_activation(layer) as activation, _detached(layer, x.context):
-                out = original(x, *args)
-            probe = nd.zeros_like(out)
-            probe.attach_grad()
-            block._current.add(layer, x, probe)
-            out = nd.elemwise_add(out, probe)  # broadcast_add's backward reduces: slow
-            return activation(out) if activation is not None else out
-
-        layer.forward = forward
-        self._patched.append(weakref.ref(layer))
+    def _graph_for(self, block, count: int) -> GraphCapture:
+        """The capture graph of a hybridized ``block`` called with ``count`` arrays."""
+        graph = self._graphs.get(id(block))
+        if graph is None or graph.block is not block or graph.key != graph_key(block, count):
+            graph = GraphCapture(self, block, count)
+            self._graphs[id(block)] = graph
+        return graph
 
     def release(self) -> gluon.Block:
         """Undo the wrapping: remove probes and ownership; return the plain net."""
         for ref in self._patched:
-            layer = ref()
-            if layer is not None:
-                layer.__dict__.pop("forward", None)
+            block = ref()
+            if block is not None:
+                capture.uninstall(block)
         self._patched = []
+        self._graphs = {}
         for param in self.net.collect_params().values():
             if _OWNERS.get(param) is self:
                 del _OWNERS[param]
@@ -154,12 +157,9 @@ class PrivateBlock(gluon.Block):
         return self.net
 
     def hybridize(self, active: bool = True, **kwargs) -> None:
-        """Hybridize the wrapped net (microbatch mode only)."""
-        if active and self.mode == "vectorized":
-            raise HybridizedCaptureError(
-                "Vectorized capture runs in imperative mode: a hybridized graph would skip "
-                "the per-sample probes. Use PrivateBlock(net, mode='microbatch') to train a "
-                "hybridized net, or do not hybridize.")
+        """Hybridize the wrapped net (``net.hybridize(active, **kwargs)``). In vectorized
+        mode each outermost hybridized block then captures inside a cached graph."""
+        self._graphs = {}
         self.net.hybridize(active, **kwargs)
 
     def save_parameters(self, filename: str, deduplicate: bool = False) -> None:
@@ -192,10 +192,6 @@ class PrivateBlock(gluon.Block):
         return self._microbatch_forward(x, *args)
 
     def _vectorized_forward(self, x, *args):
-        if validators.is_hybridized(self.net):
-            raise HybridizedCaptureError(
-                "The wrapped net is hybridized, so vectorized per-sample capture cannot run. "
-                "Call net.hybridize(active=False), or use mode='microbatch'.")
         self._ensure_initialized(x, args)  # so that every captured layer runs detached
         self._probe_rows(x, args)
         shard = VectorizedShard(x.context, x.shape[0])
@@ -274,39 +270,10 @@ class PrivateBlock(gluon.Block):
         return _merge_outputs(outputs, groups, x.context)
 
 
-@contextlib.contextmanager
-def _detached(layer, ctx):
-    """Run ``layer`` on detached views of its parameters.
-
-    The rule builds the parameter gradient from the captured input and probe gradient,
-    so backward need not compute the (summed, non-private) parameter gradient at all:
-    that saves one matrix product per layer. The views share memory; nothing is copied.
-    """
-    params = [p for p in layer._reg_params.values() if p._data is not None]
-    replicas = {}
-    for param in params:
-        if ctx in param.list_ctx():
-            replicas[param] = param.data(ctx).detach()
-    with _swapped(replicas, ctx):
-        yield
-
-
-@contextlib.contextmanager
-def _without_activation(layer):
-    """Run a layer's own fused activation (``Dense(act=...)``) outside it.
-
-    Rules need the gradient with respect to the pre-activation output, so the probe
-    goes between the affine part and the activation.
-    """
-    activation = layer.__dict__.get("act")
-    if activation is None:
-        yield None
-        return
-    object.__setattr__(layer, "act", None)
-    try:
-        yield activation
-    finally:
-        object.__setattr__(layer, "act", activation)
+def _walk(block):
+    yield block
+    for child in block._children.values():
+        yield from _walk(child)
 
 
 def _rows(array, idx: np.ndarray):

@@ -18,6 +18,7 @@ from typing import List
 from mxnet import autograd, gluon, nd
 
 from ..errors import InvalidParameterError
+from . import capture
 
 __all__ = ["DPLSTM", "DPGRU", "DPRNN"]
 
@@ -91,13 +92,15 @@ class _DPRecurrent(gluon.Block):
         projected = self._cell(direction, layer, "i2h")(x)  # (N, T, G*H), one call
         h2h = self._cell(direction, layer, "h2h")
         ctx = x.context
-        shard, probe = _capture_target(h2h), nd.zeros_like(projected)
+        shard = capture.active_shard(h2h)
         if shard is not None:
-            # The per-sample rule rebuilds h2h's gradient from the probe's gradient
-            # (d loss / d h2h output at every step) and the states fed to h2h.
-            probe.attach_grad()
+            # The capture protocol with the probe as an input of the core's cached graph:
+            # the rule rebuilds h2h's gradient from the probe's gradient (d loss / d h2h
+            # output at every step) and the states fed to h2h, which the core outputs.
+            probe = capture.new_probe(projected)
             weight, bias = h2h.weight.data(ctx).detach(), h2h.bias.data(ctx).detach()
         else:
+            probe = nd.zeros_like(projected)
             weight, bias = h2h.weight.data(ctx), h2h.bias.data(ctx)
         outputs = self._core(x.shape[1], direction)(projected, probe, weight, bias, *init)
         sequence, fed, last = outputs[0], outputs[1], list(outputs[2:])
@@ -226,13 +229,3 @@ def _split_steps(F, value, steps: int) -> List:
     if steps == 1:
         return [F.squeeze(value, axis=1)]
     return list(F.split(value, num_outputs=steps, axis=1, squeeze_axis=True))
-
-
-def _capture_target(dense):
-    """The active vectorized shard of the PrivateBlock that owns ``dense``, if any."""
-    from .private_block import owner_of
-
-    owner = owner_of(dense.weight)
-    if owner is None or owner.mode != "vectorized":
-        return None
-    return owner._current
