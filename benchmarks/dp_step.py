@@ -1,5 +1,11 @@
 """DP step against a hybridized non-private Gluon step of the same net, and Opacus.
 
+Every MXNet net is hybridized by the user, as the Gluon tutorials do:
+``net.hybridize(static_alloc=True, static_shape=True)``, before ``PrivateBlock(net)``
+for the DP step, which then captures per-sample gradients inside cached graphs (issue
+12). ``dp_imperative`` is the same DP step on the un-hybridized net (the imperative
+capture), measured in the same run for comparison.
+
 Nets (batch 256, CPU):
 - ``mlp``: 784-256-10;
 - ``cnn``: Opacus' MNIST CNN;
@@ -107,9 +113,10 @@ def run_mxnet(model: str, variant: str, repeats: int) -> float:
 
     x, y = _mx_data(model)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-    net = _mx_net(model, private=variant == "dp")
-    if variant == "nonprivate":
+    net = _mx_net(model, private=variant != "nonprivate")
+    if variant != "dp_imperative":  # hybridized by the user, private or not
         net.hybridize(static_alloc=True, static_shape=True)
+    if variant == "nonprivate":
         trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.05})
     else:
         net = PrivateBlock(net)
@@ -132,7 +139,10 @@ def run_mxnet(model: str, variant: str, repeats: int) -> float:
         loss.backward()
         trainer.step(size)
 
-    return _median_ms(step, repeats, nd.waitall)
+    ms = _median_ms(step, repeats, nd.waitall)
+    if variant != "nonprivate":  # how many capture graphs ran (0: imperative capture)
+        EXTRA["capture_graphs"] = len(net._graphs)
+    return ms
 
 
 def run_noise(model: str, variant: str, repeats: int) -> float:
@@ -239,9 +249,12 @@ def _spawn(framework: str, model: str, variant: str, repeats: int):
     good = [r for r in runs if "ms" in r]
     if not good:
         return runs[0]
-    return {"ms": float(np.median([r["ms"] for r in good])),
-            "peak_rss_mb": float(np.median([r["peak_rss_mb"] for r in good])),
-            "trials_ms": [round(r["ms"], 3) for r in good]}
+    merged = {"ms": float(np.median([r["ms"] for r in good])),
+              "peak_rss_mb": float(np.median([r["peak_rss_mb"] for r in good])),
+              "trials_ms": [round(r["ms"], 3) for r in good]}
+    if "capture_graphs" in good[0]:
+        merged["capture_graphs"] = good[0]["capture_graphs"]
+    return merged
 
 
 def _secure_row(model: str, repeats: int, dp: dict) -> dict:
@@ -282,6 +295,8 @@ def main() -> None:
     parser.add_argument("--no-opacus", action="store_true")
     parser.add_argument("--no-secure", action="store_true",
                         help="skip the secure-mode step (mlp and cnn)")
+    parser.add_argument("--no-imperative", action="store_true",
+                        help="skip the DP step on the un-hybridized net")
     parser.add_argument("--trials", type=int, default=3, help="processes per variant")
     parser.add_argument("--worker", nargs=3, metavar=("FRAMEWORK", "MODEL", "VARIANT"))
     args = parser.parse_args()
@@ -316,6 +331,16 @@ def main() -> None:
             row.update({"torch_nonprivate_ms": torch_ms,
                         "opacus_ms": modes, "opacus_ratios": ratios,
                         "opacus_best_ratio": min(ratios.values()) if ratios else None})
+        if not args.no_imperative:
+            imperative = _spawn("mxnet", model, "dp_imperative", args.repeats)
+            row.update({"dp_imperative_ms": imperative.get("ms"),
+                        "imperative_ratio": (imperative["ms"] / plain["ms"]
+                                             if "ms" in imperative and "ms" in plain else None),
+                        "dp_capture_graphs": dp.get("capture_graphs")})
+            row["trials_ms"]["dp_imperative"] = imperative.get("trials_ms")
+        if have_opacus and row.get("dp_ms") and row.get("opacus_ms"):
+            best = min(v for v in row["opacus_ms"].values() if v)
+            row["dp_over_opacus_best_ms"] = row["dp_ms"] / best
         if model in SECURE_MODELS and not args.no_secure:
             row.update(_secure_row(model, args.repeats, dp))
         report["models"][model] = row

@@ -43,7 +43,6 @@ from .rules import rule_for
 __all__ = ["GraphCapture", "graph_key"]
 
 _PROBE = "__mxprivacy_probe{}__"
-_CALL_ERRORS = (HybridizedCaptureError, TiedParameterError, UnsupportedLayerError)
 
 
 def graph_key(block, count: int) -> Tuple:
@@ -98,8 +97,6 @@ class GraphCapture:
         owner._trace = trace
         try:
             out = block(*data)
-        except _CALL_ERRORS:
-            raise
         except MXPrivacyError:
             raise
         except Exception as err:  # shape-dependent Python, non-array inputs, ...
@@ -145,10 +142,6 @@ class GraphCapture:
         flags = [("data_indices", list(range(len(self._feed)))), ("param_indices", [])]
         self._op = nd.CachedOp(self.symbol, flags + list(getattr(block, "_flags", [])))
         self._shapes: Dict = {}
-
-    @property
-    def layers(self) -> List:
-        return [layer for layer, _ in self._calls]
 
     def _probe_specs(self, arrays, ctx) -> List:
         """(shape, dtype) of each probe for these input shapes (inferred once each)."""

@@ -7,6 +7,9 @@ Modes
     recorded forward pass each such layer stores its input and adds a zero "probe"
     with ``attach_grad()`` to its output; after ``loss.backward()`` the probe's gradient
     is the per-sample output gradient. One forward, one backward, no Python callbacks.
+    Hybridized nets are captured inside a cached graph with the probes as inputs
+    (:mod:`~mxprivacy.gluon.graph_capture`); the protocol is in
+    :mod:`~mxprivacy.gluon.capture`.
 ``microbatch``
     Exact for any Block, hybridized too. Each microbatch is forwarded with its own
     replicas of the parameters (views with ``attach_grad()`` swapped in for the
@@ -202,8 +205,9 @@ class PrivateBlock(gluon.Block):
             self._current = None
         if not shard.layers and validators.parameterized_layers(self.net):
             raise HybridizedCaptureError(
-                "The forward pass ran without reaching any per-sample probe (a hybridized "
-                "or replaced sub-block?). Nothing was captured; use mode='microbatch'.")
+                "The forward pass ran without reaching any per-sample probe (a replaced "
+                "sub-block, or a layer called outside the wrapped net?). Nothing was "
+                "captured; use mode='microbatch'.")
         self._append(shard)
         return out
 
