@@ -61,7 +61,8 @@ def test_path2_embedding_norms_use_the_rows_mxnet_reads():
     assert want[0] > 1.05 * np.sqrt(np.sum(np.square(got[0])) / 2)
 
 
-def test_path2_embedding_clipped_sum_matches_reference():
+@pytest.mark.parametrize("hybridize", [False, True], ids=["imperative", "hybridized"])
+def test_path2_embedding_clipped_sum_matches_reference(hybridize):
     mx.random.seed(4)
     net = EmbedHead(vocab=5)
     net.initialize(mx.init.Normal(1.0))
@@ -70,6 +71,8 @@ def test_path2_embedding_clipped_sum_matches_reference():
     ref = reference_grads(net, LOSS, x, y)
     norms = flat_norms(ref, 3)
     clip = float(np.min(norms)) / 2  # every sample clipped
+    if hybridize:  # the embedding and the head each run a capture graph
+        net.hybridize(static_alloc=True)
     block, trainer = make(net, clip=clip, expected=3)
     before = params_np(block)
     with autograd.record():
@@ -254,23 +257,27 @@ def test_path9_microbatch_mode_is_exact_for_tied_weights():
 
 
 # -- path 11: a mean-reduced loss ---------------------------------------------------------
-def step_with(reduce, loss_reduction="sum"):
+def step_with(reduce, loss_reduction="sum", hybridize=False):
     x, y = batch(b=6)
-    block, trainer = make(mlp(seed=9), clip=100.0, loss_reduction=loss_reduction)
+    net = mlp(seed=9)
+    if hybridize:
+        net.hybridize(static_alloc=True, static_shape=True)
+    block, trainer = make(net, clip=100.0, loss_reduction=loss_reduction)
     with autograd.record():
         loss = reduce(LOSS(block(x), y))
     loss.backward()
     return block, trainer
 
 
-def test_path11_mean_reduced_loss_refused_by_default():
-    block, trainer = step_with(lambda loss: loss.mean())
+@pytest.mark.parametrize("hybridize", [False, True], ids=["imperative", "hybridized"])
+def test_path11_mean_reduced_loss_refused_by_default(hybridize):
+    block, trainer = step_with(lambda loss: loss.mean(), hybridize=hybridize)
     with pytest.raises(PerSampleGradientError, match="loss_reduction='mean'"):
         trainer.step(6)
-    block, trainer = step_with(lambda loss: loss.mean() * 2)
+    block, trainer = step_with(lambda loss: loss.mean() * 2, hybridize=hybridize)
     with pytest.raises(PerSampleGradientError, match="other than sum"):
         trainer.step(6)
-    block, trainer = step_with(lambda loss: loss, loss_reduction="mean")
+    block, trainer = step_with(lambda loss: loss, loss_reduction="mean", hybridize=hybridize)
     with pytest.raises(PerSampleGradientError, match="expects loss.mean"):
         trainer.step(6)
 
@@ -591,12 +598,15 @@ def subtract_batch_mean(x):
     return nd.broadcast_sub(x, x.mean(axis=0, keepdims=True))
 
 
+@pytest.mark.parametrize("hybridize", [False, True], ids=["imperative", "hybridized"])
 @pytest.mark.parametrize("mode", ["vectorized", "microbatch"])
 @pytest.mark.parametrize("mix", [PlainBatchNorm, TwoInputBatchNorm, lambda: subtract_batch_mean],
                          ids=["plain-block", "two-inputs", "batch-mean"])
-def test_path3_cross_sample_computation_found_by_what_it_computes(mix, mode):
+def test_path3_cross_sample_computation_found_by_what_it_computes(mix, mode, hybridize):
     net = Centered(mix())
     net.initialize()
+    if hybridize:  # its Dense layers (and the two-input block) become cached graphs
+        net.hybridize()
     x, y = batch(b=8)
     block = PrivateBlock(net, mode=mode)
     with pytest.raises(UnsupportedLayerError, match="depends on other samples"):
