@@ -132,7 +132,8 @@ class PrivateBlock(gluon.Block):
         outermost hybridized block of a call, which then runs a capture graph."""
         rule_layers = {id(layer) for layer in validators.parameterized_layers(self.net)}
         for block in _walk(self.net):
-            hybrid = isinstance(block, gluon.HybridBlock) and bool(list(block.collect_params().values()))
+            hybrid = isinstance(block, gluon.HybridBlock) and \
+                bool(list(block.collect_params().values()))
             if id(block) in rule_layers or hybrid:
                 capture.install(self, block, id(block) in rule_layers)
                 self._patched.append(weakref.ref(block))
