@@ -8,14 +8,16 @@ factor.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Dict, Sequence, Tuple, Union
 
 import numpy as np
 from mxnet import nd
 
-from ..errors import InvalidParameterError
+from ..errors import InvalidParameterError, NonFiniteGradientWarning
 
-__all__ = ["FlatClipping", "PerLayerClipping", "AdaptiveClipping", "make_clipping"]
+__all__ = ["FlatClipping", "PerLayerClipping", "AdaptiveClipping", "make_clipping",
+           "ClipStageMixin"]
 
 
 def _positive(name: str, value) -> float:
@@ -183,3 +185,64 @@ def make_clipping(clipping: str, max_grad_norm, block, options=None):
         return PerLayerClipping(max_grad_norm, parameterized_layers(block.net))
     raise InvalidParameterError(
         f"clipping must be 'flat', 'per_layer' or 'adaptive', got {clipping!r}.")
+
+
+class ClipStageMixin:
+    """Stage 2 of a DP-SGD step, for :class:`~mxprivacy.gluon.DPTrainer` (needs
+    ``_clipping`` and ``nonfinite_count``): clip every unit and sum per parameter and
+    device. Counts are kept pending until :meth:`_commit_clip`."""
+
+    def _clip_stage(self, units) -> Dict:
+        return self._clipped_sums(units)
+
+    def _clipped_sums(self, shards) -> Dict:
+        """Clipped sums of every shard. Non-finite units are found after the work is
+        queued (one synchronization); only then are they zeroed and the sums redone."""
+        self._pending_nonfinite = 0
+        factors = [self._clip_factors(shard) for shard in shards]
+        self._pending_factors = [f for f, _ in factors]  # counted once the step succeeds
+        sums = self._sum_shards(shards, [f for f, _ in factors])
+        bad = [int(shard.num_units - finite.sum().asscalar())
+               for shard, (_, finite) in zip(shards, factors)]
+        if not any(bad):
+            return sums
+        self._pending_nonfinite = sum(bad)
+        warnings.warn(
+            f"{sum(bad)} per-sample gradient(s) were not finite and were zeroed (not "
+            f"clipped) this step; {self.nonfinite_count + sum(bad)} so far. Check the inputs or lower "
+            "the learning rate. This warning and trainer.nonfinite_count are not private: "
+            "they show in which steps a bad record was sampled, so do not publish them.",
+            NonFiniteGradientWarning, stacklevel=5)
+        for shard, (_, finite), count in zip(shards, factors, bad):
+            if count:
+                shard.zero_units(finite)
+        return self._sum_shards(shards, [f for f, _ in factors])
+
+    @staticmethod
+    def _sum_shards(shards, factors) -> Dict:
+        sums: Dict = {}
+        for shard, shard_factors in zip(shards, factors):
+            for param, grad in shard.clipped_sums(shard_factors).items():
+                key = (id(param), shard.ctx)
+                sums[key] = grad if key not in sums else sums[key] + grad
+        return sums
+
+    def _clip_factors(self, shard):
+        """(factors, finite): min(1, C / norm) per unit, and 0 where the norm is not finite."""
+        return self._clipping.factors(shard)
+
+    def _commit_clip(self) -> None:
+        """The step happens: count what the clip stage saw (adaptive clipping's unclipped
+        units, non-finite units). A failed attempt counts nothing, so a retry is counted
+        once."""
+        if hasattr(self._clipping, "record"):
+            self._clipping.record(getattr(self, "_pending_factors", []))
+        self.nonfinite_count += getattr(self, "_pending_nonfinite", 0)
+        self._pending_factors, self._pending_nonfinite = [], 0
+
+    @staticmethod
+    def _merge(first: Dict, second: Dict) -> Dict:
+        merged = dict(first)
+        for key, value in second.items():
+            merged[key] = value if key not in merged else merged[key] + value
+        return merged

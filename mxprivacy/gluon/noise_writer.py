@@ -103,3 +103,16 @@ class NoiseWriterMixin:
         for param in params:
             for data in param.list_data():
                 data._fresh_grad = True
+
+    def _noise_stage(self, sums: Dict) -> None:
+        """Stage 3 of a DP-SGD step: write clipped sums plus noise into the gradients."""
+        if not self._kv_initialized:
+            self._init_kvstore()
+        if self._params_to_init:
+            self._init_params()
+        if self._single_context():
+            self._write_noisy_grads(sums)
+        else:
+            self._write_grads(sums)
+            self._reduce_across_contexts()
+            self._add_noise()

@@ -1,12 +1,19 @@
 """``DPTrainer``: a drop-in ``gluon.Trainer`` that runs DP-SGD.
 
-``step(n) = allreduce_grads() -> update(n)``, as in Gluon, where ``allreduce_grads``
-privatizes: per context it clips every unit's (sample's or microbatch's) whole
-gradient to ``max_grad_norm`` and sums, then reduces across contexts, adds Gaussian
-noise N(0, (sigma * sensitivity)^2) *once* (drawn on the first context and copied to
-the others), and records the step in the accountant. ``update`` divides by the
-*expected* batch size, never the actual one, because the actual size of a Poisson
-batch is itself private.
+``step(n) = allreduce_grads() -> update(n)``, as in Gluon. ``allreduce_grads`` is a
+pipeline of four stages, each in its own module:
+
+1. capture (:mod:`.capture_stage`): take the captured passes and check them (loader
+   count, Poisson plausibility, fresh gradients, loss reduction, views, escapes);
+2. clip (:mod:`.clipping`): clip every unit's (sample's or microbatch's) whole gradient
+   to ``max_grad_norm`` and sum per parameter and context;
+3. noise (:mod:`.noise_writer`): reduce across contexts and add Gaussian noise
+   N(0, (sigma * sensitivity)^2) *once* (drawn on the first context, copied to others);
+4. account: record one Poisson-sampled Gaussian step.
+
+Nothing changes state before stage 3, so a step that raises can be retried. ``update``
+divides by the *expected* batch size, never the actual one, because the actual size of
+a Poisson batch is itself private.
 """
 from __future__ import annotations
 
@@ -18,22 +25,21 @@ import numpy as np
 from mxnet import gluon
 
 from ..accounting import GaussianEvent, PoissonSampledEvent, PrivacyAccountant, make_accountant
-from ..errors import (BatchSizeMismatchError, ForeignParameterError,
-                      HybridizedCaptureError, InvalidParameterError, NonFiniteGradientWarning,
-                      PerSampleGradientError, PrivacyWarning, SamplingError,
-                      StaleGradientError)
-from . import guards, reduction
+from ..errors import (BatchSizeMismatchError, ForeignParameterError, InvalidParameterError,
+                      PrivacyWarning, StaleGradientError)
+from . import guards
+from .capture_stage import CaptureStageMixin
 from .checkpoint import CheckpointMixin
-from .clipping import make_clipping
+from .clipping import ClipStageMixin, make_clipping
 from .noise_writer import NoiseWriterMixin
 from .private_block import owner_of
-from .shards import check_no_raw_gradient, group_by_example, one_pass_per_context
 
 __all__ = ["DPTrainer"]
 
 
 
-class DPTrainer(CheckpointMixin, NoiseWriterMixin, gluon.Trainer):
+class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointMixin,
+                gluon.Trainer):
     """DP-SGD with Gluon's Trainer interface.
 
     Parameters
@@ -191,53 +197,23 @@ class DPTrainer(CheckpointMixin, NoiseWriterMixin, gluon.Trainer):
         A call that raises leaves the captured batch in place, so a corrected call
         needs no new forward and backward pass.
         """
-        if self.secure_mode and self._loader_examples is None:
-            raise SamplingError(
-                "secure_mode=True needs batches drawn by DPDataLoader(..., trainer=trainer), "
-                "which samples from the OS CSPRNG and tells the trainer each batch's size; "
-                "this step came from elsewhere.")
-        units, count = self._units(example_ids)
-        captured = count + self._accumulated_units
-        if batch_size is not None and int(batch_size) != captured:
-            raise BatchSizeMismatchError(
-                f"step({batch_size}) but {captured} examples were captured since the last "
-                "step. Pass the actual number of examples: x.shape[0] (0 for an empty "
-                "Poisson batch), summed over the accumulated physical batches. If some rows "
-                "are further views of the same examples (augmentations, siamese or "
-                "contrastive pairs), pass example_ids= so that each example is clipped "
-                "once; counting views as examples would under-report epsilon.")
-        if self._loader_examples is not None and captured != self._loader_examples:
-            raise BatchSizeMismatchError(
-                f"The DPDataLoader drew {self._loader_examples} examples for this step, but "
-                f"{captured} were captured. Rows that are further views of the same "
-                "examples need example_ids=; each drawn example must be forwarded.")
-        self._size_check.check(captured)
-        sums = self._merge(self._accumulated, self._checked_sums(units))
+        units, captured = self._capture_stage(batch_size, example_ids)   # 1. capture
+        sums = self._merge(self._accumulated, self._clip_stage(units))   # 2. clip and sum
         self._size_check.observe(captured)
-        self._block.take_shards()
-        self._commit_counts()
+        self._block.take_shards()  # from here on nothing raises: the step happens
+        self._commit_clip()
         self._loader_examples = None
         self._accumulated, self._accumulated_units = {}, 0
-        if not self._kv_initialized:
-            self._init_kvstore()
-        if self._params_to_init:
-            self._init_params()
-        if self._single_context():
-            self._write_noisy_grads(sums)
-        else:
-            self._write_grads(sums)
-            self._reduce_across_contexts()
-            self._add_noise()
+        self._noise_stage(sums)                                          # 3. noise
+        self._account_stage()                                            # 4. account
+        self._privatized_batch = captured
+
+    def _account_stage(self) -> None:
+        """Record one Poisson-sampled Gaussian step (and move an adaptive bound)."""
         if hasattr(self._clipping, "update"):
             self._clipping.update(self.expected_batch_size)
         self.accountant.compose(
             PoissonSampledEvent(self.sample_rate, GaussianEvent(self.noise_multiplier)))
-        self._privatized_batch = captured
-
-    def expect_examples(self, count: int) -> None:
-        """Called by :class:`DPDataLoader` with the size of the batch it just drew; the
-        next step must capture exactly that many examples."""
-        self._loader_examples = int(count)
 
     def accumulate(self, *, example_ids=None) -> None:
         """Virtual steps: clip the physical batch just processed and keep its sum.
@@ -252,108 +228,15 @@ class DPTrainer(CheckpointMixin, NoiseWriterMixin, gluon.Trainer):
                 "accumulate() found no captured batch: run a recorded forward pass through "
                 "the PrivateBlock and loss.backward() first.")
         units, count = self._units(example_ids)
-        sums = self._checked_sums(units)
+        self._check_uncaptured_use(units)
+        sums = self._clip_stage(units)
         self._block.take_shards()
-        self._commit_counts()
+        self._commit_clip()
         self._accumulated = self._merge(self._accumulated, sums)
         self._accumulated_units += count
 
-    def _units(self, example_ids):
-        """The clipping units of the pending shards, and the number of examples."""
-        shards = self._block.pending_shards()
-        try:
-            for shard in shards:
-                shard.check_fresh()
-        except StaleGradientError:
-            self._block.discard_capture()  # no retry can complete a pass without backward
-            raise
-        for shard in shards:
-            self._check_reduction(shard)
-        if example_ids is None:
-            one_pass_per_context(shards)
-            return shards, sum(s.batch_size for s in shards)
-        grouped = group_by_example(shards, example_ids, self._block, self.clipping)
-        return [grouped], grouped.batch_size
-
-    def _commit_counts(self) -> None:
-        if hasattr(self._clipping, "record"):
-            self._clipping.record(getattr(self, "_pending_factors", []))
-        self._pending_factors = []
-
-    def _check_reduction(self, shard) -> None:
-        observed = shard.reduction
-        if shard.batch_size <= 1 and observed in ("sum", "mean"):
-            observed = self.loss_reduction  # a mean over one sample is its sum
-        if observed == self.loss_reduction:
-            if self.loss_reduction == "mean":
-                shard.rescale_once(float(shard.batch_size))
-            return
-        if observed is None:  # fresh gradients, but no backward call was seen
-            raise PerSampleGradientError(reduction.HINTS["unseen"])
-        raise PerSampleGradientError(reduction.HINTS.get(
-            (self.loss_reduction, shard.reduction), reduction.HINTS["other"]))
-
-    def _checked_sums(self, units) -> Dict:
-        self._check_uncaptured_use(units)
-        return self._clipped_sums(units)
-
-    @staticmethod
-    def _merge(first: Dict, second: Dict) -> Dict:
-        merged = dict(first)
-        for key, value in second.items():
-            merged[key] = value if key not in merged else merged[key] + value
-        return merged
-
     def _trainable(self) -> List:
         return [p for p in self._params if p.grad_req != "null"]
-
-    def _check_uncaptured_use(self, shards) -> None:
-        for shard in shards:
-            for part in getattr(shard, "shards", [shard]):
-                check_no_raw_gradient(part)
-        captured = {(id(p), s.ctx) for s in shards for p in s.captured_params}
-        for param in self._trainable():
-            for data in param.list_data():
-                if data._fresh_grad and (id(param), data.context) not in captured:
-                    raise HybridizedCaptureError(
-                        f"Parameter {param.name} received a gradient on {data.context} that "
-                        "no per-sample capture saw (a hybridized sub-block, or the parameter "
-                        "used outside the PrivateBlock). Its update would not be private; "
-                        "use mode='microbatch' or un-hybridize the net.")
-
-    def _clipped_sums(self, shards) -> Dict:
-        """Clipped sums of every shard. Non-finite units are found after the work is
-        queued (one synchronization); only then are they zeroed and the sums redone."""
-        factors = [self._clip_factors(shard) for shard in shards]
-        self._pending_factors = [f for f, _ in factors]  # counted once the step succeeds
-        sums = self._sum_shards(shards, [f for f, _ in factors])
-        bad = [int(shard.num_units - finite.sum().asscalar())
-               for shard, (_, finite) in zip(shards, factors)]
-        if not any(bad):
-            return sums
-        self.nonfinite_count += sum(bad)
-        warnings.warn(
-            f"{sum(bad)} per-sample gradient(s) were not finite and were zeroed (not "
-            f"clipped) this step; {self.nonfinite_count} so far. Check the inputs or lower "
-            "the learning rate. This warning and trainer.nonfinite_count are not private: "
-            "they show in which steps a bad record was sampled, so do not publish them.", NonFiniteGradientWarning, stacklevel=4)
-        for shard, (_, finite), count in zip(shards, factors, bad):
-            if count:
-                shard.zero_units(finite)
-        return self._sum_shards(shards, [f for f, _ in factors])
-
-    @staticmethod
-    def _sum_shards(shards, factors) -> Dict:
-        sums: Dict = {}
-        for shard, shard_factors in zip(shards, factors):
-            for param, grad in shard.clipped_sums(shard_factors).items():
-                key = (id(param), shard.ctx)
-                sums[key] = grad if key not in sums else sums[key] + grad
-        return sums
-
-    def _clip_factors(self, shard):
-        """(factors, finite): min(1, C / norm) per unit, and 0 where the norm is not finite."""
-        return self._clipping.factors(shard)
 
     # -- update ------------------------------------------------------------------------
     def update(self, batch_size: int, ignore_stale_grad: bool = False) -> None:
