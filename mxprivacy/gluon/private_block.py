@@ -36,6 +36,7 @@ from mxnet import autograd, gluon, nd
 from .._io import atomic_path
 from ..errors import HybridizedCaptureError, InvalidParameterError, PrivacyWarning
 from . import reduction, validators
+from .row_probe import check_rows_independent
 from . import capture
 from .graph_capture import GraphCapture, graph_key
 from .shards import MicrobatchShard, VectorizedShard, trainable_params
@@ -102,7 +103,7 @@ class PrivateBlock(gluon.Block):
         self._rng = np.random.default_rng(seed)
         self._seeded, self._secure = seed is not None, False
         self._shards: List = []
-        self._rows_checked = False  # the first recorded batch of >= 3 rows is probed
+        self._rows_checked = False  # the first recorded batch of >= 2 rows is probed
         self._current: Optional[VectorizedShard] = None
         self._patched: List = []
         for param in net.collect_params().values():
@@ -245,9 +246,8 @@ class PrivateBlock(gluon.Block):
                 self.net(x[0:1], *[_rows(a, np.array([0])) for a in args])
 
     def _probe_rows(self, x, args) -> None:
-        if not self._rows_checked and x.shape[0] >= 3:
-            validators.check_rows_independent(self.net, x, args)
-            self._rows_checked = True
+        if not self._rows_checked:
+            self._rows_checked = check_rows_independent(self.net, x, args)
 
     def _microbatch_forward(self, x, *args):
         self._ensure_initialized(x, args)

@@ -9,13 +9,12 @@ from typing import Dict, List, Sequence
 import json
 
 import mxnet as mx
-import numpy as np
-from mxnet import autograd, gluon, nd
+from mxnet import gluon
 
 from ..errors import UnsupportedLayerError
 from .rules import rule_for
 
-__all__ = ["validate", "check", "check_rows_independent", "parameterized_layers",
+__all__ = ["validate", "check", "parameterized_layers",
            "is_hybridized", "has_all_rules"]
 
 _SAMPLE_MIXING = tuple(
@@ -155,51 +154,6 @@ def validate(net, mode: str = "vectorized") -> List[str]:
                 f"Parameter {param} is shared by layers {owners}; vectorized mode cannot "
                 "combine their per-sample gradients: use mode='microbatch'.")
     return problems
-
-
-def _leaves(out):
-    if isinstance(out, nd.NDArray):
-        return [out]
-    if isinstance(out, (list, tuple)):
-        return [leaf for item in out for leaf in _leaves(item)]
-    return []
-
-
-def check_rows_independent(net, x, args, tolerance: float = 1e-4) -> None:
-    """Refuse a net whose output rows depend on other rows of the batch.
-
-    What is computed, not what it is called: ``net`` runs twice in training mode, once
-    on ``x`` and once with row 0 replaced by the last row, with the same random state
-    (so dropout masks agree). Rows 1.. must not move. Batch statistics in any form
-    (a BatchNorm in a plain Block, ``x - x.mean(0)``, a multi-input layer) move them by
-    about 1/B of their scale; ``tolerance`` is relative to the largest output.
-    Needs at least 3 rows; the global MXNet random state stays reproducible.
-    """
-    rows = x.shape[0]
-    if rows < 3:
-        return
-    seeds = [int(v) for v in nd.random.randint(1, 2 ** 30, shape=(2,)).asnumpy()]
-    changed = x.copy()
-    changed[0] = x[rows - 1]
-    outputs = []
-    with autograd.pause(train_mode=True):
-        for batch in (x, changed):
-            mx.random.seed(seeds[0])
-            outputs.append([o.asnumpy() for o in _leaves(net(batch, *args))])
-    mx.random.seed(seeds[1])
-    for first, second in zip(*outputs):
-        if first.ndim == 0 or first.shape[0] != rows:
-            continue
-        scale = float(np.max(np.abs(first[1:]))) + 1e-30
-        moved = float(np.max(np.abs(first[1:] - second[1:])))
-        if moved > tolerance * scale:
-            raise UnsupportedLayerError(
-                "The network's output for one sample depends on other samples in the batch "
-                f"(changing row 0 moved other rows by {moved / scale:.2g} of their scale): "
-                "batch statistics or another cross-sample operation. Per-sample clipping "
-                "cannot bound such a sample's influence. Replace BatchNorm-like layers with "
-                "GroupNorm, LayerNorm or InstanceNorm (mxprivacy.fix(net) does it for "
-                "Gluon's), and remove operations over the batch axis.")
 
 
 def check(net, mode: str) -> None:

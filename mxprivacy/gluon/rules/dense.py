@@ -13,7 +13,7 @@ from typing import Dict, List, Sequence, Tuple
 from mxnet import gluon, nd
 
 from . import GradRule, register_grad_rule
-from ._ops import row_sum, seq_sum, sq_row_sum
+from ._ops import matmul_tn, row_sum, seq_sum, sq_row_sum
 
 __all__ = ["DenseRule"]
 
@@ -59,6 +59,9 @@ class DenseRule(GradRule):
     def sq_norms(self, layer, inputs, out_grads, params, cache):
         a, d = _as_sequences(layer, inputs, out_grads)
         use_weight, use_bias = _trainable(layer, params)
+        if a.shape[1] == 1 and use_weight:  # |a|^2 |d|^2 (+ |d|^2 for the bias)
+            d_sq = sq_row_sum(d)
+            return d_sq * (sq_row_sum(a) + 1.0) if use_bias else d_sq * sq_row_sum(a)
         total = nd.zeros((a.shape[0],), ctx=a.context, dtype=a.dtype)
         if use_weight:
             total = total + _weight_sq_norms(a, d)
@@ -78,7 +81,7 @@ class DenseRule(GradRule):
             else:
                 flat_d, flat_a = nd.broadcast_mul(d, column), a
             flat_d, flat_a = flat_d.reshape((-1, d.shape[2])), flat_a.reshape((-1, a.shape[2]))
-            result[layer.weight] = nd.dot(flat_d, flat_a, transpose_a=True)
+            result[layer.weight] = matmul_tn(flat_d, flat_a)
         if use_bias:  # sum_i f_i (sum_t d_it) = f^T (per-sample sums)
             per_sample = seq_sum(d) if d.shape[1] > 1 else d.reshape((-1, d.shape[2]))
             result[layer.bias] = nd.dot(factors.reshape((1, -1)), per_sample).reshape((-1,))
