@@ -36,7 +36,7 @@ from mxnet import autograd, gluon, nd
 from .._io import atomic_path
 from ..errors import HybridizedCaptureError, InvalidParameterError, PrivacyWarning
 from . import reduction, validators
-from .row_probe import check_rows_independent
+from .row_probe import check_rows_aligned, check_rows_independent
 from . import capture
 from .graph_capture import GraphCapture, graph_key
 from .shards import MicrobatchShard, VectorizedShard, trainable_params
@@ -104,6 +104,7 @@ class PrivateBlock(gluon.Block):
         self._seeded, self._secure = seed is not None, False
         self._shards: List = []
         self._rows_checked = False  # the first recorded batch of >= 2 rows is probed
+        self._rows_aligned = False
         self._current: Optional[VectorizedShard] = None
         self._patched: List = []
         for param in net.collect_params().values():
@@ -248,6 +249,30 @@ class PrivateBlock(gluon.Block):
     def _probe_rows(self, x, args) -> None:
         if not self._rows_checked:
             self._rows_checked = check_rows_independent(self.net, x, args)
+        if self.mode == "vectorized" and not self._rows_aligned:
+            self._rows_aligned = self._probe_alignment(x, args)
+
+    def _probe_alignment(self, x, args) -> bool:
+        """Run one captured pass aside (its backward passes are not the user's)."""
+        def capture_forward():
+            shard = VectorizedShard(x.context, x.shape[0])
+            self._current = shard
+            try:
+                # predict mode: dropout would redraw its mask between the two backward
+                # passes; how rows are routed does not depend on the mode
+                with autograd.record(train_mode=False):
+                    out = self.net(x, *args)
+            finally:
+                self._current = None
+            probes = [p for layer in shard.layers for p in shard._probes[layer]]
+            return _leaves(out), probes
+
+        waiting = reduction.pause_waiting()
+        try:
+            with autograd.pause(train_mode=True):
+                return check_rows_aligned(capture_forward, x.shape[0])
+        finally:
+            reduction.resume_waiting(waiting)
 
     def _microbatch_forward(self, x, *args):
         self._ensure_initialized(x, args)
@@ -279,6 +304,14 @@ def _walk(block):
     yield block
     for child in block._children.values():
         yield from _walk(child)
+
+
+def _leaves(out) -> List:
+    if isinstance(out, nd.NDArray):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [leaf for item in out for leaf in _leaves(item)]
+    return []
 
 
 def _rows(array, idx: np.ndarray):

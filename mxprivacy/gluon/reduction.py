@@ -49,6 +49,20 @@ HINTS = {  # (declared, observed) -> what to do
 }
 
 
+def pause_waiting() -> list:
+    """Take the waiting captures aside (a library-internal backward pass is coming)."""
+    waiting = list(_WAITING)
+    _WAITING.clear()
+    return waiting
+
+
+def resume_waiting(waiting) -> None:
+    """Put captures taken aside by :func:`pause_waiting` back."""
+    _WAITING.clear()
+    for shard in waiting:
+        _WAITING.add(shard)
+
+
 def await_backward(shard) -> None:
     """Register a capture whose backward pass has not been seen yet."""
     _WAITING.add(shard)

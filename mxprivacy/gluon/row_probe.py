@@ -117,3 +117,47 @@ def _refuse(moved: float, how: str) -> None:
         "batch axis). Per-sample clipping cannot bound such a sample's influence. Replace "
         "BatchNorm-like layers with GroupNorm, LayerNorm or InstanceNorm (mxprivacy.fix(net) "
         "does it for Gluon's), and remove operations over the batch axis.")
+
+
+def check_rows_aligned(capture_forward, rows: int) -> bool:
+    """Refuse a net whose captured layer rows are not its samples.
+
+    The per-sample rules attribute row r of every captured layer input and output
+    gradient to sample r. A net that moves samples off axis 0 (a time-major layout whose
+    length happens to equal the batch size, a sort or reversal of rows undone later)
+    would have them clip mixtures of samples. ``capture_forward()`` runs one recorded,
+    captured forward pass and returns ``(outputs, probes)``. Backward runs twice from
+    the outputs: with random head gradients G, and with G scaled per output row by
+    random c_s. Probe row r must scale by exactly c_r: any other sample's contribution
+    would scale differently. Returns whether the check ran.
+    """
+    if rows < 2:
+        return False
+    outputs, probes = capture_forward()
+    heads = [o for o in outputs if o.ndim > 0 and o.shape[0] == rows]
+    if not heads or not probes:
+        return False
+    scale = nd.random.uniform(0.5, 2.0, shape=(rows,), ctx=heads[0].context)
+    grads = [nd.random.normal(shape=h.shape, ctx=h.context, dtype=h.dtype) for h in heads]
+    first = _probe_grads(heads, grads, probes)
+    scaled = [g * scale.reshape((rows,) + (1,) * (g.ndim - 1)).astype(g.dtype)
+              for g in grads]
+    second = _probe_grads(heads, scaled, probes)
+    c = scale.asnumpy().astype(np.float64)
+    for a, b in zip(first, second):
+        want = a * c.reshape((rows,) + (1,) * (a.ndim - 1))
+        size = np.abs(want).reshape(rows, -1).max(axis=1) + np.abs(b).reshape(rows, -1).max(axis=1)
+        off = np.abs(b - want).reshape(rows, -1).max(axis=1)
+        if np.any(off > 1e-4 * size + 1e-12):
+            raise UnsupportedLayerError(
+                "Rows of a captured layer are not the samples of the batch: the gradient "
+                "reaching one layer row comes from other samples (a time-major layout, or "
+                "rows sorted, reversed or mixed inside the net). Per-sample clipping would "
+                "clip mixtures of samples. Keep the batch on axis 0 of every layer with "
+                "parameters, or use PrivateBlock(net, mode='microbatch').")
+    return True
+
+
+def _probe_grads(heads, head_grads, probes) -> List[np.ndarray]:
+    autograd.backward(heads, head_grads, retain_graph=True)
+    return [p.grad.asnumpy().astype(np.float64) for p in probes]

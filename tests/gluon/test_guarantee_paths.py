@@ -665,3 +665,87 @@ def test_secure_mode_draws_the_microbatch_assignment_from_urandom(monkeypatch):
     monkeypatch.setattr(os, "urandom", lambda n: calls.append(n) or real(n))
     groups = block._groups(6)
     assert calls and sorted(np.concatenate(groups).tolist()) == list(range(6))
+
+
+class TimeMajor(gluon.nn.HybridBlock):
+    """Samples moved to axis 1 around a Dense(flatten=False): with T == B the layer's
+    rows are time steps, not samples."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = gluon.nn.Dense(4, flatten=False, in_units=3)
+        self.out = gluon.nn.Dense(2, in_units=24)
+
+    def hybrid_forward(self, F, x):
+        hidden = F.swapaxes(self.inner(F.swapaxes(x, 0, 1)), 0, 1)
+        return self.out(F.reshape(hidden, (0, -1)))
+
+
+class Reversed(gluon.nn.HybridBlock):
+    """Rows reversed between two layers and restored at the output."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.first = gluon.nn.Dense(4, in_units=5)
+        self.second = gluon.nn.Dense(3, in_units=4)
+
+    def hybrid_forward(self, F, x):
+        return F.reverse(self.second(F.reverse(self.first(x), axis=0)), axis=0)
+
+
+@pytest.mark.parametrize("hybridize", [False, True])
+@pytest.mark.parametrize("net_cls, shape", [(TimeMajor, (6, 6, 3)), (Reversed, (6, 5))],
+                         ids=["time-major", "reversed-rows"])
+def test_path6_layer_rows_must_be_the_samples(net_cls, shape, hybridize):
+    net = net_cls()
+    net.initialize()
+    if hybridize:
+        net.hybridize()
+    x = nd.random.normal(shape=shape)
+    y = nd.array(np.arange(shape[0]) % 2)
+    block = PrivateBlock(net, mode="vectorized")
+    with pytest.raises(UnsupportedLayerError, match="not the samples"):
+        with autograd.record():
+            LOSS(block(x), y)
+    # the output rows themselves are independent: only the alignment check sees this
+    PrivateBlock(net.__class__(), mode="microbatch")
+
+
+class BatchMixer(gluon.nn.Block):
+    """Cross-sample operations that a single swapped row used to miss."""
+
+    def __init__(self, how, **kwargs):
+        super().__init__(**kwargs)
+        self.how = how
+        self.first = gluon.nn.Dense(8, in_units=5)
+        self.last = gluon.nn.Dense(3, in_units=8)
+
+    def forward(self, x, z=None):
+        hidden = self.first(x)
+        if self.how == "max-scale":  # per-batch max scaling
+            hidden = nd.broadcast_div(hidden, nd.abs(hidden).max(axis=0, keepdims=True))
+        elif self.how == "extra-input":  # the batch mean of a per-row extra input
+            hidden = nd.broadcast_add(hidden, nd.broadcast_sub(z, z.mean(axis=0, keepdims=True)))
+        elif self.how == "mixup-when-recording" and autograd.is_recording():
+            hidden = 0.5 * (hidden + hidden[::-1])
+        elif self.how == "mean":
+            hidden = nd.broadcast_sub(hidden, hidden.mean(axis=0, keepdims=True))
+        return self.last(nd.relu(hidden))
+
+
+@pytest.mark.parametrize("how, rows", [("max-scale", 8), ("extra-input", 8),
+                                       ("mixup-when-recording", 8), ("mean", 2),
+                                       ("mean", 16384)])
+def test_path3_row_probe_sees_max_extra_inputs_recording_branches_small_and_large(how, rows):
+    net = BatchMixer(how)
+    net.initialize()
+    rng = np.random.default_rng(0)
+    x = nd.array(rng.normal(size=(rows, 5)))
+    x[rows - 1] = x[0]  # duplicated first and last rows must not make the probe vacuous
+    if how == "max-scale":
+        x[1] = x[1] * 100  # the batch maximum is not in row 0
+    z = nd.array(rng.normal(size=(rows, 8)))
+    block = PrivateBlock(net, mode="vectorized")
+    with pytest.raises(UnsupportedLayerError, match="depends on other samples"):
+        with autograd.record():
+            block(x, z) if how == "extra-input" else block(x)

@@ -123,21 +123,42 @@ def _weight_per_sample(layer, unfolded, other, batch):
     return grads.reshape((batch,) + layer.weight.shape)
 
 
+# Cost model of the two norm paths, per sample, in multiply-adds of a batched product
+# (batch_dot on OpenBLAS, about 0.1 ns each here). A product through FullyConnected
+# (MKL-DNN) costs about a third of that, and one pass over an array about _PASS per
+# element. Measured at batch 256: the Opacus CNN's second conv (rows 256, cols 32,
+# length 25) takes 10.1 ms on the ghost path against 12.4 ms materialized; its first
+# conv (length 196) is far cheaper materialized.
+_PASS = 6
+
+
 def _use_ghost(layer, a, d) -> bool:
-    """Ghost norm only when it costs less than materializing: the materialized gradients
-    are reused by the clipped sum, while the ghost path needs a costly transposed GEMM."""
+    """Whether the ghost norm costs less than materializing the per-sample gradients.
+
+    Materialized: the batched product, then the square-sum and the clipped sum's pass
+    over the gradients (about three passes). Ghost: two Gram matrices, then for the
+    clipped sum one product over all samples (``FullyConnected``) after a transposition
+    of the unfolded input; with groups the clipped sum is a batched product again.
+    """
     groups = int(layer._kwargs.get("num_group", 1))
     small, large = (a, d) if isinstance(layer, _TRANSPOSED) else (d, a)
     length = int(np.prod(small.shape[2:]))  # positions of the unfolded operand's output
     rows = large.shape[1] // groups * int(np.prod(layer._kwargs["kernel"]))
     cols = small.shape[1] // groups
-    return 2 * length * length * (rows + cols) < rows * cols * length
+    product = rows * cols * length
+    if groups > 1:
+        return 2 * length * length * (rows + cols) < product
+    materialized = 3 * _PASS * rows * cols + (
+        product / 2 if _grouped_conv_ok(layer, a) else product + _PASS * rows * length)
+    ghost = length * length * (rows + cols) + product / 3 + 2 * _PASS * rows * length
+    return ghost < materialized
 
 
 def _weight_sq_norms(layer, a, d, cache: Dict):
     batch = a.shape[0]
     if _use_ghost(layer, a, d):
-        unfolded, other, _ = _factors(layer, a, d)
+        unfolded, other, groups = _factors(layer, a, d)
+        cache["unfolded"] = (unfolded, other, groups)  # for the clipped sum
         gram_u = nd.batch_dot(unfolded, unfolded, transpose_a=True)
         gram_o = nd.batch_dot(other, other, transpose_a=True)
         return row_sum((gram_u * gram_o).reshape((batch, -1)))
@@ -150,11 +171,12 @@ def _weight_sq_norms(layer, a, d, cache: Dict):
     return sq_row_sum(grads)
 
 
-def _clipped_weight(layer, inputs, out_grads, factors):
-    """sum_i f_i D_i U_i^T as one matrix product over all samples and positions."""
+def _clipped_weight(layer, inputs, out_grads, factors, cached=None):
+    """sum_i f_i D_i U_i^T as one matrix product over all samples and positions
+    (``cached``: the single call's ``_factors``, when ``sq_norms`` left them)."""
     total = None
     for a, d in zip(inputs, out_grads):
-        unfolded, other, groups = _factors(layer, a, d)
+        unfolded, other, groups = cached if cached is not None else _factors(layer, a, d)
         scaled = nd.broadcast_mul(other, nd.repeat(factors, groups).reshape((-1, 1, 1)))
         if groups == 1:
             lhs = nd.transpose(scaled, axes=(1, 0, 2)).reshape((scaled.shape[1], -1))
@@ -164,6 +186,7 @@ def _clipped_weight(layer, inputs, out_grads, factors):
             per = nd.batch_dot(scaled, unfolded, transpose_b=True)
             part = batch_sum(per.reshape((a.shape[0],) + layer.weight.shape))
         total = part if total is None else total + part
+        cached = None
     return total
 
 
@@ -202,7 +225,8 @@ class ConvRule(GradRule):
         if use_weight:
             grads = cache.get("weight")
             if grads is None:
-                result[layer.weight] = _clipped_weight(layer, inputs, out_grads, factors)
+                result[layer.weight] = _clipped_weight(layer, inputs, out_grads, factors,
+                                                       cache.get("unfolded"))
             else:
                 flat = nd.dot(factors.reshape((1, -1)), grads.reshape((grads.shape[0], -1)))
                 result[layer.weight] = flat.reshape(layer.weight.shape)
