@@ -248,6 +248,8 @@ class CheckpointMixin:
             self.run_id = run_id  # a resume continues the saved run's lineage
 
     def _adopt(self, decision: str, accountant, nonfinite: int, bound) -> None:
+        self._loads = getattr(self, "_loads", 0) + 1  # keys fresh seeded noise streams
+        self._noise = None
         self.accountant = accountant
         self.steps = sum(count for _, count in accountant.ledger)
         if decision == TAKE:

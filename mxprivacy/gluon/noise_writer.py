@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 from typing import Dict
 
+import numpy as np
 from mxnet import nd
 
 from .noise import NoiseSource
@@ -19,7 +20,7 @@ __all__ = ["NoiseWriterMixin"]
 
 class NoiseWriterMixin:
     """Gradient writing for :class:`~mxprivacy.gluon.DPTrainer` (needs ``_trainable``,
-    ``gradient_noise_multiplier``, ``sensitivity``, ``_noise_seeds``, ``secure_mode``)."""
+    ``gradient_noise_multiplier``, ``sensitivity``, ``_noise_seed``, ``secure_mode``)."""
 
     def _write_grads(self, sums: Dict) -> None:
         for param in self._trainable():
@@ -51,7 +52,9 @@ class NoiseWriterMixin:
                 self._noise.close()
             with warnings.catch_warnings():  # the trainer already warned about a seed
                 warnings.simplefilter("ignore")
-                seed = None if self._noise_seeds is None else self._noise_seeds.spawn(1)[0]
+                seed = None if self._noise_seed is None else np.random.SeedSequence(
+                    self._noise_seed, spawn_key=(self.steps, self._noise_streams, self._loads))
+                self._noise_streams += 1
                 self._noise = NoiseSource(size, seed, secure=self.secure_mode)
         ctx = params[0].list_grad()[0].context
         buffer = self._noise.take()

@@ -21,7 +21,6 @@ import uuid
 import warnings
 from typing import Dict, List, Optional
 
-import numpy as np
 from mxnet import gluon
 
 from ..accounting import GaussianEvent, PoissonSampledEvent, PrivacyAccountant, make_accountant
@@ -130,9 +129,11 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
         self._accumulated: Dict = {}
         self._accumulated_units = 0
         self.accountant = make_accountant(accountant)
-        # A seed starts a sequence: every new noise stream (the trainable size changed)
-        # gets a fresh child seed, so no stream ever repeats another.
-        self._noise_seeds = None if noise_seed is None else np.random.SeedSequence(noise_seed)
+        # A seed starts a family of streams: each new noise stream (first step, a change
+        # of the trainable size, a resume) is keyed by (steps, streams made, loads), so
+        # no stream ever replays another, even in a new trainer resumed from a checkpoint.
+        self._noise_seed = noise_seed
+        self._noise_streams = self._loads = 0
         self._noise = None
         self.steps = 0
         self.run_id = uuid.uuid4().hex  # lineage: checkpoints of other runs are composed

@@ -749,3 +749,23 @@ def test_path3_row_probe_sees_max_extra_inputs_recording_branches_small_and_larg
     with pytest.raises(UnsupportedLayerError, match="depends on other samples"):
         with autograd.record():
             block(x, z) if how == "extra-input" else block(x)
+
+
+def test_path1_seeded_noise_does_not_replay_after_a_resume(tmp_path):
+    x, y = batch(b=6)
+    noises = []
+    for resume in (False, True):
+        with pytest.warns(PrivacyWarning):
+            block, trainer = make(mlp(seed=1), sigma=1.0, noise_seed=9)
+        allow_fixed_batches(trainer)
+        block(x)  # initializes
+        if resume:
+            trainer.load_states(str(tmp_path / "ckpt"))
+        with autograd.record():
+            loss = LOSS(block(x), y)
+        loss.backward()
+        trainer.step(6)
+        noises.append(trainer._noise_held[-1].copy())
+        if not resume:
+            trainer.save_states(str(tmp_path / "ckpt"))
+    assert not np.allclose(noises[0], noises[1])  # the resumed stream is a new one
