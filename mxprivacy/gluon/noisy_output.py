@@ -140,6 +140,7 @@ class NoisyOutput(gluon.Block):
         self.accountant = _resolve_accountant(accountant, self.mechanism, self.budget_delta)
         self.queries = 0
         self.run_id = uuid.uuid4().hex  # lineage of the answered rows
+        self._ancestors: set = set()  # lineages of ledger copies this one continues
         self.nonfinite_rows = 0  # not private: for the operator only
         self._warned_nonfinite = False
         self._lock = threading.Lock()
@@ -303,20 +304,30 @@ class NoisyOutput(gluon.Block):
             yield
 
     def _merge(self, run_id: Optional[str], count: int, what: str,
-               on_file: Optional[int] = None) -> None:
+               on_file: Optional[int] = None, shared: bool = True) -> None:
         """Merge a ledger of ``count`` rows of lineage ``run_id`` into this one (the rule of
-        :mod:`mxprivacy._ledger`); ``on_file`` is the write-ahead file's current count."""
+        :mod:`mxprivacy._ledger`); ``on_file`` is the write-ahead file's current count.
+
+        ``shared``: the live ``ledger_path`` file, whose lineage every instance on it
+        shares. A *copy* loaded into a fresh instance starts a child lineage instead
+        (the loaded one becomes its ancestor): two replicas resumed from one copy are
+        then two lineages, whose later ledgers add up (over-stating the common base,
+        never under-stating the rows both answered)."""
         new_run = self.run_id
         if count == 0:
             merged = self.queries
         elif self.queries == 0:
             merged = count
-            if run_id is not None:
-                new_run = run_id  # a fresh instance adopts the loaded lineage
+            if run_id is not None and shared:
+                new_run = run_id  # instances on one ledger file share its lineage
+            elif run_id is not None:
+                self._ancestors.add(run_id)
+                new_run = uuid.uuid4().hex
         else:
             event = self.mechanism.event
+            same = run_id == self.run_id or run_id in self._ancestors
             _, kept = merge_ledgers([(event, self.queries)], [(event, count)], what,
-                                    same_run=run_id == self.run_id)
+                                    same_run=same)
             merged = sum(n for _, n in kept)
         if merged != on_file or new_run != self.run_id:
             self._write_ahead(merged, new_run)  # no-op without a ledger_path
@@ -374,7 +385,8 @@ class NoisyOutput(gluon.Block):
             if self.ledger_path is not None and \
                     os.path.realpath(fname) == os.path.realpath(self.ledger_path):
                 return  # the reservation has just merged it
-            self._merge(run_id, count, "NoisyOutput ledger", on_file=self.queries)
+            self._merge(run_id, count, "NoisyOutput ledger", on_file=self.queries,
+                        shared=False)
 
     def save_parameters(self, filename: str, deduplicate: bool = False) -> None:
         """Save the ledger (``filename + ".ledger.json"``), then the wrapped block's
