@@ -155,3 +155,55 @@ def test_dense_norms_with_and_without_bias():
     """The 2-D Dense norm ``|d|^2 (|a|^2 + 1)`` with bias, ``|d|^2 |a|^2`` without."""
     check_against_reference(gluon.nn.Dense(4), nd.random.normal(shape=(5, 6)))
     check_against_reference(gluon.nn.Dense(4, use_bias=False), nd.random.normal(shape=(5, 6)))
+
+
+def test_ghost_choice_for_the_opacus_cnn():
+    """The cost model: materialized for the first conv (196 output positions), ghost for
+    the second (25 positions, 256 unfolded rows), as measured faster at batch 256."""
+    first = gluon.nn.Conv2D(16, 8, strides=2, padding=3)
+    second = gluon.nn.Conv2D(32, 4, strides=2)
+    x1, d1 = _layer_io(first, (8, 1, 28, 28))
+    x2, d2 = _layer_io(second, (8, 16, 13, 13))
+    assert not conv._use_ghost(first, x1, d1)
+    assert conv._use_ghost(second, x2, d2)
+
+
+@hybridize_axis
+def test_ghost_clipped_sum_uses_the_cached_unfolding(hybridize, monkeypatch):
+    """The clipped sum reuses sq_norms' unfolded operands; corrupting them must show."""
+    layer, shape = gluon.nn.Conv2D(32, 4, strides=2, in_channels=16), (3, 16, 9, 9)
+    x, d = _layer_io(layer, shape)
+    assert conv._use_ghost(layer, x, d)
+    factors_calls = _spy(monkeypatch, conv, "_factors")
+    check_against_reference(gluon.nn.Conv2D(32, 4, strides=2, in_channels=16),
+                            nd.random.normal(shape=shape), hybridize=hybridize)
+    # unfolded once for the norms and the clipped sum, once more for check_shard's
+    # per-sample gradients
+    assert len(factors_calls) == 2
+
+    original = conv._weight_sq_norms
+
+    def corrupt(layer, a, d, cache):
+        total = original(layer, a, d, cache)
+        unfolded, other, groups = cache["unfolded"]
+        cache["unfolded"] = (unfolded[::-1], other, groups)  # samples paired wrongly
+        return total
+
+    monkeypatch.setattr(conv, "_weight_sq_norms", corrupt)
+    with pytest.raises(AssertionError):
+        check_against_reference(gluon.nn.Conv2D(32, 4, strides=2, in_channels=16),
+                                nd.random.normal(shape=shape))
+
+
+def test_float64_keeps_the_plain_operators(monkeypatch):
+    monkeypatch.setattr(_ops, "FC_MIN_MACS", 0)
+    calls = _spy(monkeypatch, conv, "_grouped_conv_grads")
+    layer = gluon.nn.Conv2D(4, 3, strides=2)
+    layer.initialize(mx.init.Xavier())
+    layer.cast("float64")
+    x = nd.random.normal(shape=(3, 1, 7, 7)).astype("float64")
+    d = nd.random.normal(shape=layer(x).shape).astype("float64")
+    params = list(layer.collect_params().values())
+    grads = rule_for(layer).per_sample(layer, [x], [d], params)[layer.weight]
+    assert grads.dtype == np.float64 and not calls
+    assert _ops.matmul_tn(d.reshape((3, -1)), d.reshape((3, -1))).dtype == np.float64

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from typing import Dict, Tuple
 
+import numpy as np
 from mxnet import nd
 
-__all__ = ["row_sum", "sq_row_sum", "batch_sum", "seq_sum", "matmul_nt", "matmul_tn"]
+__all__ = ["row_sum", "sq_row_sum", "batch_sum", "seq_sum", "matmul_nt", "matmul_tn",
+           "mkldnn_float32"]
 
 _ONES: Dict[Tuple, nd.NDArray] = {}
 
@@ -57,16 +59,22 @@ def seq_sum(x) -> nd.NDArray:
     return nd.batch_dot(ones, x).reshape((x.shape[0], x.shape[2]))
 
 
+def mkldnn_float32(x) -> bool:
+    """Whether ``x`` is float32 on the CPU: where MKL-DNN runs the fast paths (they were
+    measured there; other dtypes and devices keep the plain operators)."""
+    return x.context.device_type == "cpu" and x.dtype == np.float32
+
+
 def matmul_nt(x, y) -> nd.NDArray:
     """``x y^T`` for 2-D x (M, K) and y (N, K)."""
-    if x.shape[0] * y.shape[0] * x.shape[1] >= FC_MIN_MACS:
+    if x.shape[0] * y.shape[0] * x.shape[1] >= FC_MIN_MACS and mkldnn_float32(x):
         return nd.FullyConnected(x, y, num_hidden=y.shape[0], no_bias=True, flatten=False)
     return nd.dot(x, y, transpose_b=True)
 
 
 def matmul_tn(x, y) -> nd.NDArray:
     """``x^T y`` for 2-D x (K, M) and y (K, N): a contraction over axis 0."""
-    if x.shape[0] * x.shape[1] * y.shape[1] >= FC_MIN_MACS:
+    if x.shape[0] * x.shape[1] * y.shape[1] >= FC_MIN_MACS and mkldnn_float32(x):
         return nd.FullyConnected(nd.transpose(x), nd.transpose(y), num_hidden=y.shape[1],
                                  no_bias=True, flatten=False)
     return nd.dot(x, y, transpose_a=True)

@@ -4,7 +4,9 @@ Convolution: with the input unfolded by ``im2col`` into ``U`` (C*K, L) per sampl
 output gradient ``D`` (O, L), the weight gradient of one sample is ``D U^T`` (per group).
 Its squared norm is computed either by materializing it (then reused for the clipped
 sum), or without doing so (ghost norm) through Gram matrices:
-``||D U^T||^2 = sum_{l,m} (U^T U)_{lm} (D^T D)_{lm}``, when that costs fewer operations.
+``||D U^T||^2 = sum_{l,m} (U^T U)_{lm} (D^T D)_{lm}``, when that costs fewer operations
+(the cost model of :func:`_use_ghost`). The ghost path leaves ``U`` and ``D`` in the
+cache, and the clipped sum is then one product over all samples and positions.
 
 Transposed convolution swaps the roles: the output gradient is unfolded (it has the
 spatial size of the output) and the input plays the part of ``D``.
@@ -25,7 +27,7 @@ import numpy as np
 from mxnet import gluon, nd
 
 from . import GradRule, register_grad_rule
-from ._ops import batch_sum, matmul_nt, row_sum, sq_row_sum
+from ._ops import batch_sum, matmul_nt, mkldnn_float32, row_sum, sq_row_sum
 
 __all__ = ["ConvRule"]
 
@@ -78,10 +80,11 @@ def _unfold_3d(x, kernel, stride, dilate, pad):
 
 def _grouped_conv_ok(layer, a) -> bool:
     """Whether :func:`_grouped_conv_grads` applies: 2-D, not transposed, one input
-    channel per group."""
+    channel per group, float32 on the CPU (where it was measured)."""
     kw = layer._kwargs
     return (GROUPED_CONV and not isinstance(layer, _TRANSPOSED) and len(kw["kernel"]) == 2
-            and a.ndim == 4 and a.shape[1] == int(kw.get("num_group", 1)))
+            and a.ndim == 4 and a.shape[1] == int(kw.get("num_group", 1))
+            and mkldnn_float32(a))
 
 
 def _grouped_conv_grads(layer, a, d):
