@@ -46,9 +46,18 @@ _PROBE = "__mxprivacy_probe{}__"
 
 
 def graph_key(block, count: int) -> Tuple:
-    """What a capture graph depends on besides the block's structure: its hybridize
-    flags and the number of inputs."""
-    return (repr(getattr(block, "_flags", ())), count)
+    """What a capture graph depends on: the block's hybridize flags, the number of
+    inputs, which parameters are trainable (a layer unfrozen after the graph was built
+    must be captured), and the identity of every child (a replaced child must run)."""
+    params = tuple((p.name, p.grad_req) for p in block.collect_params().values())
+    children = tuple(id(b) for b in _descendants(block))
+    return (repr(getattr(block, "_flags", ())), count, params, children)
+
+
+def _descendants(block):
+    for child in block._children.values():
+        yield child
+        yield from _descendants(child)
 
 
 class _Trace:

@@ -111,11 +111,12 @@ class VectorizedShard(_ReductionMixin):
         return layer, self._inputs[layer], grads, trainable_params(layer)
 
     def unit_sq_norms(self):
-        total = nd.zeros((self.batch_size,), ctx=self.ctx)
+        total = None  # in the rules' dtype (float64 nets stay float64)
         for layer in self._inputs:
             cache = self._cache.setdefault(layer, {})
-            total = total + rule_for(layer).sq_norms(*self._rule_args(layer), cache)
-        return total
+            norms = rule_for(layer).sq_norms(*self._rule_args(layer), cache)
+            total = norms if total is None else total + norms
+        return nd.zeros((self.batch_size,), ctx=self.ctx) if total is None else total
 
     def layer_sq_norms(self) -> Dict:
         """Dict layer -> (B,) squared norms of that layer's per-sample gradient."""

@@ -426,3 +426,34 @@ def test_release_removes_every_patch():
     assert "forward" in net.__dict__ and "forward" in net[0].__dict__
     block.release()
     assert not any("forward" in b.__dict__ for b in [net] + list(net._children.values()))
+
+
+def test_unfreezing_a_layer_rebuilds_the_capture_graph():
+    """Review finding: a graph built while a layer was frozen must not silently skip it
+    once the layer trains again."""
+    net = nn.HybridSequential()
+    net.add(nn.Dense(4, in_units=3), nn.Dense(2, in_units=4))
+    net.initialize()
+    net.hybridize()
+    x, y = batch(b=5, features=3)
+    block = PrivateBlock(net)
+    net[0].weight.grad_req = "null"
+    with autograd.record():
+        LOSS(block(x), y).backward()
+    block.discard_capture()
+    net[0].weight.grad_req = "write"
+    with autograd.record():
+        LOSS(block(x), y).backward()
+    (shard,) = block.take_shards()
+    assert net[0].weight in shard.captured_params
+
+
+def test_float64_nets_are_captured_in_their_dtype():
+    net = nn.HybridSequential()
+    net.add(nn.Dense(4, in_units=3), nn.Dense(2, in_units=4))
+    net.initialize()
+    net.cast("float64")
+    x, y = batch(b=5, features=3)
+    norms = per_sample_grad_norms(net, LOSS, x.astype("float64"), y.astype("float64"),
+                                  mode="vectorized")
+    assert norms.dtype == np.float64
