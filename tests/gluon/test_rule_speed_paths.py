@@ -50,6 +50,20 @@ def test_grouped_conv_path_matches_reference(kwargs, shape, hybridize, monkeypat
     assert calls  # the grouped-convolution path ran
 
 
+@hybridize_axis
+def test_grouped_conv_path_inside_a_net(hybridize, monkeypatch):
+    """A depthwise conv whose input is an intermediate of the (cached) graph."""
+    calls = _spy(monkeypatch, conv, "_grouped_conv_grads")
+    body = gluon.nn.HybridSequential()
+    body.add(gluon.nn.Conv2D(3, 3, padding=1, activation="relu"), gluon.nn.MaxPool2D(2, 1),
+             gluon.nn.Conv2D(6, 3, groups=3, strides=2, activation="relu"),
+             gluon.nn.Conv2D(4, 2, groups=2))
+    check_against_reference(body, nd.random.normal(shape=(3, 1, 10, 10)),
+                            hybridize=hybridize)
+    # the first conv (one channel) and the depthwise one; not the last (3 per group)
+    assert len(calls) == 4  # two layers, in sq_norms and in per_sample
+
+
 def test_grouped_conv_path_not_taken_for_several_channels(monkeypatch):
     calls = _spy(monkeypatch, conv, "_grouped_conv_grads")
     check_against_reference(gluon.nn.Conv2D(4, 3), nd.random.normal(shape=(3, 2, 6, 6)))
