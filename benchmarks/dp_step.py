@@ -134,6 +134,8 @@ def run_mxnet(model: str, variant: str, repeats: int) -> float:
 
     def step():
         size = next(sizes)
+        if variant != "nonprivate":  # what DPDataLoader(..., trainer=trainer) does
+            trainer.expect_examples(size)
         with autograd.record():
             loss = loss_fn(net(x[:size]), y[:size])
         loss.backward()
