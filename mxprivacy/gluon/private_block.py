@@ -36,7 +36,7 @@ from mxnet import autograd, gluon, nd
 from .._io import atomic_path
 from ..errors import HybridizedCaptureError, InvalidParameterError, PrivacyWarning
 from . import reduction, validators
-from .row_probe import check_rows_aligned, check_rows_independent
+from .row_probe import check_rows_aligned, check_rows_independent, leaves
 from . import capture
 from .graph_capture import GraphCapture, graph_key
 from .shards import MicrobatchShard, VectorizedShard, trainable_params
@@ -265,7 +265,7 @@ class PrivateBlock(gluon.Block):
             finally:
                 self._current = None
             probes = [p for layer in shard.layers for p in shard._probes[layer]]
-            return _leaves(out), probes
+            return leaves(out), probes
 
         waiting = reduction.pause_waiting()
         try:
@@ -304,14 +304,6 @@ def _walk(block):
     yield block
     for child in block._children.values():
         yield from _walk(child)
-
-
-def _leaves(out) -> List:
-    if isinstance(out, nd.NDArray):
-        return [out]
-    if isinstance(out, (list, tuple)):
-        return [leaf for item in out for leaf in _leaves(item)]
-    return []
 
 
 def _rows(array, idx: np.ndarray):

@@ -26,23 +26,24 @@ from mxnet import autograd, nd
 
 from ..errors import UnsupportedLayerError
 
-__all__ = ["check_rows_independent"]
+__all__ = ["check_rows_independent", "check_rows_aligned", "leaves"]
 
 TOLERANCE = 1e-5
 
 
-def _leaves(out) -> List:
+def leaves(out) -> List:
+    """The NDArrays of a (nested) output, in order."""
     if isinstance(out, nd.NDArray):
         return [out]
     if isinstance(out, (list, tuple)):
-        return [leaf for item in out for leaf in _leaves(item)]
+        return [leaf for item in out for leaf in leaves(item)]
     return []
 
 
 def _run(net, x, args, seed: int) -> List[np.ndarray]:
     mx.random.seed(seed)
     with autograd.record(train_mode=True):
-        outputs = _leaves(net(x, *args))
+        outputs = leaves(net(x, *args))
     return [o.asnumpy().astype(np.float64) for o in outputs]
 
 
