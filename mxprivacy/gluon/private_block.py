@@ -258,9 +258,7 @@ class PrivateBlock(gluon.Block):
             shard = VectorizedShard(x.context, x.shape[0])
             self._current = shard
             try:
-                # predict mode: dropout would redraw its mask between the two backward
-                # passes; how rows are routed does not depend on the mode
-                with autograd.record(train_mode=False):
+                with autograd.record(train_mode=True):
                     out = self.net(x, *args)
             finally:
                 self._current = None

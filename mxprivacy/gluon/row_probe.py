@@ -58,6 +58,21 @@ def _replaced(array, how: str, bound: float):
     return changed
 
 
+def batch_view(array, rows: int):
+    """``array`` seen as (rows, -1) when its first axis is k * rows (a batch-major
+    flattening such as (B*T, V)), else None: such outputs cannot be attributed."""
+    if array.ndim == 0 or array.shape[0] % rows:
+        return None
+    return array.reshape((rows, -1))
+
+
+def _no_output_to_compare() -> None:
+    raise UnsupportedLayerError(
+        "No output of the network has the batch on axis 0 (shape (B, ...) or a "
+        "batch-major (B*k, ...)), so per-sample losses and the row checks cannot be "
+        "attributed to samples. Return outputs with the batch first.")
+
+
 def _moved_rows(first: np.ndarray, second: np.ndarray) -> float:
     """Largest change of rows 1.. relative to each row's own scale (inf if a row lost
     or gained finiteness)."""
@@ -98,10 +113,12 @@ def check_rows_independent(net, x, args: Sequence) -> bool:
                 raise
             except Exception:  # this replacement is not a valid input: try the next
                 continue
+            pairs = [(batch_view(a, rows), batch_view(b, rows)) for a, b in zip(base, other)]
+            pairs = [(a, b) for a, b in pairs if a is not None]
+            if not pairs:
+                _no_output_to_compare()
             compared = True
-            for first, second in zip(base, other):
-                if first.ndim == 0 or first.shape[0] != rows:
-                    continue
+            for first, second in pairs:
                 moved = _moved_rows(first, second)
                 if moved > TOLERANCE:
                     _refuse(moved, how)
@@ -127,24 +144,35 @@ def check_rows_aligned(capture_forward, rows: int) -> bool:
     gradient to sample r. A net that moves samples off axis 0 (a time-major layout whose
     length happens to equal the batch size, a sort or reversal of rows undone later)
     would have them clip mixtures of samples. ``capture_forward()`` runs one recorded,
-    captured forward pass and returns ``(outputs, probes)``. Backward runs twice from
-    the outputs: with random head gradients G, and with G scaled per output row by
-    random c_s. Probe row r must scale by exactly c_r: any other sample's contribution
-    would scale differently. Returns whether the check ran.
+    captured forward pass in training mode and returns ``(outputs, probes)``; it runs
+    twice with one random state (equal dropout masks). The first pass goes backward with
+    random head gradients G, the second with G scaled per sample by random c_s. Probe
+    row r must scale by exactly c_r: any other sample's contribution would scale
+    differently. Returns whether the check ran.
     """
     if rows < 2:
         return False
-    outputs, probes = capture_forward()
-    heads = [o for o in outputs if o.ndim > 0 and o.shape[0] == rows]
-    if not heads or not probes:
-        return False
-    scale = nd.random.uniform(0.5, 2.0, shape=(rows,), ctx=heads[0].context)
-    grads = [nd.random.normal(shape=h.shape, ctx=h.context, dtype=h.dtype) for h in heads]
-    first = _probe_grads(heads, grads, probes)
-    scaled = [g * scale.reshape((rows,) + (1,) * (g.ndim - 1)).astype(g.dtype)
-              for g in grads]
-    second = _probe_grads(heads, scaled, probes)
-    c = scale.asnumpy().astype(np.float64)
+    seeds = [int(v) for v in nd.random.randint(1, 2 ** 30, shape=(2,)).asnumpy()]
+    try:
+        mx.random.seed(seeds[0])
+        outputs, probes = capture_forward()
+        heads = [o for o in outputs if batch_view(o, rows) is not None]
+        if not heads:
+            _no_output_to_compare()
+        if not probes:
+            return False
+        grads = [nd.random.normal(shape=h.shape, ctx=h.context, dtype=h.dtype) for h in heads]
+        scale = nd.random.uniform(0.5, 2.0, shape=(rows, 1), ctx=heads[0].context)
+        first = _probe_grads(heads, grads, probes)
+        mx.random.seed(seeds[0])
+        outputs, probes = capture_forward()
+        heads = [o for o in outputs if batch_view(o, rows) is not None]
+        scaled = [(batch_view(g, rows) * scale.astype(g.dtype)).reshape(g.shape)
+                  for g in grads]
+        second = _probe_grads(heads, scaled, probes)
+    finally:
+        mx.random.seed(seeds[1])
+    c = scale.asnumpy().astype(np.float64).ravel()
     for a, b in zip(first, second):
         want = a * c.reshape((rows,) + (1,) * (a.ndim - 1))
         size = np.abs(want).reshape(rows, -1).max(axis=1) + np.abs(b).reshape(rows, -1).max(axis=1)
@@ -160,5 +188,5 @@ def check_rows_aligned(capture_forward, rows: int) -> bool:
 
 
 def _probe_grads(heads, head_grads, probes) -> List[np.ndarray]:
-    autograd.backward(heads, head_grads, retain_graph=True)
+    autograd.backward(heads, head_grads)
     return [p.grad.asnumpy().astype(np.float64) for p in probes]

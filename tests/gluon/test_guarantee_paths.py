@@ -769,3 +769,58 @@ def test_path1_seeded_noise_does_not_replay_after_a_resume(tmp_path):
         if not resume:
             trainer.save_states(str(tmp_path / "ckpt"))
     assert not np.allclose(noises[0], noises[1])  # the resumed stream is a new one
+
+
+class TokenNet(gluon.nn.Block):
+    """Token-level outputs flattened to (B*T, V), with a batch-mean centring inside."""
+
+    def __init__(self, center, **kwargs):
+        super().__init__(**kwargs)
+        self.center = center
+        self.embed = gluon.nn.Embedding(20, 4)
+        self.out = gluon.nn.Dense(5, flatten=False, in_units=4)
+
+    def forward(self, x):
+        hidden = self.embed(x)
+        if self.center:
+            hidden = nd.broadcast_sub(hidden, hidden.mean(axis=0, keepdims=True))
+        return self.out(hidden).reshape((-1, 5))
+
+
+def test_path3_flattened_token_outputs_are_probed():
+    x = nd.array(np.random.default_rng(3).integers(0, 20, size=(8, 3)))
+    for center in (False, True):
+        net = TokenNet(center)
+        net.initialize()
+        block = PrivateBlock(net, mode="vectorized")
+        if center:
+            with pytest.raises(UnsupportedLayerError, match="depends on other samples"):
+                with autograd.record():
+                    block(x)
+        else:
+            with autograd.record():
+                block(x)
+            assert block._rows_checked and block._rows_aligned
+
+
+class TrainOnlyReversal(gluon.nn.HybridBlock):
+    """Rows reversed around the first layer only in training mode."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.first = gluon.nn.Dense(4, in_units=5)
+        self.second = gluon.nn.Dense(3, in_units=4)
+
+    def hybrid_forward(self, F, x):
+        if autograd.is_training():
+            return self.second(F.reverse(self.first(F.reverse(x, axis=0)), axis=0))
+        return self.second(self.first(x))
+
+
+def test_path6_alignment_is_checked_in_training_mode():
+    net = TrainOnlyReversal()
+    net.initialize()
+    block = PrivateBlock(net, mode="vectorized")
+    with pytest.raises(UnsupportedLayerError, match="not the samples"):
+        with autograd.record():
+            block(nd.random.normal(shape=(6, 5)))
