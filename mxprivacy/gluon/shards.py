@@ -258,12 +258,29 @@ class ExampleShard(_StackedUnits):
             shard.check_fresh()
 
     def _compute_stack(self) -> Dict:
+        """Per-example sums of per-row gradients. A non-finite row would turn every
+        example's sum into NaN through the product (0 x NaN = NaN), so such rows are
+        zeroed first, and their example is marked non-finite as a whole (its norm
+        becomes NaN: the trainer zeroes and counts it like any non-finite unit)."""
         grads: Dict = {}
+        bad = nd.zeros((self.num_units,), ctx=self.ctx)
         for shard, ids in zip(self.shards, self._ids):
             onehot = nd.one_hot(nd.array(ids, ctx=self.ctx), self.num_units).T
-            for param, rows in shard.per_unit_grads().items():
-                flat = nd.dot(onehot, rows.reshape((rows.shape[0], -1)))
-                grads[param] = flat if param not in grads else grads[param] + flat
+            rows = {p: g.reshape((g.shape[0], -1)) for p, g in shard.per_unit_grads().items()}
+            finite = None
+            for flat in rows.values():
+                ok = nd.contrib.isfinite(sq_row_sum(flat))
+                finite = ok if finite is None else finite * ok
+            for param, flat in rows.items():
+                clean = nd.where(finite, flat, nd.zeros_like(flat))
+                summed = nd.dot(onehot, clean)
+                grads[param] = summed if param not in grads else grads[param] + summed
+            if finite is not None:
+                bad = bad + nd.dot(onehot, (1 - finite).reshape((-1, 1))).reshape((-1,))
+        marker = nd.where(bad > 0, nd.full(bad.shape, np.nan, ctx=self.ctx), nd.zeros_like(bad))
+        first = next(iter(grads), None)
+        if first is not None:  # NaN in one coordinate makes the example's norm NaN
+            grads[first] = nd.broadcast_add(grads[first], marker.reshape((-1, 1)))
         return grads
 
 

@@ -824,3 +824,26 @@ def test_path6_alignment_is_checked_in_training_mode():
     with pytest.raises(UnsupportedLayerError, match="not the samples"):
         with autograd.record():
             block(nd.random.normal(shape=(6, 5)))
+
+
+def test_path6_a_non_finite_view_zeroes_only_its_own_example():
+    clip = 0.1
+    x, y = batch(b=4, seed=5)
+    bad = x.copy()
+    bad[2] = float("nan")  # example 2's second view is not finite
+    net = mlp(seed=7)
+    ref = {k: reference_grads(net, LOSS, x, y)[k] + reference_grads(net, LOSS, x * 0.5, y)[k]
+           for k in reference_grads(net, LOSS, x, y)}
+    block, trainer = make(net, clip=clip, expected=4)
+    before = params_np(block)
+    with autograd.record():
+        loss = LOSS(block(x), y) + LOSS(block(nd.where(nd.contrib.isfinite(bad), x * 0.5, bad)), y)
+    loss.backward()
+    with pytest.warns(Warning):
+        trainer.step(4, example_ids=[np.arange(4), np.arange(4)])
+    keep = np.array([1.0, 1.0, 0.0, 1.0])
+    factors = keep * np.minimum(1.0, clip / flat_norms(ref, 4))
+    for (name, g), old, p in zip(ref.items(), before, block.collect_params().values()):
+        want = old - np.tensordot(factors, g, axes=1) / 4.0
+        np.testing.assert_allclose(p.data().asnumpy(), want, rtol=1e-4, atol=1e-6)
+    assert trainer.nonfinite_count == 1
