@@ -140,7 +140,7 @@ class NoisyOutput(gluon.Block):
         self.accountant = _resolve_accountant(accountant, self.mechanism, self.budget_delta)
         self.queries = 0
         self.run_id = uuid.uuid4().hex  # lineage of the answered rows
-        self._ancestors: set = set()  # lineages of ledger copies this one continues
+        self._ancestors: dict = {}  # lineage of a copy this one continues -> its rows
         self.nonfinite_rows = 0  # not private: for the operator only
         self._warned_nonfinite = False
         self._lock = threading.Lock()
@@ -321,13 +321,16 @@ class NoisyOutput(gluon.Block):
             if run_id is not None and shared:
                 new_run = run_id  # instances on one ledger file share its lineage
             elif run_id is not None:
-                self._ancestors.add(run_id)
+                self._ancestors[run_id] = count  # rows of the copy this one continues
                 new_run = uuid.uuid4().hex
+        elif run_id in self._ancestors:
+            # the ancestor answered count - copied rows after the copy was taken: add them
+            merged = self.queries + max(0, count - self._ancestors[run_id])
+            self._ancestors[run_id] = max(count, self._ancestors[run_id])
         else:
             event = self.mechanism.event
-            same = run_id == self.run_id or run_id in self._ancestors
             _, kept = merge_ledgers([(event, self.queries)], [(event, count)], what,
-                                    same_run=same)
+                                    same_run=run_id == self.run_id)
             merged = sum(n for _, n in kept)
         if merged != on_file or new_run != self.run_id:
             self._write_ahead(merged, new_run)  # no-op without a ledger_path

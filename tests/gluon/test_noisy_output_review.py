@@ -313,3 +313,21 @@ def test_two_replicas_resumed_from_one_copy_are_two_lineages(tmp_path):
         replicas[0].load_ledger(b_path)
     # 2 shared + 3 + 3 rows were answered: the merge may over-state (10), never 5
     assert replicas[0].queries >= 8
+
+
+def test_rows_the_parent_answers_after_the_copy_are_added(tmp_path):
+    copy, later = str(tmp_path / "copy"), str(tmp_path / "later")
+    x = mx.nd.ones((1, 2))
+    parent = _dense()
+    for _ in range(2):
+        parent(x)
+    parent.save_ledger(copy)
+    replica = _dense()
+    replica.load_ledger(copy)
+    replica(x)
+    parent(x)  # answered after the copy was taken
+    parent.save_ledger(later)
+    replica.load_ledger(later)
+    assert replica.queries == 4  # 2 shared + 1 replica + 1 parent, not max(3, 3)
+    replica.load_ledger(later)  # the same ledger again adds nothing
+    assert replica.queries == 4
