@@ -48,6 +48,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import zipfile
 from typing import Any, Dict, Tuple
 
@@ -248,7 +249,11 @@ class CheckpointMixin:
             self.run_id = run_id  # a resume continues the saved run's lineage
 
     def _adopt(self, decision: str, accountant, nonfinite: int, bound) -> None:
-        self._loads = getattr(self, "_loads", 0) + 1  # keys fresh seeded noise streams
+        # Seeded noise after a load gets fresh OS entropy in its key: two trainers resumed
+        # from one checkpoint must not draw the same noise (a resumed seeded run is
+        # therefore not bit-reproducible).
+        self._loads = getattr(self, "_loads", 0) + 1
+        self._load_nonce = int.from_bytes(os.urandom(8), "little")
         self._noise = None
         self.accountant = accountant
         self.steps = sum(count for _, count in accountant.ledger)

@@ -53,7 +53,8 @@ class NoiseWriterMixin:
             with warnings.catch_warnings():  # the trainer already warned about a seed
                 warnings.simplefilter("ignore")
                 seed = None if self._noise_seed is None else np.random.SeedSequence(
-                    self._noise_seed, spawn_key=(self.steps, self._noise_streams, self._loads))
+                    self._noise_seed, spawn_key=(self.steps, self._noise_streams, self._loads,
+                                                 getattr(self, "_load_nonce", 0)))
                 self._noise_streams += 1
                 self._noise = NoiseSource(size, seed, secure=self.secure_mode)
         ctx = params[0].list_grad()[0].context

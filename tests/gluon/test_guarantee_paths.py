@@ -847,3 +847,25 @@ def test_path6_a_non_finite_view_zeroes_only_its_own_example():
         want = old - np.tensordot(factors, g, axes=1) / 4.0
         np.testing.assert_allclose(p.data().asnumpy(), want, rtol=1e-4, atol=1e-6)
     assert trainer.nonfinite_count == 1
+
+
+def test_path1_two_seeded_trainers_resumed_from_one_checkpoint_draw_different_noise(tmp_path):
+    x, y = batch(b=6)
+    with pytest.warns(PrivacyWarning):
+        block, trainer = make(mlp(seed=1), sigma=1.0, noise_seed=9)
+    allow_fixed_batches(trainer)
+    block(x)
+    trainer.save_states(str(tmp_path / "ckpt"))
+    noises = []
+    for _ in range(2):
+        with pytest.warns(PrivacyWarning):
+            block, trainer = make(mlp(seed=1), sigma=1.0, noise_seed=9)
+        allow_fixed_batches(trainer)
+        block(x)
+        trainer.load_states(str(tmp_path / "ckpt"))
+        with autograd.record():
+            loss = LOSS(block(x), y)
+        loss.backward()
+        trainer.step(6)
+        noises.append(trainer._noise_held[-1].copy())
+    assert not np.allclose(noises[0], noises[1])
