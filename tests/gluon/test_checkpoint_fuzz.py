@@ -103,7 +103,7 @@ def _leaves(node, path=()):
 def test_resealed_json_edits_are_refused_or_load_a_dp_sgd_ledger(saved, tmp_path):
     """Extreme values at random places of the resealed JSON (review r4/r5): a
     CheckpointError with the trainer unchanged, or a load whose ledger is still DP-SGD
-    steps that end with the config's setting; never a raw error."""
+    steps; never a raw error."""
     from mxprivacy.accounting import GaussianEvent, PoissonSampledEvent
 
     from .ckpt_helpers import read_meta, write_meta
