@@ -38,9 +38,9 @@ QUICKSTART = [
              "fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))\n"
              "ax1.plot(range(1, EPOCHS + 1), [p['test_accuracy'] for p in private.curve], label='DP-SGD')\n"
              "ax1.plot(range(1, EPOCHS + 1), baseline_curve, label='non-private')\n"
-             "ax1.set_xlabel('epoch'); ax1.set_ylabel('test accuracy'); ax1.legend()\n"
+             "ax1.set_xlabel('epoch'); ax1.set_ylabel('test accuracy'); ax1.legend()\nax1.set_title('Test accuracy: DP-SGD against non-private')\n"
              "ax2.plot(steps, [p['epsilon'] for p in private.curve])\n"
-             "ax2.set_xlabel('step'); ax2.set_ylabel(f'epsilon at delta={DELTA}')\nplt.tight_layout(); plt.show()"),
+             "ax2.set_xlabel('step'); ax2.set_ylabel(f'epsilon at delta={DELTA}')\nax2.set_title('Privacy spent during training (RDP)')\nplt.tight_layout(); plt.show()"),
     ("code", "print(f'accuracy cost of privacy: {baseline_curve[-1] - private.test_accuracy:+.3f} '\n"
              "      f'for epsilon={private.epsilon:.2f}')"),
 ]
@@ -67,7 +67,7 @@ ACCOUNTING = [
              "    ax.plot(EPOCHS, curves[sigma]['pld'], color=color, label=f'PLD, sigma={sigma}')\n"
              "    ax.plot(EPOCHS, curves[sigma]['rdp'], color=color, ls='--', label=f'RDP, sigma={sigma}')\n"
              "ax.set_xlabel('epochs'); ax.set_ylabel(f'epsilon at delta={DELTA}'); ax.set_xscale('log')\n"
-             "ax.set_yscale('log'); ax.legend(fontsize=8); plt.tight_layout(); plt.show()"),
+             "ax.set_yscale('log'); ax.legend(fontsize=8)\nax.set_title('Epsilon over training, MNIST (q = 256/60000)')\nplt.tight_layout(); plt.show()"),
     ("code", "print('sigma  epochs   RDP eps   PLD eps   PLD saves')\n"
              "for sigma in SIGMAS:\n    for i, e in enumerate(EPOCHS):\n"
              "        if e in (10, 60):\n            r, p = curves[sigma]['rdp'][i], curves[sigma]['pld'][i]\n"
@@ -90,7 +90,7 @@ ACCOUNTING = [
              "    print(f'target {t:4}: sigma RDP {s_rdp:.3f}, PLD {s_pld:.3f} (PLD epsilon {achieved:.3f})')\n"
              "fig, ax = plt.subplots(figsize=(5, 3.5))\n"
              "ax.plot(targets, calibrated['rdp'], 'o--', label='RDP'); ax.plot(targets, calibrated['pld'], 'o-', label='PLD')\n"
-             "ax.set_xlabel('target epsilon (60 epochs)'); ax.set_ylabel('noise multiplier'); ax.legend()\n"
+             "ax.set_xlabel('target epsilon (60 epochs)'); ax.set_ylabel('noise multiplier'); ax.legend()\nax.set_title('Calibrated noise for a target epsilon')\n"
              "plt.tight_layout(); plt.show()"),
 ]
 
@@ -144,9 +144,9 @@ OUTPUT_NOISE = [
              "for key, label in (('gaussian', 'Gaussian label'), ('laplace', 'Laplace label'), ('exponential', 'exponential mechanism')):\n"
              "    ax1.plot(EPSILONS, rows[key], 'o-', label=label)\n"
              "ax1.axhline((clean.argmax(1) == yte).mean(), color='k', ls=':', label='no noise')\n"
-             "ax1.set_xscale('log'); ax1.set_xlabel('epsilon per row'); ax1.set_ylabel('accuracy'); ax1.legend(fontsize=8)\n"
+             "ax1.set_xscale('log'); ax1.set_xlabel('epsilon per row'); ax1.set_ylabel('accuracy'); ax1.legend(fontsize=8)\nax1.set_title('Label accuracy under output noise')\n"
              "ax2.plot(EPSILONS, rows['score_error'], 'o-'); ax2.set_xscale('log'); ax2.set_yscale('log')\n"
-             "ax2.set_xlabel('epsilon per row'); ax2.set_ylabel('mean L1 error of noisy scores (Gaussian)')\n"
+             "ax2.set_xlabel('epsilon per row'); ax2.set_ylabel('mean L1 error of noisy scores (Gaussian)')\nax2.set_title('Error of noisy scores')\n"
              "plt.tight_layout(); plt.show()\n"
              "for i, eps in enumerate(EPSILONS):\n"
              "    print(f\"eps={eps:5}: gaussian {rows['gaussian'][i]:.3f}  laplace {rows['laplace'][i]:.3f}  \"\n"
@@ -167,7 +167,7 @@ OUTPUT_NOISE = [
              "ax.plot(range(1, answered + 1), spent, label='PLD composition')\n"
              "ax.plot(range(1, answered + 1), np.arange(1, answered + 1) * 1.0, ls='--', label='basic composition')\n"
              "ax.axhline(8.0, color='k', ls=':', label='budget'); ax.set_ylim(0, 12)\n"
-             "ax.set_xlabel('rows answered'); ax.set_ylabel('epsilon spent'); ax.legend(); plt.tight_layout(); plt.show()"),
+             "ax.set_xlabel('rows answered'); ax.set_ylabel('epsilon spent'); ax.legend()\nax.set_title('Budget spent by NoisyOutput')\nplt.tight_layout(); plt.show()"),
 ]
 
 FAST_TRAINING = [
@@ -203,7 +203,7 @@ FAST_TRAINING = [
              "ax.hist(before, bins=bins, alpha=0.6, label='at initialization')\n"
              "ax.hist(after, bins=bins, alpha=0.6, label='after one epoch')\n"
              "ax.axvline(1.0, color='k', ls=':', label='C = 1'); ax.set_xscale('log')\n"
-             "ax.set_xlabel('per-sample gradient norm'); ax.legend(); plt.tight_layout(); plt.show()\n"
+             "ax.set_xlabel('per-sample gradient norm'); ax.set_ylabel('samples'); ax.legend()\nax.set_title('Per-sample gradient norms against the bound C')\nplt.tight_layout(); plt.show()\n"
              "print('median norm: at init %.2f, after one epoch %.2f' % (np.median(before), np.median(after)))"),
     ("md", "## Privacy against utility\nThe same CNN trained with DP-SGD (C = 1, expected "
            "batch 256, δ = 1e-5) for several σ. The RDP accountant gives ε."),
@@ -217,7 +217,7 @@ FAST_TRAINING = [
              "fig, ax = plt.subplots(figsize=(5, 3.5))\n"
              "ax.plot([r[1] for r in results], [r[2] for r in results], 'o-')\n"
              "for sigma, eps, acc, _ in results:\n    ax.annotate(f'sigma={sigma}', (eps, acc))\n"
-             "ax.set_xlabel('epsilon (delta=1e-5)'); ax.set_ylabel('test accuracy'); ax.set_xscale('log')\n"
+             "ax.set_xlabel('epsilon (delta=1e-5)'); ax.set_ylabel('test accuracy'); ax.set_xscale('log')\nax.set_title('Privacy against utility, MNIST CNN')\n"
              "plt.tight_layout(); plt.show()"),
     ("md", "## Speed against non-private training\nOne step at batch 256, the median of 10, "
            "measured side by side: a hybridized `gluon.Trainer` step and a DP step "
@@ -239,7 +239,7 @@ FAST_TRAINING = [
              "    loss.backward(); dp_trainer.step(n)\n\n"
              "times = {'non-private (hybridized)': median_ms(plain_step), 'DP-SGD (vectorized)': median_ms(dp_step)}\n"
              "fig, ax = plt.subplots(figsize=(5, 2.5)); ax.barh(list(times), list(times.values()))\n"
-             "ax.set_xlabel('ms per step (batch 256)'); plt.tight_layout(); plt.show()\n"
+             "ax.set_xlabel('ms per step (batch 256)'); ax.set_ylabel('training step')\nax.set_title('Step time, measured side by side')\nplt.tight_layout(); plt.show()\n"
              "ratio = times['DP-SGD (vectorized)'] / times['non-private (hybridized)']\n"
              "print({k: round(v, 2) for k, v in times.items()}, f'ratio {ratio:.2f}x')"),
 ]
@@ -266,7 +266,7 @@ ANONYMIZATION = [
              "                     seconds=anon.report_['seconds']))\n"
              "table = pd.DataFrame(rows); print(table.round(4).to_string(index=False))\n"
              "fig, ax = plt.subplots(figsize=(5, 3.5)); ax.plot(table.k, table.ncp, 'o-')\n"
-             "ax.set_xscale('log'); ax.set_xlabel('k'); ax.set_ylabel('NCP (0 = original, 1 = all suppressed)')\n"
+             "ax.set_xscale('log'); ax.set_xlabel('k'); ax.set_ylabel('NCP (0 = original, 1 = all suppressed)')\nax.set_title('Information loss of k-anonymity (Mondrian)')\n"
              "plt.tight_layout(); plt.show()"),
     ("md", "## A Gluon classifier trained on anonymized data\nThe training quasi-identifiers "
            "are replaced by their class representatives (median or mode), "
@@ -300,7 +300,7 @@ ANONYMIZATION = [
              "    results.append((k, accuracy(fit_classifier(anonymized), test)))\n"
              "for k, acc in results:\n    print(f'k={k:4}: test accuracy {acc:.4f}')\n"
              "fig, ax = plt.subplots(figsize=(5, 3.5)); ax.plot([r[0] for r in results], [r[1] for r in results], 'o-')\n"
-             "ax.set_xscale('log'); ax.set_xlabel('k (1 = original data)'); ax.set_ylabel('test accuracy')\n"
+             "ax.set_xscale('log'); ax.set_xlabel('k (1 = original data)'); ax.set_ylabel('test accuracy')\nax.set_title('Classifier trained on k-anonymous data')\n"
              "plt.tight_layout(); plt.show()"),
     ("md", "## Data minimization at 99 % of the model's accuracy\nThe model trained on the "
            "original data is asked which features it needs, and how precisely. `drop` means "

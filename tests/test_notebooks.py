@@ -6,6 +6,22 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 from nbclient import NotebookClient  # noqa: E402
 
+# Run first in every executed notebook: each figure shown must have a title and labelled
+# axes on every subplot (plt.show() raises otherwise, which fails the cell).
+LABEL_CHECK = """
+import matplotlib.pyplot as _plt
+_show = _plt.show
+def _labelled_show(*args, **kwargs):
+    for _ax in _plt.gcf().axes:
+        _missing = [k for k, v in (("title", _ax.get_title()), ("x label", _ax.get_xlabel()),
+                                   ("y label", _ax.get_ylabel())) if not v]
+        if _missing:
+            raise AssertionError(f"a plot lacks its {', '.join(_missing)}")
+    return _show(*args, **kwargs)
+_plt.show = _labelled_show
+print("figures checked")
+"""
+
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
@@ -24,8 +40,10 @@ def test_notebook_executes(path, monkeypatch):
     nb = nbformat.read(path, as_version=4)
     assert all(c.get("outputs") for c in nb.cells if c.cell_type == "code" and
                "import" not in c.source.splitlines()[0]), "commit notebooks with outputs"
+    nb.cells.insert(0, nbformat.v4.new_code_cell(LABEL_CHECK))
     NotebookClient(nb, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent)}}).execute()
+    assert "figures checked" in "".join(o.get("text", "") for o in nb.cells[0].outputs)
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
               if "image/png" in o.get("data", {})]
     assert images, "the notebook should draw its plots"
