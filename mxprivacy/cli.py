@@ -134,18 +134,25 @@ _SEED_NOTE = ("mxprivacy: note: --sampling-seed makes the batches and the noise 
               "secret or report this run as non-private.")
 
 
-def _cmd_train(args) -> dict:
-    from .train import TrainConfig, run_training
+def _train_config(args):
+    """The TrainConfig of ``mxprivacy train``: options not given take the model's recipe."""
+    from .train import TrainConfig
 
-    cfg = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, model=args.model,
-                      epochs=args.epochs, batch_size=args.batch_size,
-                      noise_multiplier=args.noise_multiplier, target_epsilon=args.target_epsilon,
-                      delta=args.delta, max_grad_norm=args.max_grad_norm, lr=args.lr,
-                      momentum=args.momentum, mode=args.mode, seed=args.seed,
-                      sampling_seed=args.sampling_seed, accountant=args.accountant,
-                      progress=not args.no_progress, show_loss=not args.hide_loss)
-    if cfg.target_epsilon is not None:
-        cfg.noise_multiplier = None
+    return TrainConfig(dataset=args.dataset, data_dir=args.data_dir, model=args.model,
+                       epochs=args.epochs, batch_size=args.batch_size,
+                       noise_multiplier=args.noise_multiplier,
+                       target_epsilon=args.target_epsilon, delta=args.delta,
+                       max_grad_norm=args.max_grad_norm, lr=args.lr, momentum=args.momentum,
+                       activation=args.activation, inputs=args.inputs, mode=args.mode,
+                       seed=args.seed, sampling_seed=args.sampling_seed,
+                       accountant=args.accountant, progress=not args.no_progress,
+                       show_loss=not args.hide_loss)
+
+
+def _cmd_train(args) -> dict:
+    from .train import run_training
+
+    cfg = _train_config(args)
     with warnings.catch_warnings():
         if cfg.sampling_seed is not None:  # one line here instead of one warning per object
             print(_SEED_NOTE, file=sys.stderr)
@@ -281,20 +288,43 @@ def _anonymize_parser(sub) -> None:
     anon.set_defaults(func=_cmd_anonymize)
 
 
+def _recipe_help(name: str, flag: str = "") -> str:
+    """``"default: cnn X, mlp Y"``, read from train.RECIPES (their one source)."""
+    from .train import RECIPES
+
+    values = ", ".join(f"{model} {getattr(recipe, name):g}" if isinstance(
+        getattr(recipe, name), (int, float)) else f"{model} {getattr(recipe, name)}"
+        for model, recipe in sorted(RECIPES.items()))
+    return f"{flag}default from the model's recipe: {values}"
+
+
 def _train_parser(sub) -> None:
-    train = sub.add_parser("train", help="train a classifier with DP-SGD")
+    from .train import RECIPES
+
+    train = sub.add_parser(
+        "train", help="train a classifier with DP-SGD",
+        description="Train with DP-SGD. Options not given take the model's recipe "
+                    "(mxprivacy.train.RECIPES). " + " ".join(
+                        f"{model}: {recipe.source}." for model, recipe in RECIPES.items()))
     train.add_argument("--dataset", choices=["digits", "mnist"], default="mnist")
     train.add_argument("--data-dir", help="directory with MNIST IDX files (or MXPRIVACY_DATA)")
     train.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
-    train.add_argument("--epochs", type=_POS_FLOAT, default=60)
-    train.add_argument("--batch-size", type=_POS_INT, default=256, help="expected batch size")
+    train.add_argument("--epochs", type=_POS_FLOAT, help=_recipe_help("epochs"))
+    train.add_argument("--batch-size", type=_POS_INT,
+                       help=_recipe_help("batch_size", "expected batch size; "))
     noise = train.add_mutually_exclusive_group()
-    noise.add_argument("--noise-multiplier", type=_NONNEG_FLOAT, default=1.1)
-    noise.add_argument("--target-epsilon", type=_POS_FLOAT)
+    noise.add_argument("--noise-multiplier", type=_NONNEG_FLOAT,
+                       help=_recipe_help("noise_multiplier"))
+    noise.add_argument("--target-epsilon", type=_POS_FLOAT,
+                       help="calibrate the noise multiplier to reach this epsilon")
     train.add_argument("--delta", type=_DELTA, default=1e-5)
-    train.add_argument("--max-grad-norm", type=_POS_FLOAT, default=1.0)
-    train.add_argument("--lr", type=_POS_FLOAT, default=0.5)
-    train.add_argument("--momentum", type=_FRACTION, default=0.0)
+    train.add_argument("--max-grad-norm", type=_POS_FLOAT, help=_recipe_help("max_grad_norm"))
+    train.add_argument("--lr", type=_POS_FLOAT, help=_recipe_help("lr"))
+    train.add_argument("--momentum", type=_FRACTION, help=_recipe_help("momentum"))
+    train.add_argument("--activation", choices=["relu", "tanh"],
+                       help=_recipe_help("activation"))
+    train.add_argument("--inputs", choices=["standardized", "unit"],
+                       help=_recipe_help("inputs", "pixel scaling (unit: [0, 1]); "))
     train.add_argument("--mode", choices=["auto", "vectorized", "microbatch"], default="auto")
     train.add_argument("--seed", type=_NONNEG_INT,
                        help="seed of the model initialization only (default: OS entropy)")
@@ -302,10 +332,12 @@ def _train_parser(sub) -> None:
                        help="seed of Poisson sampling and noise, for reproducible "
                             "experiments; the guarantee assumes it stays secret")
     _add_accountant_option(train)
-    train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--no-progress", action="store_true",
+                       help="no progress output (default: a bar on a terminal, a line per "
+                            "tenth of the run otherwise)")
     train.add_argument("--hide-loss", action="store_true",
-                       help="do not show the (un-noised) training loss in the progress bar "
-                            "or the curve")
+                       help="do not show the (un-noised) training loss in the progress "
+                            "output or the curve")
     train.add_argument("--json", action="store_true", help="print one JSON object last")
     train.set_defaults(func=_cmd_train)
 

@@ -313,3 +313,71 @@ def test_anonymize_readme_example_on_uci_adult(tmp_path, capsys, data_dir):
     result = pd.read_csv(out)
     assert report["rows_in"] == 32561 and len(result) == report["rows_out"]
     assert check_k_anonymity(result, ["age", "sex", "race", "marital-status"]) >= 10
+
+
+# --- `mxprivacy train`: options not given take the model's recipe ---
+
+_RECIPE_OPTIONS = ("epochs", "batch_size", "noise_multiplier", "max_grad_norm", "lr", "momentum",
+                   "activation", "inputs")
+_HAND_RECIPES = {"cnn": (40, 512, 1.23, 0.1, 0.5, 0.9, "tanh", "unit"),  # Tramer & Boneh 2021
+                 "mlp": (60, 256, 1.1, 1.0, 0.5, 0.0, "relu", "standardized")}
+
+
+@pytest.fixture
+def trained(monkeypatch):
+    """Run `main` with a stub run_training that records the config it would train with."""
+    import mxprivacy.train as train
+
+    seen = []
+
+    def stub(cfg):
+        cfg = cfg.resolved().validate()
+        seen.append(cfg)
+        return train.TrainResult(
+            test_accuracy=0.5, epsilon=1.0, delta=cfg.delta, steps=1,
+            noise_multiplier=cfg.noise_multiplier or 1.0, sample_rate=0.01,
+            max_grad_norm=cfg.max_grad_norm, epochs=cfg.epochs, batch_size=cfg.batch_size,
+            lr=cfg.lr, mode=cfg.mode, seconds=0.0)
+
+    monkeypatch.setattr(train, "run_training", stub)
+
+    def run(*argv):
+        assert main(["train", "--no-progress", *argv]) == 0
+        return seen[-1]
+    return run
+
+
+@pytest.mark.parametrize("argv, model", [(["--model", "cnn"], "cnn"), (["--model", "mlp"], "mlp"),
+                                         ([], "mlp")])
+def test_train_without_flags_uses_the_models_recipe(trained, argv, model):
+    cfg = trained(*argv)
+    assert cfg.model == model
+    assert tuple(getattr(cfg, name) for name in _RECIPE_OPTIONS) == _HAND_RECIPES[model]
+
+
+def test_train_flags_override_the_recipe(trained):
+    cfg = trained("--model", "cnn", "--lr", "0.1", "--batch-size", "256", "--activation",
+                  "relu", "--inputs", "standardized", "--momentum", "0", "--max-grad-norm",
+                  "1", "--noise-multiplier", "1.1", "--epochs", "3")
+    assert tuple(getattr(cfg, name) for name in _RECIPE_OPTIONS) == (
+        3, 256, 1.1, 1.0, 0.1, 0.0, "relu", "standardized")
+
+
+def test_train_target_epsilon_replaces_the_recipes_noise(trained):
+    cfg = trained("--model", "cnn", "--target-epsilon", "2")
+    assert cfg.noise_multiplier is None and cfg.target_epsilon == 2.0 and cfg.batch_size == 512
+
+
+def test_train_help_shows_the_recipes(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "cnn 0.1, mlp 1" in out and "cnn tanh, mlp relu" in out and "Tramer" in out
+
+
+@pytest.mark.parametrize("argv", [["--activation", "gelu"], ["--inputs", "raw"],
+                                  ["--noise-multiplier", "1", "--target-epsilon", "1"]])
+def test_train_bad_recipe_flags_are_one_line_errors(capsys, argv):
+    assert main(["train", *argv]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mxprivacy: error: ")
