@@ -26,6 +26,10 @@ __all__ = [
     "NonFiniteGradientWarning",
     "PrivacyWarning",
     "NonFiniteOutputWarning",
+    "AveragingError",
+    "ConflictingParametersError",
+    "PlainTrainerError",
+    "MicrobatchFallbackWarning",
 ]
 
 
@@ -111,3 +115,23 @@ class UnknownValueError(InvalidParameterError):
 
 class NonFiniteOutputWarning(UserWarning):
     """NoisyOutput replaced non-finite output rows by zeros before noising them."""
+
+
+class AveragingError(MXPrivacyError, RuntimeError):
+    """Parameter averaging was used out of order (before it started, or training while the
+    averaged weights are swapped in)."""
+
+
+class ConflictingParametersError(InvalidParameterError):
+    """Two options that each determine the same quantity were given together (for example
+    ``noise_multiplier`` and ``target_epsilon``)."""
+
+
+class PlainTrainerError(ForeignParameterError, TypeError):
+    """A plain ``gluon.Trainer`` was given parameters that a PrivateBlock captures: it
+    would apply raw gradients. Use ``DPTrainer``."""
+
+
+class MicrobatchFallbackWarning(UserWarning):
+    """``PrivateBlock(mode="auto")`` chose microbatch mode (one forward and backward pass
+    per sample) because some layer has no vectorized rule."""

@@ -4,6 +4,7 @@ from .rules import conv as _conv_rules  # noqa: F401  (explicit rule registratio
 from .rules import dense as _dense_rules  # noqa: F401
 from .rules import embedding as _embedding_rules  # noqa: F401
 from .rules import norm as _norm_rules  # noqa: F401
+from .averaging import ParameterAverage
 from .fixer import fix
 from .norms import per_sample_grad_norms, per_sample_grads
 from .private_block import PrivateBlock
@@ -16,4 +17,5 @@ from .validators import validate
 
 __all__ = ["PrivateBlock", "DPTrainer", "GradRule", "register_grad_rule", "rules",
            "per_sample_grad_norms", "per_sample_grads", "DPDataLoader",
-           "PoissonBatchSampler", "validate", "fix", "DPLSTM", "DPGRU", "DPRNN"]
+           "PoissonBatchSampler", "validate", "fix", "DPLSTM", "DPGRU", "DPRNN",
+           "ParameterAverage"]

@@ -27,6 +27,7 @@ from ..accounting import GaussianEvent, PoissonSampledEvent, PrivacyAccountant, 
 from ..errors import (BatchSizeMismatchError, ForeignParameterError, InvalidParameterError,
                       PrivacyWarning, StaleGradientError)
 from . import guards
+from .averaging import AveragingMixin
 from .capture_stage import CaptureStageMixin
 from .checkpoint import CheckpointMixin
 from .clipping import ClipStageMixin, make_clipping
@@ -38,7 +39,7 @@ __all__ = ["DPTrainer"]
 
 
 class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointMixin,
-                gluon.Trainer):
+                AveragingMixin, gluon.Trainer):
     """DP-SGD with Gluon's Trainer interface.
 
     Parameters
@@ -88,6 +89,11 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
         does. ``"mean"``: ``loss.mean().backward()``; each captured batch's per-sample
         gradients are multiplied by its size before clipping. A backward pass that does
         not match the declared reduction is refused at the step.
+    ema_decay : float, optional
+        Keep an exponential moving average of the weights (De et al. 2022; 0.9999 with
+        warm-up ``min(decay, (1+t)/(10+t))``) in :attr:`average`; evaluate it inside
+        ``with trainer.averaged():``. Post-processing of the private weights: free in
+        privacy (see :mod:`mxprivacy.gluon.averaging`).
     """
 
     def __init__(self, params, optimizer, optimizer_params=None, kvstore="device",
@@ -98,7 +104,7 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
                  accountant: "str | PrivacyAccountant" = "rdp",
                  noise_seed: Optional[int] = None, clipping: str = "flat",
                  clipping_options: Optional[dict] = None, secure_mode: bool = False,
-                 loss_reduction: str = "sum") -> None:
+                 loss_reduction: str = "sum", ema_decay: Optional[float] = None) -> None:
         if update_on_kvstore:
             raise InvalidParameterError(
                 "DPTrainer adds noise between reduction and update, so it needs "
@@ -118,6 +124,7 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
         super().__init__(params, optimizer, optimizer_params, kvstore, compression_params,
                          update_on_kvstore=False)
         self._block = self._find_block()
+        self._init_average(ema_decay)
         if self.secure_mode:
             self._block.use_secure_randomness()
         self.clipping = clipping
@@ -198,6 +205,7 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
         A call that raises leaves the captured batch in place, so a corrected call
         needs no new forward and backward pass.
         """
+        self._refuse_while_averaged()
         units, captured = self._capture_stage(batch_size, example_ids)   # 1. capture
         sums = self._merge(self._accumulated, self._clip_stage(units))   # 2. clip and sum
         self._size_check.observe(captured)
@@ -224,6 +232,7 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
         Then call ``step(total)`` after the last part, which may also be accumulated.
         Noise is added once per logical step, and one sampled step is accounted.
         """
+        self._refuse_while_averaged()
         if not self._block.pending_shards():
             raise StaleGradientError(
                 "accumulate() found no captured batch: run a recorded forward pass through "
@@ -241,7 +250,9 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
 
     # -- update ------------------------------------------------------------------------
     def update(self, batch_size: int, ignore_stale_grad: bool = False) -> None:
-        """Apply the privatized gradient, divided by the expected batch size."""
+        """Apply the privatized gradient, divided by the expected batch size (and fold
+        the new weights into the average, with ``ema_decay``)."""
+        self._refuse_while_averaged()
         if self._privatized_batch is None:
             raise StaleGradientError(
                 "update() needs a privatized gradient: call allreduce_grads() (or step()) "
@@ -251,7 +262,9 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
                 f"update({batch_size}) but the privatized batch had {self._privatized_batch} "
                 "samples.")
         self._check_and_rescale_grad(self._scale / self.expected_batch_size)
+        self._average_before_update()
         self._update(ignore_stale_grad=False)
+        self._average_after_update()
         self._privatized_batch = None
         self.steps += 1
         self._maybe_warn()
