@@ -30,6 +30,7 @@ __all__ = [
     "ConflictingParametersError",
     "PlainTrainerError",
     "MicrobatchFallbackWarning",
+    "UnknownChannelsError",
 ]
 
 
@@ -135,3 +136,9 @@ class PlainTrainerError(ForeignParameterError, TypeError):
 class MicrobatchFallbackWarning(UserWarning):
     """``PrivateBlock(mode="auto")`` chose microbatch mode (one forward and backward pass
     per sample) because some layer has no vectorized rule."""
+
+
+class UnknownChannelsError(MXPrivacyError, RuntimeError):
+    """A layer that ``fix()`` put in place of BatchNorm chooses its number of groups from
+    its channel count, which no batch has shown yet, and a symbolic graph needs it now.
+    Run the net once on a batch first, or give the BatchNorm ``in_channels``."""
