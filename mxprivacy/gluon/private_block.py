@@ -21,7 +21,13 @@ Modes
     (see :class:`~mxprivacy.gluon.shards.MicrobatchShard`) and ``DPTrainer`` doubles
     the noise so that the reported epsilon stays true.
 ``auto``
-    ``vectorized`` when every parameterized layer has a rule, else ``microbatch``.
+    ``vectorized`` when every parameterized layer has a rule, else ``microbatch``, with a
+    :class:`~mxprivacy.MicrobatchFallbackWarning` that names the layers without a rule.
+
+Saved parameters use the plain net's names, so ``net.save_parameters`` files load into
+the wrapped net and the reverse. Only :class:`~mxprivacy.DPTrainer` may train the
+captured parameters: a plain ``gluon.Trainer`` on them raises
+:class:`~mxprivacy.PlainTrainerError` (see :mod:`~mxprivacy.gluon.trainer_guard`).
 """
 from __future__ import annotations
 
@@ -34,8 +40,9 @@ import numpy as np
 from mxnet import autograd, gluon, nd
 
 from .._io import atomic_path
-from ..errors import HybridizedCaptureError, InvalidParameterError, PrivacyWarning
-from . import reduction, validators
+from ..errors import (HybridizedCaptureError, InvalidParameterError,
+                      MicrobatchFallbackWarning, PrivacyWarning)
+from . import reduction, trainer_guard, validators
 from .row_probe import check_rows_aligned, check_rows_independent, leaves
 from . import capture
 from .graph_capture import GraphCapture, graph_key
@@ -80,12 +87,15 @@ class PrivateBlock(gluon.Block):
                                              or num_microbatches < 1):
             raise InvalidParameterError(
                 f"num_microbatches must be a positive integer or None, got {num_microbatches!r}.")
+        fallback = mode == "auto" and num_microbatches is None \
+            and not validators.has_all_rules(net)
         if mode == "auto":
-            mode = "vectorized" if (validators.has_all_rules(net) and num_microbatches is None) \
-                else "microbatch"
+            mode = "microbatch" if fallback or num_microbatches is not None else "vectorized"
         if mode == "vectorized" and num_microbatches is not None:
             raise InvalidParameterError("num_microbatches applies to mode='microbatch' only.")
         validators.check(net, mode)
+        if fallback:
+            _warn_fallback(net)
         for param in net.collect_params().values():
             if _OWNERS.get(param) is not None:
                 raise InvalidParameterError(
@@ -109,6 +119,7 @@ class PrivateBlock(gluon.Block):
         self._patched: List = []
         for param in net.collect_params().values():
             _OWNERS[param] = self
+        self._plain_trainers = trainer_guard.install(net.collect_params().values())
         self._trace = None  # set while a capture graph is traced
         self._graphs: dict = {}
         if mode == "vectorized":
@@ -156,9 +167,11 @@ class PrivateBlock(gluon.Block):
                 capture.uninstall(block)
         self._patched = []
         self._graphs = {}
-        for param in self.net.collect_params().values():
-            if _OWNERS.get(param) is self:
-                del _OWNERS[param]
+        mine = [p for p in self.net.collect_params().values() if _OWNERS.get(p) is self]
+        for param in mine:
+            del _OWNERS[param]
+        trainer_guard.uninstall(mine, self._plain_trainers, owner_of)
+        self._plain_trainers = []
         self._shards = []
         return self.net
 
@@ -168,10 +181,23 @@ class PrivateBlock(gluon.Block):
         self._graphs = {}
         self.net.hybridize(active, **kwargs)
 
+    def _collect_params_with_prefix(self, prefix: str = "") -> dict:
+        """The plain net's structural names (no ``net.`` level), so that saved files
+        deploy without mxprivacy."""
+        return self.net._collect_params_with_prefix(prefix)
+
     def save_parameters(self, filename: str, deduplicate: bool = False) -> None:
-        """Gluon's ``save_parameters``, written atomically (old file or new, whole)."""
+        """Gluon's ``save_parameters`` with the plain net's names (the file
+        ``net.save_parameters`` writes), written atomically (old file or new, whole)."""
         with atomic_path(filename) as tmp:
             super().save_parameters(tmp, deduplicate=deduplicate)
+
+    def load_parameters(self, filename: str, ctx=None, **kwargs) -> None:
+        """``net.load_parameters(filename, ctx, **kwargs)``: a file saved by the plain net
+        or by this block. Files of mxprivacy 0.1, whose names start with ``net.``, load
+        too."""
+        with _accepting_net_prefix(self.net):
+            self.net.load_parameters(filename, ctx, **kwargs)
 
     def discard_capture(self) -> None:
         """Drop captured forward passes that will not be stepped on."""
@@ -296,6 +322,39 @@ class PrivateBlock(gluon.Block):
             shard.add_unit(replicas)
         self._append(shard)
         return _merge_outputs(outputs, groups, x.context)
+
+
+def _warn_fallback(net) -> None:
+    problems = "\n- ".join(validators.validate(net, "vectorized"))
+    warnings.warn(
+        "PrivateBlock(mode='auto') falls back to mode='microbatch', because vectorized "
+        f"mode cannot capture:\n- {problems}\nMicrobatch mode costs about B forward and "
+        "backward passes per step for a batch of B (at B=64, 13-16x the time of a "
+        "vectorized step for a small MLP or CNN). Pass mode='microbatch' to accept the "
+        "cost and silence this warning.",
+        MicrobatchFallbackWarning, stacklevel=3)
+
+
+@contextlib.contextmanager
+def _accepting_net_prefix(net):
+    """While loading, ``net`` also answers to the names ``net.<name>`` that
+    ``PrivateBlock.save_parameters`` wrote before it used the plain names."""
+    plain = net._collect_params_with_prefix
+
+    def with_aliases(prefix: str = "") -> dict:
+        names = plain(prefix)
+        return names if prefix else {**names, **{"net." + k: v for k, v in names.items()}}
+
+    missing = object()
+    before = net.__dict__.get("_collect_params_with_prefix", missing)
+    net.__dict__["_collect_params_with_prefix"] = with_aliases
+    try:
+        yield
+    finally:
+        if before is missing:
+            del net.__dict__["_collect_params_with_prefix"]
+        else:
+            net.__dict__["_collect_params_with_prefix"] = before
 
 
 def _walk(block):
