@@ -35,6 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                             help="default: the model's recipe")
     parser.add_argument("--activation", choices=["relu", "tanh"])
     parser.add_argument("--inputs", choices=["standardized", "unit"])
+    parser.add_argument("--ema-decay", type=float,
+                        help="evaluate an EMA of the weights (test_accuracy; the last "
+                             "iterate is test_accuracy_last)")
     parser.add_argument("--train-limit", type=int, help="use the first N training images")
     parser.add_argument("--data-dir")
     parser.add_argument("--json", action="store_true", help="print the result on one line (progress goes to stderr)")
@@ -46,7 +49,8 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     chosen = {name: getattr(args, name) for name in (*OVERRIDES, "activation", "inputs")}
     cfg = TrainConfig(dataset="mnist", data_dir=args.data_dir, model=args.model,
-                      train_limit=args.train_limit, progress=True, **chosen)
+                      train_limit=args.train_limit, ema_decay=args.ema_decay, progress=True,
+                      **chosen)
     result = run_training(cfg).to_dict()
     goal = GOALS[args.model]
     result.update({

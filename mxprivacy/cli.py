@@ -143,7 +143,8 @@ def _train_config(args):
                        noise_multiplier=args.noise_multiplier,
                        target_epsilon=args.target_epsilon, delta=args.delta,
                        max_grad_norm=args.max_grad_norm, lr=args.lr, momentum=args.momentum,
-                       activation=args.activation, inputs=args.inputs, mode=args.mode,
+                       activation=args.activation, inputs=args.inputs,
+                       ema_decay=args.ema_decay, mode=args.mode,
                        seed=args.seed, sampling_seed=args.sampling_seed,
                        accountant=args.accountant, progress=not args.no_progress,
                        show_loss=not args.hide_loss)
@@ -325,6 +326,10 @@ def _train_parser(sub) -> None:
                        help=_recipe_help("activation"))
     train.add_argument("--inputs", choices=["standardized", "unit"],
                        help=_recipe_help("inputs", "pixel scaling (unit: [0, 1]); "))
+    train.add_argument("--ema-decay", type=_number(float, lambda v: 0 < v < 1,
+                                                   "a number in (0, 1)"),
+                       help="evaluate an exponential moving average of the weights with this "
+                            "decay, e.g. 0.999 (post-processing: free in privacy)")
     train.add_argument("--mode", choices=["auto", "vectorized", "microbatch"], default="auto")
     train.add_argument("--seed", type=_NONNEG_INT,
                        help="seed of the model initialization only (default: OS entropy)")

@@ -381,3 +381,10 @@ def test_train_bad_recipe_flags_are_one_line_errors(capsys, argv):
     assert main(["train", *argv]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mxprivacy: error: ")
+
+
+def test_train_ema_decay_reaches_the_config(trained, capsys):
+    assert trained("--model", "cnn", "--ema-decay", "0.999").ema_decay == 0.999
+    assert trained().ema_decay is None
+    assert main(["train", "--ema-decay", "1"]) == 2
+    assert "--ema-decay" in capsys.readouterr().err

@@ -256,3 +256,40 @@ def test_progress_lines_also_come_every_interval_and_never_when_disabled():
     for step in range(1, 11):
         off.update(step, lambda: {"eps": "0.50"})
     assert quiet.getvalue() == ""
+
+
+# --- ema_decay: evaluate the averaged weights (DPTrainer(ema_decay=...)) ---
+
+def test_ema_evaluates_the_averaged_weights_and_reports_the_last_iterate(monkeypatch):
+    import mxprivacy.train as train
+
+    trainers, evaluated = [], []
+    trainer, accuracy = mxgluon.DPTrainer, train._accuracy
+
+    def spy_trainer(*args, **kwargs):
+        trainers.append(trainer(*args, **kwargs))
+        return trainers[-1]
+
+    def spy_accuracy(net, *args):
+        params = net.net._collect_params_with_prefix()
+        evaluated.append({name: p.data().asnumpy() for name, p in params.items()})
+        return accuracy(net, *args)
+
+    monkeypatch.setattr(mxgluon, "DPTrainer", spy_trainer)
+    monkeypatch.setattr(train, "_accuracy", spy_accuracy)
+    result = run_training(TrainConfig(**FAST, ema_decay=0.9))
+    state = trainers[0].average.state_dict()
+    assert state["updates"] == result.steps and len(evaluated) == 2
+    last, averaged = evaluated
+    for name, array in zip(state["names"], state["arrays"]):
+        np.testing.assert_array_equal(averaged[name], array)
+        assert not np.array_equal(last[name], array)
+    assert result.ema_decay == 0.9 and 0.5 < result.test_accuracy_last <= 1
+    plain = run_training(TrainConfig(**FAST))
+    assert plain.ema_decay is None and plain.test_accuracy_last is None
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.0, -0.5, math.nan])
+def test_ema_decay_outside_0_1_is_refused(decay):
+    with pytest.raises(InvalidParameterError, match="ema_decay"):
+        run_training(TrainConfig(**FAST, ema_decay=decay))
