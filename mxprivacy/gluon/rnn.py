@@ -2,9 +2,19 @@
 
 ``DPLSTM``, ``DPGRU`` and ``DPRNN`` have the constructor and call signature of
 ``gluon.rnn.LSTM``/``GRU``/``RNN`` (layouts TNC and NTC, several layers, bidirectional,
-dropout between layers, optional initial states). Their parameters have the same names
-and shapes, so :meth:`copy_from` loads the weights of a fused layer. They use MXNet's
-gate order (LSTM: i, f, g, o; GRU: r, z, n).
+dropout between layers, optional initial states). They use MXNet's gate order (LSTM: i,
+f, g, o; GRU: r, z, n) and the fused layers' parameter shapes and names:
+
+- ``collect_params()``: ``<prefix>l0_i2h_weight``, ... (``r0_`` for the reverse
+  direction), and the attributes ``layer.l0_i2h_weight``, ...;
+- ``save_parameters``/``load_parameters``: MXNet 1.9's fused key format,
+  ``_unfused.0.i2h_weight`` (one direction) or ``_unfused.0.l_cell.i2h_weight`` /
+  ``_unfused.0.r_cell.i2h_weight`` (bidirectional).
+
+So a file saved from a net with ``DPLSTM`` loads into the same net with
+``gluon.rnn.LSTM`` (to deploy without mxprivacy), and the reverse (to fine-tune a
+pretrained model privately). :meth:`copy_from` copies the weights of a live fused layer,
+also one whose input size was inferred by a forward pass.
 
 Each direction of each layer has an input projection ``i2h``, applied once to the whole
 sequence, and a recurrent projection ``h2h``, applied once per time step. Both are
@@ -13,6 +23,7 @@ The Dense rule adds up the T calls of ``h2h``.
 """
 from __future__ import annotations
 
+import re
 from typing import List
 
 from mxnet import autograd, gluon, nd
@@ -22,10 +33,21 @@ from . import capture
 
 __all__ = ["DPLSTM", "DPGRU", "DPRNN"]
 
+_PARAM_NAME = re.compile(r"([lr])(\d+)_(i2h|h2h)_(weight|bias)")
+
+
+def _fused_key(direction: str, layer: int, part: str, kind: str, bidirectional: bool) -> str:
+    """The key of a parameter in a file saved by a fused ``gluon.rnn`` layer (MXNet 1.9
+    ``_RNNLayer._collect_params_with_prefix``)."""
+    if bidirectional:
+        return f"_unfused.{layer}.{direction}_cell.{part}_{kind}"
+    return f"_unfused.{layer}.{part}_{kind}"
+
 
 class _DPRecurrent(gluon.Block):
     _gates = 1
     _states = 1
+    _fused_mode = ""  # the ``_mode`` of the matching fused layer
 
     def __init__(self, hidden_size: int, num_layers: int = 1, layout: str = "TNC",
                  dropout: float = 0.0, bidirectional: bool = False, input_size: int = 0,
@@ -122,22 +144,94 @@ class _DPRecurrent(gluon.Block):
         probe) are (G*H, N), the states (H, N)."""
         raise NotImplementedError
 
+    # -- the fused layers' parameter names --------------------------------------------
+    def _named_params(self) -> List:
+        """``(direction, layer, part, kind, Parameter)`` in the fused layers' order."""
+        return [(d, layer, part, kind, getattr(self._cell(d, layer, part), kind))
+                for layer in range(self._num_layers) for d in self._directions
+                for part in ("i2h", "h2h") for kind in ("weight", "bias")]
+
+    def __getattr__(self, name: str):
+        """``layer.l0_i2h_weight`` and the like, as on a fused layer."""
+        match = _PARAM_NAME.fullmatch(name)
+        cells = self.__dict__.get("_children", {})
+        if match and f"{match[1]}{match[2]}_{match[3]}" in cells:
+            return getattr(cells[f"{match[1]}{match[2]}_{match[3]}"], match[4])
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _collect_params_with_prefix(self, prefix: str = "") -> dict:
+        """The structural names of ``save_parameters``/``load_parameters``: those of the
+        fused layer, so that files are interchangeable."""
+        if prefix:
+            prefix += "."
+        bidirectional = len(self._directions) == 2
+        found = {prefix + _fused_key(d, layer, part, kind, bidirectional): param
+                 for d, layer, part, kind, param in self._named_params()}
+        cells = {f"{d}{layer}_{part}" for d, layer, part, _, _ in self._named_params()}
+        for name, child in self._children.items():  # children a subclass added
+            if name not in cells:
+                found.update(child._collect_params_with_prefix(prefix + name))
+        return found
+
     def copy_from(self, fused) -> "_DPRecurrent":
-        """Load the weights of a ``gluon.rnn`` layer with the same configuration."""
-        theirs = {name[len(fused.prefix):]: p for name, p in fused.collect_params().items()}
-        for name, param in self.collect_params().items():
-            key = name[len(self.prefix):]
-            if key not in theirs or theirs[key].shape != param.shape:
+        """Load the weights of a ``gluon.rnn`` layer with the same configuration.
+
+        ``fused`` must be initialized; its shapes may have been inferred by a forward
+        pass (``input_size=0``): this layer's unknown sizes are then taken from it, and
+        its parameters are initialized (on ``fused``'s contexts when they are not).
+        """
+        self._check_same_kind(fused)
+        theirs = fused._collect_params_with_prefix()
+        ours = self._collect_params_with_prefix()
+        if set(theirs) != set(ours):
+            raise InvalidParameterError(
+                f"{fused.name} has parameters {sorted(set(theirs) - set(ours))} and lacks "
+                f"{sorted(set(ours) - set(theirs))}: build the DP layer with the same "
+                "hidden_size, num_layers and bidirectional.")
+        for key, param in ours.items():
+            source = theirs[key]
+            if source._data is None:
                 raise InvalidParameterError(
-                    f"{fused.name} has no parameter matching {key} {param.shape}.")
-            param.set_data(theirs[key].data())
+                    f"{fused.name}'s parameter {source.name} has no value yet: initialize "
+                    f"{fused.name} and run it once (or skip copy_from).")
+            _take_value(param, source.data(), f"{fused.name} {key}")
         return self
+
+    def _check_same_kind(self, fused) -> None:
+        mode = getattr(fused, "_mode", None)
+        if mode != self._fused_mode:
+            raise InvalidParameterError(
+                f"{type(self).__name__} computes a {self._fused_mode!r} layer, {fused.name} "
+                f"is {mode!r}: copy the weights of the matching kind.")
+        for option in ("_projection_size", "_lstm_state_clip_min", "_lstm_state_clip_max"):
+            if getattr(fused, option, None):
+                raise InvalidParameterError(
+                    f"{fused.name} uses {option.lstrip('_')}, which {type(self).__name__} "
+                    "does not implement: its outputs would differ.")
+
+
+def _take_value(param, value, what: str) -> None:
+    """Set ``param`` to ``value``, filling in the sizes deferred initialization left
+    unknown (0) and initializing it if needed."""
+    known = param.shape or ()
+    if len(known) != len(value.shape) or any(k not in (0, v) for k, v in
+                                             zip(known, value.shape)):
+        raise InvalidParameterError(
+            f"{what} has shape {value.shape}, but {param.name} expects {param.shape}: "
+            "build the DP layer with the same sizes.")
+    param.shape = value.shape
+    if param._data is None:
+        if param._deferred_init:
+            param._finish_deferred_init()
+        else:
+            param.initialize(ctx=value.context)
+    param.set_data(value)
 
 
 class DPLSTM(_DPRecurrent):
     """LSTM from Dense parts; same API and parameters as ``gluon.rnn.LSTM``."""
 
-    _gates, _states = 4, 2
+    _gates, _states, _fused_mode = 4, 2, "lstm"
 
     def _step(self, F, projected, hidden, state):
         h, c = state
@@ -149,7 +243,7 @@ class DPLSTM(_DPRecurrent):
 class DPGRU(_DPRecurrent):
     """GRU from Dense parts; same API and parameters as ``gluon.rnn.GRU``."""
 
-    _gates = 3
+    _gates, _fused_mode = 3, "gru"
 
     def _step(self, F, projected, hidden, state):
         (h,) = state
@@ -171,6 +265,10 @@ class DPRNN(_DPRecurrent):
             raise InvalidParameterError(f"activation must be 'relu' or 'tanh', got {activation!r}.")
         self._activation = activation
         super().__init__(hidden_size, num_layers, layout, dropout, bidirectional, **kwargs)
+
+    @property
+    def _fused_mode(self) -> str:
+        return f"rnn_{self._activation}"
 
     def _step(self, F, projected, hidden, state):
         (h,) = state
