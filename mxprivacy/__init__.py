@@ -26,6 +26,7 @@ _LAZY = {
     "DPLSTM": "mxprivacy.gluon",
     "DPGRU": "mxprivacy.gluon",
     "DPRNN": "mxprivacy.gluon",
+    "ChannelAffine": "mxprivacy.gluon",
     "ParameterAverage": "mxprivacy.gluon",
     "RDPAccountant": "mxprivacy.accounting",
     "PLDAccountant": "mxprivacy.accounting",

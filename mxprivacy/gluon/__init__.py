@@ -4,6 +4,8 @@ from .rules import conv as _conv_rules  # noqa: F401  (explicit rule registratio
 from .rules import dense as _dense_rules  # noqa: F401
 from .rules import embedding as _embedding_rules  # noqa: F401
 from .rules import norm as _norm_rules  # noqa: F401
+from .rules import affine as _affine_rules  # noqa: F401
+from .affine import ChannelAffine
 from .averaging import ParameterAverage
 from .fixer import fix
 from .norms import per_sample_grad_norms, per_sample_grads
@@ -18,4 +20,4 @@ from .validators import validate
 __all__ = ["PrivateBlock", "DPTrainer", "GradRule", "register_grad_rule", "rules",
            "per_sample_grad_norms", "per_sample_grads", "DPDataLoader",
            "PoissonBatchSampler", "validate", "fix", "DPLSTM", "DPGRU", "DPRNN",
-           "ParameterAverage"]
+           "ParameterAverage", "ChannelAffine"]
