@@ -13,9 +13,11 @@ from .pld import PLDAccountant
 from .rdp import RDPAccountant
 
 __all__ = ["ACCOUNTANTS", "calibrate_noise_multiplier", "epsilon_for", "make_accountant",
-           "resolve_steps"]
+           "resolve_steps", "batches_per_epoch", "loader_steps"]
 
 _MAX_SIGMA = 1e4
+_SIGMA_RTOL = 1e-6  # calibration stops when sigma is known to this relative width
+_MAX_BISECTIONS = 2200  # halvings from 1 down to the smallest float, and then some
 MAX_STEPS = 10 ** 18
 """Largest step count accepted (about 3e10 years at one step per millisecond)."""
 
@@ -44,6 +46,24 @@ def resolve_steps(sample_rate: float, steps: Optional[int], epochs: Optional[flo
     _check_rate(sample_rate)
     return _check_steps(int(math.ceil(min(epochs / sample_rate, 2.0 * MAX_STEPS) - 1e-9)),
                         minimum=1)
+
+
+def batches_per_epoch(sample_rate: float) -> int:
+    """Batches in one epoch of a Poisson loader: ``ceil(1/q)``, so that an epoch sees N
+    examples on average (``PoissonBatchSampler``'s and ``DPDataLoader``'s default)."""
+    _check_rate(sample_rate)
+    return int(math.ceil(1.0 / sample_rate))
+
+
+def loader_steps(sample_rate: float, epochs: float) -> int:
+    """Steps of ``epochs`` passes over a default Poisson loader:
+    ``ceil(epochs * ceil(1/q))``. At least :func:`resolve_steps`'s ``ceil(epochs / q)``,
+    so a plan made with it covers a loop over ``epochs`` loader epochs."""
+    if isinstance(epochs, bool) or not (isinstance(epochs, numbers.Real) and
+                                        math.isfinite(epochs) and epochs > 0):
+        raise InvalidParameterError(f"epochs must be a finite number > 0, got {epochs!r}.")
+    return _check_steps(int(math.ceil(min(epochs * batches_per_epoch(sample_rate),
+                                          2.0 * MAX_STEPS) - 1e-9)), minimum=1)
 
 
 def _check_steps(steps, minimum: int = 0) -> int:
@@ -85,10 +105,13 @@ def _check_rate(sample_rate: float) -> None:
 def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate: float,
                                steps: Optional[int] = None, epochs: Optional[float] = None,
                                accountant: str = "rdp", *, rtol: float = 0.005) -> float:
-    """Smallest noise multiplier (within ``rtol``) whose epsilon is at most the target.
+    """The noise multiplier whose epsilon is at most the target and within ``rtol`` of it.
 
-    The returned sigma never overshoots: ``epsilon_for(sigma, ...) <= target_epsilon``.
-    It is within ``rtol`` (0.5 %) above the smallest such sigma.
+    The returned sigma never overshoots: ``epsilon_for(sigma, ...) <= target_epsilon``,
+    and ``epsilon_for(sigma, ...) >= (1 - rtol) * target_epsilon`` (0.5 % by default),
+    unless sigma is already pinned down to a relative width of 1e-6 (then epsilon
+    jumps across that window, and sigma is the upper end of that interval). Bisection on
+    sigma; steps come from ``steps`` or ``epochs`` (see :func:`resolve_steps`).
 
     Raises
     ------
@@ -97,6 +120,8 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
     """
     if not target_epsilon > 0 or not math.isfinite(target_epsilon):
         raise InvalidParameterError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}.")
+    if not 0 < rtol < 1:
+        raise InvalidParameterError(f"rtol must lie in (0, 1), got {rtol!r}.")
     _check_rate(sample_rate)
     n_steps = resolve_steps(sample_rate, steps, epochs)
 
@@ -110,19 +135,62 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
                 raise
             return math.inf  # beyond PLD resolution: epsilon in the thousands, > target
 
-    hi = 1.0
-    while eps(hi) > target_epsilon:
-        hi *= 2.0
+    lo, eps_lo, hi, eps_hi = 0.0, math.inf, 1.0, eps(1.0)
+    while eps_hi > target_epsilon:
+        lo, eps_lo, hi = hi, eps_hi, 2.0 * hi
         if hi > _MAX_SIGMA:
             raise UnreachableTargetError(
                 f"epsilon={target_epsilon} at delta={delta} is out of reach with "
                 f"{n_steps} steps at q={sample_rate}: raise the target or delta, or train "
                 "for fewer steps.")
-    lo = hi / 2.0 if hi > 1.0 else 0.0
-    while hi - lo > rtol * hi:
-        mid = 0.5 * (lo + hi)
-        if eps(mid) > target_epsilon:
-            lo = mid
+        eps_hi = eps(hi)
+    if lo == 0.0:  # sigma = 1 is enough: find a sigma that is not
+        lo, eps_lo, hi, eps_hi = _bracket_below(eps, hi, eps_hi, target_epsilon)
+        if lo == 0.0:  # even the smallest float is: nothing to refine
+            return hi
+    interpolate, width = True, hi - lo
+    for _ in range(_MAX_BISECTIONS):
+        if eps_hi >= (1.0 - rtol) * target_epsilon or hi - lo <= _SIGMA_RTOL * hi:
+            break
+        mid = _next_sigma(lo, eps_lo, hi, eps_hi, (1.0 - rtol / 2) * target_epsilon,
+                          interpolate)
+        eps_mid = eps(mid)
+        if eps_mid > target_epsilon:
+            lo, eps_lo = mid, eps_mid
         else:
-            hi = mid
+            hi, eps_hi = mid, eps_mid
+        # interpolate while it at least halves the bracket, else bisect once
+        interpolate, width = hi - lo <= 0.5 * width or not interpolate, hi - lo
     return hi
+
+
+def _bracket_below(eps, hi: float, eps_hi: float, target: float):
+    """(lo, eps(lo), hi, eps(hi)) with eps(lo) > target >= eps(hi), trying hi / 2,
+    hi / 8, hi / 128, ... (squared steps: an absurd target needs a tiny sigma);
+    lo = 0 when even the smallest float meets the target."""
+    factor = 0.5
+    while True:
+        low = hi * factor
+        if low == 0.0:
+            return 0.0, math.inf, hi, eps_hi
+        eps_low = eps(low)
+        if eps_low > target:
+            return low, eps_low, hi, eps_hi
+        hi, eps_hi, factor = low, eps_low, factor * factor
+
+
+def _next_sigma(lo, eps_lo, hi, eps_hi, aim, interpolate: bool) -> float:
+    """The bracket's midpoint (geometric when it spans more than a factor 2); or, with
+    ``interpolate``, the point where the straight line through (log sigma, log epsilon)
+    at both ends meets ``aim`` (epsilon is close to a power of sigma), kept inside the
+    bracket's middle 90 %."""
+    if lo > 0 and hi > 2 * lo:
+        return math.sqrt(lo) * math.sqrt(hi)
+    if not (interpolate and lo > 0 and math.isfinite(eps_lo) and eps_hi > 0):
+        return 0.5 * (lo + hi)
+    slope = (math.log(eps_hi) - math.log(eps_lo)) / (math.log(hi) - math.log(lo))
+    if not slope < 0:
+        return 0.5 * (lo + hi)
+    guess = math.exp(math.log(lo) + (math.log(aim) - math.log(eps_lo)) / slope)
+    margin = 0.05 * (hi - lo)
+    return min(max(guess, lo + margin), hi - margin)

@@ -22,6 +22,7 @@ from typing import Iterator, List, Optional
 import numpy as np
 from mxnet import gluon, nd
 
+from ..accounting.calibration import batches_per_epoch
 from ..errors import EmptyBatchError, InvalidParameterError, PrivacyWarning
 from ..mechanisms import secure as _secure
 
@@ -87,7 +88,7 @@ class PoissonBatchSampler(gluon.data.Sampler):
             raise InvalidParameterError(
                 f"num_batches must be a positive integer or None, got {num_batches!r}.")
         self.num_batches = int(num_batches) if num_batches is not None else \
-            int(math.ceil(1.0 / self.sample_rate))
+            batches_per_epoch(self.sample_rate)
         self.secure = bool(secure)
         self._rng = _sampling_rng(seed, self.secure)
 

@@ -18,20 +18,20 @@ a Poisson batch is itself private.
 from __future__ import annotations
 
 import uuid
-import warnings
 from typing import Dict, List, Optional
 
 from mxnet import gluon
 
 from ..accounting import GaussianEvent, PoissonSampledEvent, PrivacyAccountant, make_accountant
 from ..errors import (BatchSizeMismatchError, ForeignParameterError, InvalidParameterError,
-                      PrivacyWarning, StaleGradientError)
+                      StaleGradientError)
 from . import guards
 from .averaging import AveragingMixin
 from .capture_stage import CaptureStageMixin
 from .checkpoint import CheckpointMixin
 from .clipping import ClipStageMixin, make_clipping
 from .noise_writer import NoiseWriterMixin
+from .planning import PlanningMixin, resolve_noise
 from .private_block import owner_of
 
 __all__ = ["DPTrainer"]
@@ -39,7 +39,7 @@ __all__ = ["DPTrainer"]
 
 
 class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointMixin,
-                AveragingMixin, gluon.Trainer):
+                AveragingMixin, PlanningMixin, gluon.Trainer):
     """DP-SGD with Gluon's Trainer interface.
 
     Parameters
@@ -51,7 +51,13 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
         Forced to False: noise must be added between reduction and update.
     noise_multiplier : float
         sigma: noise std divided by the sensitivity (``max_grad_norm``, or twice it for
-        microbatches of several samples).
+        microbatches of several samples). Or give a target instead:
+    target_epsilon, target_delta, epochs, total_steps
+        Calibrate sigma with ``accountant`` so that the planned run (``epochs`` passes
+        of :class:`~mxprivacy.DPDataLoader`, or ``total_steps``) spends at most
+        ``target_epsilon`` at ``target_delta``, and within 0.5 % of it; see
+        :attr:`privacy_plan`. Steps beyond the plan raise
+        :class:`~mxprivacy.PrivacyBudgetExceeded` (see :mod:`.planning`).
     max_grad_norm : float or dict
         C: the L2 bound of each clipping unit's whole gradient. With
         ``clipping="per_layer"``, a dict from layer name to C_l, or one number split
@@ -98,24 +104,28 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
 
     def __init__(self, params, optimizer, optimizer_params=None, kvstore="device",
                  compression_params=None, update_on_kvstore=None, *,
-                 noise_multiplier: float, max_grad_norm, expected_batch_size: int,
+                 noise_multiplier: Optional[float] = None, max_grad_norm,
+                 expected_batch_size: int,
                  sample_rate: Optional[float] = None, dataset_size: Optional[int] = None,
                  warn_epsilon: float = 10.0, warn_delta: Optional[float] = None,
                  accountant: "str | PrivacyAccountant" = "rdp",
                  noise_seed: Optional[int] = None, clipping: str = "flat",
                  clipping_options: Optional[dict] = None, secure_mode: bool = False,
-                 loss_reduction: str = "sum", ema_decay: Optional[float] = None) -> None:
+                 loss_reduction: str = "sum", ema_decay: Optional[float] = None,
+                 target_epsilon: Optional[float] = None, target_delta: Optional[float] = None,
+                 epochs: Optional[float] = None, total_steps: Optional[int] = None) -> None:
         if update_on_kvstore:
             raise InvalidParameterError(
                 "DPTrainer adds noise between reduction and update, so it needs "
                 "update_on_kvstore=False (leave it None).")
         guards.check_kvstore(kvstore)
         guards.check_compression(compression_params)
-        self.noise_multiplier = guards.positive("noise_multiplier", noise_multiplier,
-                                                allow_zero=True)
         self.expected_batch_size = guards.positive("expected_batch_size", expected_batch_size)
         self.sample_rate = guards.resolve_sample_rate(sample_rate, dataset_size,
                                                       self.expected_batch_size)
+        self.noise_multiplier, self.privacy_plan = resolve_noise(
+            noise_multiplier, self.sample_rate, accountant, target_epsilon=target_epsilon,
+            target_delta=target_delta, epochs=epochs, total_steps=total_steps)
         self.warn_epsilon, self.warn_delta = guards.check_warn_options(
             warn_epsilon, warn_delta, dataset_size)
         self.secure_mode = guards.check_secure_options(secure_mode, noise_seed, clipping_options)
@@ -206,6 +216,7 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
         needs no new forward and backward pass.
         """
         self._refuse_while_averaged()
+        self._check_plan()
         units, captured = self._capture_stage(batch_size, example_ids)   # 1. capture
         sums = self._merge(self._accumulated, self._clip_stage(units))   # 2. clip and sum
         self._size_check.observe(captured)
@@ -288,19 +299,3 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
                 "ignore_stale_grad is not supported: every parameter takes a noisy step.")
         self.allreduce_grads(batch_size, example_ids=example_ids)
         self.update(batch_size)
-
-    def _maybe_warn(self) -> None:
-        if self._warned or self.steps % 50:
-            return
-        eps = self.epsilon(self.warn_delta)
-        if eps > self.warn_epsilon:
-            self._warned = True
-            warnings.warn(
-                f"epsilon has reached {eps:.2f} at delta={self.warn_delta:g} after "
-                f"{self.steps} steps: that is a weak guarantee. Raise noise_multiplier or "
-                "train for fewer steps.", PrivacyWarning, stacklevel=3)
-
-    def epsilon(self, delta: float) -> float:
-        """The epsilon spent so far at ``delta``, from :attr:`accountant`."""
-        return self.accountant.get_epsilon(delta)
-

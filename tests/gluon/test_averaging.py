@@ -5,7 +5,7 @@ import math
 import mxnet as mx
 import numpy as np
 import pytest
-from mxnet import autograd, nd
+from mxnet import autograd, gluon, nd
 
 from mxprivacy import (AveragingError, BatchSizeMismatchError, DPTrainer, InvalidParameterError,
                        ParameterAverage, PrivateBlock)
@@ -208,8 +208,12 @@ def test_state_dict_round_trip_and_mismatches():
         ParameterAverage(block.net, 0.3).load_state_dict(state)
     with pytest.raises(InvalidParameterError, match="shapes"):
         ParameterAverage(ready(mlp(hidden=4)), 0.2).load_state_dict(state)
-    with pytest.raises(InvalidParameterError, match="names"):  # "net.0.weight"...
-        ParameterAverage(block, 0.2).load_state_dict(state)
+    nested = gluon.nn.HybridSequential()
+    nested.add(block.net)  # same parameters, structural names "0.0.weight", ...
+    with pytest.raises(InvalidParameterError, match="names"):
+        ParameterAverage(nested, 0.2).load_state_dict(state)
+    with pytest.raises(InvalidParameterError, match="same trainable"):
+        trainer.average.copy_to(nested)
     with pytest.raises(InvalidParameterError, match="keys"):
         other.load_state_dict({"arrays": state["arrays"]})
 
