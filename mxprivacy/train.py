@@ -346,8 +346,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
                         noise_multiplier=sigma, max_grad_norm=cfg.max_grad_norm,
                         expected_batch_size=cfg.batch_size, sample_rate=rate,
                         warn_delta=cfg.delta, accountant=cfg.accountant,
-                        noise_seed=cfg.sampling_seed,
-                        **({} if cfg.ema_decay is None else {"ema_decay": cfg.ema_decay}))
+                        noise_seed=cfg.sampling_seed, ema_decay=cfg.ema_decay)
     loader = DPDataLoader((xtr, ytr), rate, trainer=trainer, ctx=ctx,
                           num_batches=total_steps, seed=cfg.sampling_seed)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
