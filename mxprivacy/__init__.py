@@ -28,6 +28,7 @@ _LAZY = {
     "DPRNN": "mxprivacy.gluon",
     "ChannelAffine": "mxprivacy.gluon",
     "ParameterAverage": "mxprivacy.gluon",
+    "split_and_load": "mxprivacy.gluon",
     "RDPAccountant": "mxprivacy.accounting",
     "PLDAccountant": "mxprivacy.accounting",
     "NoisyOutput": "mxprivacy.gluon.noisy_output",

@@ -7,6 +7,7 @@ from .rules import norm as _norm_rules  # noqa: F401
 from .rules import affine as _affine_rules  # noqa: F401
 from .affine import ChannelAffine
 from .averaging import ParameterAverage
+from .devices import split_and_load
 from .fixer import fix
 from .norms import per_sample_grad_norms, per_sample_grads
 from .private_block import PrivateBlock
@@ -20,4 +21,4 @@ from .validators import validate
 __all__ = ["PrivateBlock", "DPTrainer", "GradRule", "register_grad_rule", "rules",
            "per_sample_grad_norms", "per_sample_grads", "DPDataLoader",
            "PoissonBatchSampler", "validate", "fix", "DPLSTM", "DPGRU", "DPRNN",
-           "ParameterAverage", "ChannelAffine"]
+           "ParameterAverage", "ChannelAffine", "split_and_load"]

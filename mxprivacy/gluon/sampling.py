@@ -25,6 +25,7 @@ from mxnet import gluon, nd
 from ..accounting.calibration import batches_per_epoch
 from ..errors import EmptyBatchError, InvalidParameterError, PrivacyWarning
 from ..mechanisms import secure as _secure
+from .devices import as_context_list, split_and_load, split_indices
 
 __all__ = ["PoissonBatchSampler", "DPDataLoader"]
 
@@ -161,7 +162,11 @@ class DPDataLoader:
         Used to take the noise-only step of an empty batch. Without it an empty draw
         raises :class:`~mxprivacy.EmptyBatchError`. Its ``sample_rate`` must equal the
         loader's q (relative tolerance 1e-9), else :class:`~mxprivacy.InvalidParameterError`.
-    ctx : mxnet.Context, optional
+    ctx : mxnet.Context or list of Context, optional
+        Where the batches go. With a list, each array of a batch comes as a list of
+        slices, one per device that gets rows (see :func:`mxprivacy.split_and_load`):
+        ``for xs, ys in loader``, with at least two rows per slice (one slice for a
+        batch of one).
     num_batches, seed : see :class:`PoissonBatchSampler`.
     secure_mode : bool, optional
         Sample from the OS CSPRNG. None (default) follows ``trainer.secure_mode``
@@ -187,12 +192,15 @@ class DPDataLoader:
         self.sample_rate = self.sampler.sample_rate
         self.trainer = trainer
         self.ctx = ctx
+        self._contexts = as_context_list(ctx) if isinstance(ctx, (list, tuple)) else None
         self.empty_batches = 0
 
     def __len__(self) -> int:
         return len(self.sampler)
 
     def _batch(self, indices: List[int]):
+        if self._contexts is not None:
+            return self._split_batch(indices)
         if self._arrays is not None:
             return tuple(nd.array(a[indices], ctx=self.ctx, dtype=a.dtype) for a in self._arrays)
         batch = gluon.data.dataloader.default_batchify_fn([self._dataset[i] for i in indices])
@@ -201,6 +209,17 @@ class DPDataLoader:
         items = batch if isinstance(batch, (list, tuple)) else [batch]
         moved = [b.as_in_context(self.ctx) if isinstance(b, nd.NDArray) else b for b in items]
         return type(batch)(moved) if isinstance(batch, (list, tuple)) else moved[0]
+
+    def _split_batch(self, indices: List[int]):
+        """Each array as a list of per-device slices."""
+        if self._arrays is not None:
+            chunks = split_indices(indices, len(self._contexts))
+            return tuple([nd.array(a[chunk], ctx=c, dtype=a.dtype)
+                          for chunk, c in zip(chunks, self._contexts)] for a in self._arrays)
+        batch = gluon.data.dataloader.default_batchify_fn([self._dataset[i] for i in indices])
+        items = batch if isinstance(batch, (list, tuple)) else [batch]
+        split = [split_and_load(b, self._contexts) for b in items]
+        return tuple(split) if isinstance(batch, (list, tuple)) else split[0]
 
     def __iter__(self):
         for indices in self.sampler:

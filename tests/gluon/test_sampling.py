@@ -178,3 +178,49 @@ def test_dataset_batches_land_on_the_requested_context():
     loader = DPDataLoader(data, 1.0, ctx=mx.cpu(1), num_batches=1)
     x, y = next(iter(loader))
     assert x.context == mx.cpu(1) and y.context == mx.cpu(1)
+
+
+def test_loader_with_several_contexts_yields_per_device_slices():
+    import mxnet as mx
+    from mxnet import gluon as g
+    contexts = [mx.cpu(0), mx.cpu(1)]
+    x = np.arange(14, dtype=np.float32).reshape(7, 2)
+    y = np.arange(7)
+    for data in ((x, y), g.data.ArrayDataset(x, y)):
+        loader = DPDataLoader(data, 1.0, ctx=contexts, num_batches=1)
+        xs, ys = next(iter(loader))
+        assert [a.shape[0] for a in xs] == [4, 3] == [b.shape[0] for b in ys]
+        assert [a.context for a in xs] == contexts == [b.context for b in ys]
+        np.testing.assert_array_equal(np.concatenate([a.asnumpy() for a in xs]), x)
+        np.testing.assert_array_equal(np.concatenate([b.asnumpy() for b in ys]), y)
+    (one,), = next(iter(DPDataLoader((x[:1],), 1.0, ctx=contexts, num_batches=1)))
+    assert one.context == mx.cpu(0) and one.shape == (1, 2)  # one row: one device
+    with pytest.raises(InvalidParameterError, match="twice"):
+        DPDataLoader((x,), 1.0, ctx=[mx.cpu(0), mx.cpu(0)])
+
+
+def test_multi_device_training_loop_with_empty_and_tiny_batches():
+    import mxnet as mx
+    from mxnet import autograd
+    from .helpers import LOSS, mlp
+    contexts = [mx.cpu(0), mx.cpu(1)]
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(20, 5)).astype(np.float32), rng.integers(0, 3, 20)
+    net = mlp(seed=3)
+    net(nd.array(x[:1]))
+    net.collect_params().reset_ctx(contexts)
+    block, trainer = make(net, sigma=1.0, expected=1, sample_rate=0.05)
+    trainer._size_check.enabled = False
+    loader = DPDataLoader((x, y), expected_batch_size=1, trainer=trainer, num_batches=60,
+                          ctx=contexts)
+    sizes = []
+    for xs, ys in loader:  # the README's multi-device loop
+        with autograd.record():
+            losses = [LOSS(block(a), b) for a, b in zip(xs, ys)]
+        autograd.backward(losses)
+        trainer.step(sum(len(a) for a in xs))
+        sizes.append(len(xs))
+    assert trainer.steps == 60 == len(sizes) + loader.empty_batches
+    assert loader.empty_batches > 0 and 1 in sizes  # empty steps and a one-device batch
+    for p in block.collect_params().values():
+        np.testing.assert_array_equal(p.data(mx.cpu(0)).asnumpy(), p.data(mx.cpu(1)).asnumpy())
