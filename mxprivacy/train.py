@@ -136,6 +136,10 @@ class TrainConfig:
                               ("train_limit", 1)):
             if getattr(self, name) is not None:
                 _check_int(getattr(self, name), name, minimum)
+        if self.model == "cnn" and self.dataset == "digits":
+            raise InvalidParameterError(
+                "The CNN is built for 28x28 MNIST images; the 8x8 digits are smaller than "
+                "its kernels. Use model='mlp' (--model mlp) for digits.")
         for name, allowed in (("activation", ACTIVATIONS), ("inputs", INPUT_SCALINGS)):
             if getattr(self, name) is not None and getattr(self, name) not in allowed:
                 raise InvalidParameterError(

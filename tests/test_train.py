@@ -138,7 +138,7 @@ def test_noise_multiplier_and_target_epsilon_together_are_refused():
 
 
 @pytest.mark.parametrize("bad", [dict(model="resnet"), dict(activation="gelu"),
-                                 dict(inputs="raw")])
+                                 dict(inputs="raw"), dict(model="cnn")])  # digits: 8x8
 def test_unknown_model_activation_or_inputs_are_refused(bad):
     with pytest.raises(InvalidParameterError):
         run_training(TrainConfig(**dict(FAST, **bad)))
