@@ -194,7 +194,7 @@ class _DPRecurrent(gluon.Block):
                 raise InvalidParameterError(
                     f"{fused.name}'s parameter {source.name} has no value yet: initialize "
                     f"{fused.name} and run it once (or skip copy_from).")
-            _take_value(param, source.data(), f"{fused.name} {key}")
+            _take_value(param, source.data(), source.list_ctx(), f"{fused.name} {key}")
         return self
 
     def _check_same_kind(self, fused) -> None:
@@ -210,7 +210,7 @@ class _DPRecurrent(gluon.Block):
                     "does not implement: its outputs would differ.")
 
 
-def _take_value(param, value, what: str) -> None:
+def _take_value(param, value, contexts, what: str) -> None:
     """Set ``param`` to ``value``, filling in the sizes deferred initialization left
     unknown (0) and initializing it if needed."""
     known = param.shape or ()
@@ -224,7 +224,7 @@ def _take_value(param, value, what: str) -> None:
         if param._deferred_init:
             param._finish_deferred_init()
         else:
-            param.initialize(ctx=value.context)
+            param.initialize(ctx=contexts)
     param.set_data(value)
 
 

@@ -129,12 +129,13 @@ def test_fix_converts_a_fused_layer_that_already_ran(kind, shape):
 
 
 def test_copy_from_fills_in_deferred_sizes_without_initialize():
+    contexts = [mx.cpu(0), mx.cpu(1)]
     fused = gluon.rnn.LSTM(5)
-    fused.initialize()
-    x = nd.random.normal(shape=(4, 2, 3))
+    fused.initialize(ctx=contexts)
+    x = nd.random.normal(shape=(4, 2, 3), ctx=mx.cpu(1))
     want = fused(x).asnumpy()
     dp = DPLSTM(5).copy_from(fused)  # never initialized: takes fused's contexts
-    assert dp.l0_i2h_weight.shape == (20, 3)
+    assert dp.l0_i2h_weight.shape == (20, 3) and dp.l0_i2h_weight.list_ctx() == contexts
     np.testing.assert_allclose(dp(x).asnumpy(), want, rtol=1e-5, atol=1e-6)
 
 
