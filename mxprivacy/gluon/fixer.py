@@ -120,6 +120,9 @@ def _batch_norm_replacement(bn) -> Tuple[gluon.Block, List[str]]:
         notes.append("gamma and beta taken over")
     if fixed_gamma:
         notes.append("gamma frozen at 1 (BatchNorm scale=False)")
+    if options.get("use_global_stats"):
+        notes.append("use_global_stats=True: it normalized with its running statistics; "
+                     "it now normalizes each sample over groups of channels")
     notes.append(_DROPPED_STATS)
     return new, notes
 
@@ -257,12 +260,14 @@ def fix(net: gluon.Block, verbose: bool = False) -> gluon.Block:
         new, record = _replace(net, "", None)
         new.fixed_layers_ = [record]
         return _report(new, verbose)
+    targets = _targets(net)
     done: Dict[int, gluon.Block] = {}  # one replacement for a layer registered twice
     records: List[LayerFix] = []
-    for parent, key, child, path, anchor in _targets(net):
+    for _, _, child, path, anchor in targets:  # all built (or refused) before any swap
         if id(child) not in done:
             done[id(child)], record = _replace(child, path, anchor)
             records.append(record)
+    for parent, key, child, _, _ in targets:
         new = done[id(child)]
         parent._children[key] = new
         for attr, value in list(vars(parent).items()):

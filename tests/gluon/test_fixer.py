@@ -160,9 +160,10 @@ def test_scale_and_center_off_stay_off():
 
 
 def test_fix_of_a_batch_norm_itself_and_of_a_shared_one():
-    bn = gluon.nn.BatchNorm(in_channels=48)
+    bn = gluon.nn.BatchNorm(in_channels=48, use_global_stats=True)
     new = mxprivacy.fix(bn)
     assert new[0].num_groups == 24 and new.fixed_layers_[0].path == ""
+    assert any("use_global_stats=True" in n for n in new.fixed_layers_[0].notes)
     shared = gluon.nn.BatchNorm()
     net = gluon.nn.HybridSequential()
     net.add(gluon.nn.Dense(4, flatten=False), shared, shared)
@@ -354,6 +355,11 @@ def test_fix_of_an_lstm_before_initialize():
     assert text(nd.array([[1, 2, 3]])).shape == (1, 2)
 
 
-def test_fix_refuses_an_lstm_it_cannot_convert():
+def test_fix_refuses_an_lstm_it_cannot_convert_and_changes_nothing():
     with pytest.raises(UnsupportedLayerError, match="projection_size"):
         mxprivacy.fix(TextNet(projection_size=3))
+    net = gluon.nn.HybridSequential()
+    net.add(gluon.nn.BatchNorm(), gluon.rnn.LSTM(5, projection_size=3))
+    with pytest.raises(UnsupportedLayerError):
+        mxprivacy.fix(net)
+    assert isinstance(net[0], gluon.nn.BatchNorm)  # the refusal came before any swap
