@@ -2,16 +2,37 @@
 
 ``compose`` validates the whole event before it changes any state, and it keeps a
 JSON-serializable ledger of what was composed so that checkpoints carry spent privacy.
+
+Neighbouring relations
+    ``"add_remove"``: the data sets differ by one record added or removed (the default,
+    and what Poisson subsampling is accounted under). ``"replace_one"``: the data sets
+    have the same size and differ in one record; fixed-size batches drawn without
+    replacement are accounted under it. The relation is part of an accountant's settings
+    and of its ledger: a ledger written under one relation is refused by an accountant
+    of the other.
 """
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, Dict, List, Tuple, Type
+from typing import Any, Callable, Dict, List, NoReturn, Tuple, Type
 
 from ..errors import InvalidParameterError, UnsupportedEventError
 from .events import DpEvent, event_from_dict
 
-__all__ = ["PrivacyAccountant", "parse_ledger"]
+__all__ = ["ADD_REMOVE", "NEIGHBORING_RELATIONS", "REPLACE_ONE", "PrivacyAccountant",
+           "check_neighboring", "ledger_neighboring", "parse_ledger"]
+
+ADD_REMOVE = "add_remove"
+REPLACE_ONE = "replace_one"
+NEIGHBORING_RELATIONS = (ADD_REMOVE, REPLACE_ONE)
+
+
+def check_neighboring(neighboring: Any) -> str:
+    """``neighboring`` if it names a relation (``"add_remove"`` or ``"replace_one"``)."""
+    if not isinstance(neighboring, str) or neighboring not in NEIGHBORING_RELATIONS:
+        raise InvalidParameterError(
+            f"neighboring must be one of {list(NEIGHBORING_RELATIONS)}, got {neighboring!r}.")
+    return neighboring
 
 
 class PrivacyAccountant(abc.ABC):
@@ -19,13 +40,28 @@ class PrivacyAccountant(abc.ABC):
 
     Subclasses register a handler per event type in ``_handlers`` (a dict from event
     class to a method name). Dispatch is per type, never an isinstance chain.
+
+    Attributes
+    ----------
+    neighboring : str
+        ``"add_remove"`` or ``"replace_one"`` (see the module docstring).
+    is_upper_bound : bool
+        True when every epsilon (and delta) reported is a proven upper bound; False for an
+        approximation (:class:`~mxprivacy.accounting.gdp.GDPAccountant`).
     """
 
     _handlers: Dict[Type[DpEvent], str] = {}
     name: str = "base"
+    is_upper_bound: bool = True
 
-    def __init__(self) -> None:
+    def __init__(self, neighboring: str = ADD_REMOVE) -> None:
+        self._neighboring = check_neighboring(neighboring)
         self._ledger: List[Tuple[DpEvent, int]] = []
+
+    @property
+    def neighboring(self) -> str:
+        """The neighbouring relation (fixed at construction: the ledger depends on it)."""
+        return self._neighboring
 
     # -- validation ---------------------------------------------------------------
     def supports(self, event: DpEvent) -> bool:
@@ -47,6 +83,15 @@ class PrivacyAccountant(abc.ABC):
 
     def _validate_specific(self, event: DpEvent) -> None:
         """Hook for restrictions on how events nest (for example what may be subsampled)."""
+
+    def _refuse(self, event: DpEvent, reason: str) -> NoReturn:
+        """Raise :class:`UnsupportedEventError` naming this accountant, its relation and
+        the offending (sub-)event."""
+        raise UnsupportedEventError(
+            f"{self._describe()} cannot count {type(event).__name__} ({event!r}): {reason}")
+
+    def _describe(self) -> str:
+        return f"{type(self).__name__}(neighboring={self.neighboring!r})"
 
     # -- composition ----------------------------------------------------------------
     def compose(self, event: DpEvent, count: int = 1) -> "PrivacyAccountant":
@@ -78,8 +123,9 @@ class PrivacyAccountant(abc.ABC):
         handler(event, count)
 
     def empty_like(self) -> "PrivacyAccountant":
-        """A new accountant of the same kind and settings, with nothing composed."""
-        return type(self)()
+        """A new accountant of the same kind and settings (including ``neighboring``),
+        with nothing composed."""
+        return type(self)(neighboring=self.neighboring)
 
     @abc.abstractmethod
     def _reset(self) -> None:
@@ -101,18 +147,27 @@ class PrivacyAccountant(abc.ABC):
 
     # -- persistence ---------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        """JSON-serializable ledger of everything composed so far."""
-        return {"accountant": self.name,
-                "ledger": [{"event": e.to_dict(), "count": c} for e, c in self._ledger]}
+        """JSON-serializable ledger of everything composed so far.
+
+        A ``"neighboring"`` field is written when the relation is ``"replace_one"``; a
+        ledger without it was counted under ``"add_remove"`` (as every ledger written
+        before the field existed).
+        """
+        state: Dict[str, Any] = {"accountant": self.name}
+        if self.neighboring != ADD_REMOVE:
+            state["neighboring"] = self.neighboring
+        state["ledger"] = [{"event": e.to_dict(), "count": c} for e, c in self._ledger]
+        return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Replace this accountant's history with ``state`` (validated before mutating).
 
         The state must be exactly what :meth:`state_dict` writes: unknown fields, counts
-        that are not integers (``7.5``, ``"7"``, ``true``) and events that do not read
-        back identically are refused with :class:`InvalidParameterError`.
+        that are not integers (``7.5``, ``"7"``, ``true``), events that do not read
+        back identically and a ledger of the other neighbouring relation are refused
+        with :class:`InvalidParameterError`.
         """
-        entries = parse_ledger(state)
+        entries = parse_ledger(state, neighboring=self.neighboring)
         for event, _ in entries:
             self._validate(event)
         self._reset()
@@ -122,7 +177,8 @@ class PrivacyAccountant(abc.ABC):
 
     def __repr__(self) -> str:
         steps = sum(c for _, c in self._ledger)
-        return f"{type(self).__name__}(events={steps})"
+        relation = "" if self.neighboring == ADD_REMOVE else f", neighboring={self.neighboring!r}"
+        return f"{type(self).__name__}(events={steps}{relation})"
 
 
 def _same(first: Any, second: Any) -> bool:
@@ -160,22 +216,51 @@ def _parse_entry(item: Any) -> Tuple[DpEvent, int]:
     return event, count
 
 
-def parse_ledger(state: Any) -> List[Tuple[DpEvent, int]]:
+def ledger_neighboring(state: Dict[str, Any]) -> str:
+    """The neighbouring relation a ledger was counted under (``"add_remove"`` if absent)."""
+    if "neighboring" not in state:
+        return ADD_REMOVE
+    relation = state["neighboring"]
+    if not isinstance(relation, str) or relation not in NEIGHBORING_RELATIONS:
+        raise InvalidParameterError(
+            f"The ledger's 'neighboring' must be one of {list(NEIGHBORING_RELATIONS)}, "
+            f"got {relation!r}.")
+    return relation
+
+
+def parse_ledger(state: Any, neighboring: str = ADD_REMOVE) -> List[Tuple[DpEvent, int]]:
     """Strictly parse a :meth:`PrivacyAccountant.state_dict` into ``(event, count)`` pairs.
+
+    Parameters
+    ----------
+    state : dict
+        What :meth:`PrivacyAccountant.state_dict` wrote.
+    neighboring : str, default "add_remove"
+        The relation of the accountant that will count the entries (its
+        ``neighboring`` attribute). A ledger counted under another relation is refused:
+        its events would mean a different guarantee.
 
     Raises
     ------
     InvalidParameterError
-        On unknown or missing fields, non-integer counts or malformed events.
+        On unknown or missing fields, non-integer counts, malformed events or a ledger of
+        another neighbouring relation.
     """
+    neighboring = check_neighboring(neighboring)
     if not isinstance(state, dict) or "ledger" not in state:
         raise InvalidParameterError(
             f"A privacy ledger is a dict with a 'ledger' list, got {type(state).__name__}.")
-    unknown = sorted(set(state) - {"accountant", "ledger"})
+    unknown = sorted(set(state) - {"accountant", "neighboring", "ledger"})
     if unknown:
         raise InvalidParameterError(f"Unknown fields {unknown} in the privacy ledger.")
     if "accountant" in state and not isinstance(state["accountant"], str):
         raise InvalidParameterError("The ledger's 'accountant' must be a name (a string).")
+    relation = ledger_neighboring(state)
+    if relation != neighboring:
+        raise InvalidParameterError(
+            f"This ledger was counted under the {relation!r} relation, but the accountant "
+            f"reading it uses {neighboring!r}. Build the accountant with "
+            f"neighboring={relation!r} to resume it.")
     if not isinstance(state["ledger"], list):
         raise InvalidParameterError("The ledger's 'ledger' must be a list of entries.")
     return [_parse_entry(item) for item in state["ledger"]]

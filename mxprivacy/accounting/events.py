@@ -17,6 +17,7 @@ __all__ = [
     "LaplaceEvent",
     "EpsilonDeltaEvent",
     "PoissonSampledEvent",
+    "SampledWithoutReplacementEvent",
     "SelfComposedEvent",
     "ComposedEvent",
     "event_from_dict",
@@ -34,6 +35,17 @@ class DpEvent:
         return ()
 
 
+def _check_count(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int >= ``minimum`` (booleans and fractional numbers are refused)."""
+    try:
+        whole = not isinstance(value, bool) and int(value) == value
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole or value < minimum:
+        raise InvalidParameterError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
 def _check_finite_nonneg(name: str, value: float) -> float:
     value = float(value)
     if not math.isfinite(value) or value < 0:
@@ -43,7 +55,14 @@ def _check_finite_nonneg(name: str, value: float) -> float:
 
 @dataclass(frozen=True)
 class GaussianEvent(DpEvent):
-    """The Gaussian mechanism with noise std = ``noise_multiplier`` x sensitivity."""
+    """The Gaussian mechanism with noise std = ``noise_multiplier`` x C.
+
+    C bounds the L2 norm of each record's contribution (the clipping bound of DP-SGD), so
+    C is the sensitivity under the add/remove relation. Under the replace-one relation a
+    sum's sensitivity is 2C; the accountants apply that factor themselves, so the same
+    ``noise_multiplier`` describes the same noise under both relations (as dp_accounting's
+    ``GaussianDpEvent`` and its ``PLDAccountant`` read it).
+    """
 
     noise_multiplier: float
 
@@ -58,7 +77,8 @@ class GaussianEvent(DpEvent):
 
 @dataclass(frozen=True)
 class LaplaceEvent(DpEvent):
-    """The Laplace mechanism with scale b = ``noise_multiplier`` x L1 sensitivity."""
+    """The Laplace mechanism with scale b = ``noise_multiplier`` x C, C the L1 bound of a
+    record's contribution (the sensitivity is C under add/remove, 2C under replace-one)."""
 
     noise_multiplier: float
 
@@ -112,6 +132,43 @@ class PoissonSampledEvent(DpEvent):
 
 
 @dataclass(frozen=True)
+class SampledWithoutReplacementEvent(DpEvent):
+    """``event`` applied to ``sample_size`` records drawn uniformly without replacement
+    from ``dataset_size`` records (a fixed-size batch, drawn afresh at every step).
+
+    The size of the data set is public, so this event is accounted under the replace-one
+    relation only (an accountant built with ``neighboring="replace_one"``).
+    """
+
+    dataset_size: int
+    sample_size: int
+    event: DpEvent
+
+    def __post_init__(self) -> None:
+        size = _check_count("dataset_size", self.dataset_size, 1)
+        sample = _check_count("sample_size", self.sample_size, 0)
+        if sample > size:
+            raise InvalidParameterError(
+                f"sample_size ({sample}) cannot exceed dataset_size ({size}).")
+        if not isinstance(self.event, DpEvent):
+            raise InvalidParameterError(f"event must be a DpEvent, got {type(self.event).__name__}.")
+        object.__setattr__(self, "dataset_size", size)
+        object.__setattr__(self, "sample_size", sample)
+
+    @property
+    def sample_rate(self) -> float:
+        """The probability that a given record is in the sample, ``sample_size / dataset_size``."""
+        return self.sample_size / self.dataset_size
+
+    def children(self) -> Tuple[DpEvent, ...]:
+        return (self.event,)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"type": "sampled_without_replacement", "dataset_size": self.dataset_size,
+                "sample_size": self.sample_size, "event": self.event.to_dict()}
+
+
+@dataclass(frozen=True)
 class SelfComposedEvent(DpEvent):
     """``event`` repeated ``count`` times."""
 
@@ -119,11 +176,10 @@ class SelfComposedEvent(DpEvent):
     count: int
 
     def __post_init__(self) -> None:
-        if isinstance(self.count, bool) or int(self.count) != self.count or self.count < 0:
-            raise InvalidParameterError(f"count must be an integer >= 0, got {self.count!r}.")
+        count = _check_count("count", self.count, 0)
         if not isinstance(self.event, DpEvent):
             raise InvalidParameterError(f"event must be a DpEvent, got {type(self.event).__name__}.")
-        object.__setattr__(self, "count", int(self.count))
+        object.__setattr__(self, "count", count)
 
     def children(self) -> Tuple[DpEvent, ...]:
         return (self.event,)
@@ -164,6 +220,9 @@ def event_from_dict(data: Dict[str, Any]) -> DpEvent:
         return EpsilonDeltaEvent(data["epsilon"], data["delta"])
     if kind == "poisson_sampled":
         return PoissonSampledEvent(data["sample_rate"], event_from_dict(data["event"]))
+    if kind == "sampled_without_replacement":
+        return SampledWithoutReplacementEvent(data["dataset_size"], data["sample_size"],
+                                              event_from_dict(data["event"]))
     if kind == "self_composed":
         return SelfComposedEvent(event_from_dict(data["event"]), data["count"])
     if kind == "composed":

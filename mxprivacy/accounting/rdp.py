@@ -1,4 +1,16 @@
-"""Rényi DP (the moments accountant) for the Poisson-subsampled Gaussian mechanism.
+"""Rényi DP (the moments accountant) for subsampled Gaussian and Laplace mechanisms.
+
+Events
+    The Poisson-subsampled Gaussian (below), the Poisson-subsampled Laplace and
+    fixed-size batches drawn without replacement (Wang, Balle & Kasiviswanathan 2019)
+    use the bounds of :mod:`._rdp_bounds`. Under ``neighboring="replace_one"`` a sum of
+    records bounded by C has sensitivity 2C: a Gaussian or Laplace event's noise
+    multiplier (noise / C) is halved before its RDP is computed. dp_accounting's
+    RdpAccountant does not halve it (it reads the multiplier of a
+    ``SampledWithoutReplacementDpEvent`` relative to the replace-one sensitivity), so the
+    same run is described there by ``noise_multiplier / 2``. Poisson subsampling is
+    accounted under add/remove only and sampling without replacement under replace-one
+    only, as in dp_accounting.
 
 Orders
     Integer orders use the exact binomial expansion of Mironov, Talwar & Zhang (2019),
@@ -26,10 +38,11 @@ from typing import Sequence, Tuple
 import numpy as np
 from scipy import special
 
-from ..errors import InvalidParameterError, UnsupportedEventError
-from .base import PrivacyAccountant
+from ..errors import InvalidParameterError
+from ._rdp_bounds import poisson_laplace_rdp, wor_gaussian_rdp
+from .base import ADD_REMOVE, REPLACE_ONE, PrivacyAccountant
 from .events import (ComposedEvent, DpEvent, EpsilonDeltaEvent, GaussianEvent, LaplaceEvent,
-                     PoissonSampledEvent, SelfComposedEvent)
+                     PoissonSampledEvent, SampledWithoutReplacementEvent, SelfComposedEvent)
 
 __all__ = [
     "DEFAULT_ORDERS",
@@ -127,6 +140,26 @@ def _rdp_cached(q: float, sigma: float, orders: Tuple[float, ...]) -> np.ndarray
     return values
 
 
+def _clamped(noise: float) -> float:
+    """0 below SIGMA_FLOOR (dominates), SIGMA_CEILING above it (is dominated)."""
+    return 0.0 if noise < SIGMA_FLOOR else min(noise, SIGMA_CEILING)
+
+
+@functools.lru_cache(maxsize=256)
+def _wor_cached(q: float, sigma: float, orders: Tuple[float, ...]) -> np.ndarray:
+    values = wor_gaussian_rdp(q, _clamped(sigma), orders)
+    values.setflags(write=False)
+    return values
+
+
+@functools.lru_cache(maxsize=64)
+def _poisson_laplace_cached(q: float, scale: float, orders: Tuple[float, ...]) -> np.ndarray:
+    values = (_laplace_rdp(scale, orders) if q == 1.0
+              else poisson_laplace_rdp(q, _clamped(scale), orders))
+    values.setflags(write=False)
+    return values
+
+
 def _as_orders(orders: Sequence[float] | None) -> Tuple[float, ...]:
     result = tuple(float(a) for a in (DEFAULT_ORDERS if orders is None else orders))
     if not result or any(not a > 1 for a in result):
@@ -215,6 +248,11 @@ class RDPAccountant(PrivacyAccountant):
     ----------
     orders : sequence of float, optional
         Rényi orders; the default grid is dense (0.05 apart near 1, 0.1 up to 11).
+    neighboring : {"add_remove", "replace_one"}, default "add_remove"
+        The neighbouring relation. ``PoissonSampledEvent`` needs ``"add_remove"``;
+        ``SampledWithoutReplacementEvent`` (of a ``GaussianEvent``) needs
+        ``"replace_one"``, where a noise multiplier is relative to the per-record bound C
+        and the sensitivity 2C is applied here.
     """
 
     name = "rdp"
@@ -223,36 +261,58 @@ class RDPAccountant(PrivacyAccountant):
         LaplaceEvent: "_on_laplace",
         EpsilonDeltaEvent: "_on_epsilon_delta",
         PoissonSampledEvent: "_on_poisson",
+        SampledWithoutReplacementEvent: "_on_without_replacement",
         SelfComposedEvent: "_on_self_composed",
         ComposedEvent: "_on_composed",
     }
 
-    def __init__(self, orders: Sequence[float] | None = None) -> None:
-        super().__init__()
+    def __init__(self, orders: Sequence[float] | None = None, *,
+                 neighboring: str = ADD_REMOVE) -> None:
+        super().__init__(neighboring)
         self.orders = _as_orders(orders)
         self._rdp = np.zeros(len(self.orders))
+        # noise / (replace-one sensitivity 2C) = noise_multiplier / 2
+        self._sensitivity = 2.0 if self.neighboring == REPLACE_ONE else 1.0
 
     def _validate_specific(self, event: DpEvent) -> None:
         if isinstance(event, EpsilonDeltaEvent) and event.delta > 0:
-            raise UnsupportedEventError(
-                f"RDPAccountant cannot count {event!r}: an (epsilon, delta>0) guarantee has "
-                "no RDP curve. Use PLDAccountant.")
-        if isinstance(event, PoissonSampledEvent) and not isinstance(event.event, GaussianEvent):
-            raise UnsupportedEventError(
-                "RDPAccountant supports Poisson subsampling only of a GaussianEvent, "
-                f"got sub-event {event.event!r}.")
+            self._refuse(event, "an (epsilon, delta>0) guarantee has no RDP curve. Use "
+                                "PLDAccountant.")
+        if isinstance(event, PoissonSampledEvent):
+            if self.neighboring != ADD_REMOVE:
+                self._refuse(event, "Poisson subsampling is accounted under the add_remove "
+                                    "relation only (no RDP bound for it under replace_one). "
+                                    "Use PLDAccountant(neighboring='replace_one'), or "
+                                    "neighboring='add_remove'.")
+            if not isinstance(event.event, (GaussianEvent, LaplaceEvent)):
+                self._refuse(event, "Poisson subsampling is supported only of a GaussianEvent "
+                                    f"or a LaplaceEvent, got sub-event {event.event!r}.")
+        if isinstance(event, SampledWithoutReplacementEvent):
+            if self.neighboring != REPLACE_ONE:
+                self._refuse(event, "sampling without replacement is accounted under the "
+                                    "replace_one relation only (the data set size is "
+                                    "public). Use RDPAccountant(neighboring='replace_one').")
+            if not isinstance(event.event, GaussianEvent):
+                self._refuse(event, "sampling without replacement is supported only of a "
+                                    f"GaussianEvent, got sub-event {event.event!r}.")
 
     def _reset(self) -> None:
         self._rdp = np.zeros(len(self.orders))
 
     def empty_like(self) -> "RDPAccountant":
-        return RDPAccountant(self.orders)
+        return RDPAccountant(self.orders, neighboring=self.neighboring)
+
+    def _relative(self, noise_multiplier: float) -> float:
+        """Noise relative to this relation's sensitivity."""
+        return noise_multiplier / self._sensitivity
 
     def _on_gaussian(self, event: GaussianEvent, count: int) -> None:
-        self._rdp = self._rdp + count * _rdp_cached(1.0, event.noise_multiplier, self.orders)
+        curve = _rdp_cached(1.0, self._relative(event.noise_multiplier), self.orders)
+        self._rdp = self._rdp + count * curve
 
     def _on_laplace(self, event: LaplaceEvent, count: int) -> None:
-        self._rdp = self._rdp + count * _laplace_rdp(event.noise_multiplier, self.orders)
+        curve = _laplace_rdp(self._relative(event.noise_multiplier), self.orders)
+        self._rdp = self._rdp + count * curve
 
     def _on_epsilon_delta(self, event: EpsilonDeltaEvent, count: int) -> None:
         # Pure eps-DP implies (alpha, min(eps, alpha eps^2 / 2))-RDP (Bun & Steinke 2016).
@@ -261,7 +321,16 @@ class RDPAccountant(PrivacyAccountant):
         self._rdp = self._rdp + count * curve
 
     def _on_poisson(self, event: PoissonSampledEvent, count: int) -> None:
-        curve = _rdp_cached(event.sample_rate, event.event.noise_multiplier, self.orders)
+        noise = event.event.noise_multiplier  # add_remove only: sensitivity C
+        if isinstance(event.event, LaplaceEvent):
+            curve = _poisson_laplace_cached(event.sample_rate, noise, self.orders)
+        else:
+            curve = _rdp_cached(event.sample_rate, noise, self.orders)
+        self._rdp = self._rdp + count * curve
+
+    def _on_without_replacement(self, event: SampledWithoutReplacementEvent, count: int) -> None:
+        curve = _wor_cached(event.sample_rate, self._relative(event.event.noise_multiplier),
+                            self.orders)
         self._rdp = self._rdp + count * curve
 
     def _on_self_composed(self, event: SelfComposedEvent, count: int) -> None:

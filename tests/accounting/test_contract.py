@@ -6,65 +6,125 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mxprivacy.accounting import (ComposedEvent, GaussianEvent, LaplaceEvent, PLDAccountant,
-                                  PoissonSampledEvent, RDPAccountant, SelfComposedEvent,
-                                  calibrate_noise_multiplier, epsilon_for, make_accountant)
+from mxprivacy.accounting import (ComposedEvent, EpsilonDeltaEvent, GaussianEvent, GDPAccountant,
+                                  LaplaceEvent, PLDAccountant, PoissonSampledEvent,
+                                  RDPAccountant, SampledWithoutReplacementEvent,
+                                  SelfComposedEvent, calibrate_noise_multiplier, epsilon_for,
+                                  make_accountant)
 from mxprivacy.errors import (InvalidParameterError, PrivacyWarning, UnreachableTargetError,
                               UnsupportedEventError)
 
 SAMPLED = PoissonSampledEvent(0.01, GaussianEvent(1.1))
+FIXED = SampledWithoutReplacementEvent(1000, 10, GaussianEvent(1.1))
+# Refused by every accountant and relation: nothing subsamples an (epsilon, delta) event.
+BAD = ComposedEvent([GaussianEvent(5.0), PoissonSampledEvent(0.1, EpsilonDeltaEvent(1.0))])
 
 
 class AccountantContract:
-    """Inherited by the test class of every accountant."""
+    """Inherited by the test class of every accountant (and relation).
+
+    ``EVENT`` is a subsampled event the accountant supports, ``OTHER`` an event of the
+    other relation (refused), ``RELATION`` its neighbouring relation.
+    """
+
+    EVENT = SAMPLED
+    OTHER = FIXED
+    RELATION = "add_remove"
 
     def make(self):
         raise NotImplementedError
 
     def test_count_equals_repetition(self):
-        once = self.make().compose(SAMPLED, 7)
+        once = self.make().compose(self.EVENT, 7)
         repeated = self.make()
         for _ in range(7):
-            repeated.compose(SAMPLED)
+            repeated.compose(self.EVENT)
         assert once.get_epsilon(1e-5) == pytest.approx(repeated.get_epsilon(1e-5), rel=1e-12)
 
     def test_self_composed_honours_count(self):
-        a = self.make().compose(SelfComposedEvent(SAMPLED, 5), 3)
-        b = self.make().compose(SAMPLED, 15)
+        a = self.make().compose(SelfComposedEvent(self.EVENT, 5), 3)
+        b = self.make().compose(self.EVENT, 15)
         assert a.get_epsilon(1e-5) == pytest.approx(b.get_epsilon(1e-5), rel=1e-12)
 
     def test_composed_honours_count(self):
-        a = self.make().compose(ComposedEvent([SAMPLED, GaussianEvent(5.0)]), 4)
-        b = self.make().compose(SAMPLED, 4).compose(GaussianEvent(5.0), 4)
-        assert a.get_epsilon(1e-5) == pytest.approx(b.get_epsilon(1e-5), rel=1e-12)
+        a = self.make().compose(ComposedEvent([self.EVENT, GaussianEvent(5.0)]), 4)
+        b = self.make().compose(self.EVENT, 4).compose(GaussianEvent(5.0), 4)
+        assert a.get_epsilon(1e-5) == pytest.approx(b.get_epsilon(1e-5), rel=1e-9)
+
+    def test_more_steps_cost_more(self):
+        acc = self.make().compose(self.EVENT, 10)
+        fewer = acc.get_epsilon(1e-5)
+        assert 0 < fewer < acc.compose(self.EVENT, 90).get_epsilon(1e-5)
 
     def test_invalid_event_leaves_state_unchanged(self):
-        acc = self.make().compose(SAMPLED, 10)
+        acc = self.make().compose(self.EVENT, 10)
         before = acc.get_epsilon(1e-5)
-        bad = ComposedEvent([SAMPLED, PoissonSampledEvent(0.1, LaplaceEvent(1.0))])
-        with pytest.raises(UnsupportedEventError, match="LaplaceEvent"):
-            acc.compose(bad)
+        for bad, name in ((BAD, "EpsilonDeltaEvent"), (self.OTHER, type(self.OTHER).__name__)):
+            with pytest.raises(UnsupportedEventError, match=name):
+                acc.compose(ComposedEvent([self.EVENT, bad]))
+            assert not acc.supports(bad)
         assert acc.get_epsilon(1e-5) == before
         assert sum(c for _, c in acc.ledger) == 10
 
-    def test_state_dict_round_trip_is_json(self):
-        acc = self.make().compose(SAMPLED, 12).compose(GaussianEvent(3.0))
+    def test_state_dict_round_trip_is_json_and_keeps_the_relation(self):
+        acc = self.make().compose(self.EVENT, 12).compose(GaussianEvent(3.0))
         state = json.loads(json.dumps(acc.state_dict()))
         other = self.make()
         other.load_state_dict(state)
         assert other.get_epsilon(1e-6) == acc.get_epsilon(1e-6)
+        assert other.state_dict() == state and other.neighboring == self.RELATION
+        assert ("neighboring" in state) == (self.RELATION == "replace_one")
+
+    def test_ledger_of_the_other_relation_is_refused(self):
+        acc = self.make().compose(self.EVENT, 3)
+        state = acc.state_dict()
+        relation = "add_remove" if self.RELATION == "replace_one" else "replace_one"
+        foreign = dict(state, neighboring=relation)
+        with pytest.raises(InvalidParameterError, match=relation):
+            acc.load_state_dict(foreign)
+        with pytest.raises(InvalidParameterError, match="neighboring"):
+            acc.load_state_dict(dict(state, neighboring="replace-one"))
+        assert acc.state_dict() == state
+
+    def test_empty_like_keeps_settings_and_relation(self):
+        acc = self.make().compose(self.EVENT, 5)
+        fresh = acc.empty_like()
+        assert type(fresh) is type(acc) and fresh.neighboring == acc.neighboring
+        assert fresh.ledger == [] and fresh.get_epsilon(1e-5) == 0.0
+        assert fresh.compose(self.EVENT, 5).get_epsilon(1e-5) == acc.get_epsilon(1e-5)
+
+    def test_relation_is_read_only_and_validated(self):
+        acc = self.make()
+        with pytest.raises(AttributeError):
+            acc.neighboring = "add_remove"
+        with pytest.raises(InvalidParameterError, match="neighboring"):
+            type(acc)(neighboring="replace")
+
+    def test_says_whether_it_is_an_upper_bound(self):
+        assert type(self.make().is_upper_bound) is bool
 
     def test_zero_count_is_no_op(self):
-        assert self.make().compose(SAMPLED, 0).get_epsilon(1e-5) == 0.0
+        assert self.make().compose(self.EVENT, 0).get_epsilon(1e-5) == 0.0
 
     def test_bad_count_rejected(self):
         with pytest.raises(InvalidParameterError):
-            self.make().compose(SAMPLED, -1)
+            self.make().compose(self.EVENT, -1)
+
+
+class ReplaceOneContract(AccountantContract):
+    EVENT = FIXED
+    OTHER = SAMPLED
+    RELATION = "replace_one"
 
 
 class TestRDPAccountant(AccountantContract):
-    def make(self):
-        return RDPAccountant()
+    def make(self, **kwargs):
+        return RDPAccountant(**kwargs)
+
+
+class TestRDPAccountantReplaceOne(ReplaceOneContract):
+    def make(self, **kwargs):
+        return RDPAccountant(**{"neighboring": "replace_one", **kwargs})
 
 
 def test_events_validate_parameters():
@@ -77,8 +137,32 @@ def test_events_validate_parameters():
 
 
 class TestPLDAccountant(AccountantContract):
-    def make(self):
-        return PLDAccountant()
+    def make(self, **kwargs):
+        return PLDAccountant(**kwargs)
+
+
+class TestPLDAccountantReplaceOne(ReplaceOneContract):
+    # Poisson subsampling of a Gaussian is supported under replace-one in PLD: the event
+    # of the other relation is Poisson subsampling of a Laplace event.
+    OTHER = PoissonSampledEvent(0.01, LaplaceEvent(1.0))
+
+    def make(self, **kwargs):
+        return PLDAccountant(**{"neighboring": "replace_one", **kwargs})
+
+
+class TestGDPAccountant(AccountantContract):
+    def make(self, **kwargs):
+        return GDPAccountant(**kwargs)
+
+
+class TestGDPAccountantReplaceOne(ReplaceOneContract):
+    def make(self, **kwargs):
+        return GDPAccountant(**{"neighboring": "replace_one", **kwargs})
+
+
+def test_only_gdp_is_an_approximation():
+    assert RDPAccountant.is_upper_bound and PLDAccountant.is_upper_bound
+    assert GDPAccountant.is_upper_bound is False
 
 
 ACCOUNTANT_NAMES = pytest.mark.parametrize("name", ["rdp", "pld"])
