@@ -232,3 +232,35 @@ def test_laplace_rdp_limits_to_pure_dp():
     acc = RDPAccountant(orders=[1e6]).compose(LaplaceEvent(2.0))
     assert acc.rdp[0] == pytest.approx(0.5, rel=1e-4)
     assert np.all(np.diff(RDPAccountant().compose(LaplaceEvent(2.0)).rdp) >= -1e-12)
+
+
+REFUSALS = [  # (accountant, relation, event, words the error must contain)
+    (RDPAccountant, "add_remove", FIXED, ["SampledWithoutReplacementEvent", "replace_one"]),
+    (RDPAccountant, "replace_one", SAMPLED, ["PoissonSampledEvent", "add_remove"]),
+    (RDPAccountant, "replace_one", SampledWithoutReplacementEvent(9, 3, LaplaceEvent(1.0)),
+     ["sub-event", "LaplaceEvent"]),
+    (RDPAccountant, "add_remove", PoissonSampledEvent(0.1, EpsilonDeltaEvent(1.0)),
+     ["sub-event", "EpsilonDeltaEvent"]),
+    (RDPAccountant, "add_remove", EpsilonDeltaEvent(1.0, 1e-6), ["EpsilonDeltaEvent", "PLD"]),
+    (PLDAccountant, "add_remove", FIXED, ["SampledWithoutReplacementEvent", "replace_one"]),
+    (PLDAccountant, "replace_one", PoissonSampledEvent(0.1, LaplaceEvent(1.0)),
+     ["PoissonSampledEvent", "LaplaceEvent", "add_remove"]),
+    (PLDAccountant, "replace_one", SampledWithoutReplacementEvent(9, 3, LaplaceEvent(1.0)),
+     ["sub-event", "LaplaceEvent"]),
+    (PLDAccountant, "add_remove", PoissonSampledEvent(0.1, EpsilonDeltaEvent(1.0)),
+     ["sub-event", "EpsilonDeltaEvent"]),
+]
+
+
+@pytest.mark.parametrize("make,relation,event,words", REFUSALS)
+def test_unsupported_combinations_name_the_event(make, relation, event, words):
+    acc = make(neighboring=relation).compose(GaussianEvent(3.0))
+    before = acc.state_dict()
+    nested = SelfComposedEvent(ComposedEvent([GaussianEvent(2.0), event]), 4)
+    assert not acc.supports(nested)
+    with pytest.raises(UnsupportedEventError) as info:
+        acc.compose(nested)
+    message = str(info.value)
+    assert all(word in message for word in words), message
+    assert f"neighboring={relation!r}" in message
+    assert acc.state_dict() == before

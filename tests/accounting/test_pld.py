@@ -152,3 +152,43 @@ def test_epsilon_delta_event_composition_bounds():
     assert composed < pure_rdp < k * 0.1
     with pytest.raises(UnsupportedEventError, match="PLDAccountant"):
         RDPAccountant().compose(event)
+
+
+def test_epsilon_delta_composition_is_exact_like_dp_accounting():
+    # dp_accounting's pld_pmf test: atoms 0.2 and 0.7 (infinity 0.1), composed twice, give
+    # 0.04, 0.28, 0.49. EpsilonDeltaEvent(log 3.5, 0.1) has exactly those atoms. The
+    # second atom used to be the remainder 1 - delta - 0.7 = 0.19999999999999996 and the
+    # FFT added round-off, so the middle mass came out as 0.27999999999999997.
+    from mxprivacy.accounting import EpsilonDeltaEvent
+    acc = _pld(EpsilonDeltaEvent(math.log(3.5), 0.1), 2)
+    composed = acc._composed().remove
+    atoms = composed.pmf[composed.pmf > 0]
+    assert atoms[1] == 0.28
+    np.testing.assert_allclose(atoms, [0.04, 0.28, 0.49], rtol=1e-15)
+    assert composed.inf_mass == pytest.approx(0.19, rel=1e-15)
+    assert np.count_nonzero(composed.pmf) == 3  # no FFT round-off spread over the window
+
+
+def test_sparse_self_composition_equals_the_fft():
+    few = DiscretePLD(1e-3, -40, np.array([0.3, 0, 0, 0.25, 0, 0.4] + [0] * 60 + [0.04]), 1e-3)
+    sparse = few.self_compose(9)
+    many = DiscretePLD(1e-3, -40, np.where(few.pmf > 0, few.pmf, 1e-300), 1e-3)
+    assert np.count_nonzero(many.pmf) > 64  # takes the FFT path
+    by_fft = many.self_compose(9)
+    assert sparse.offset == by_fft.offset and sparse.pmf.size == by_fft.pmf.size
+    np.testing.assert_allclose(sparse.pmf, by_fft.pmf, atol=1e-15)
+    assert sparse.inf_mass == pytest.approx(by_fft.inf_mass, rel=1e-12)
+    for eps in (0.0, 0.01, 0.1):
+        assert sparse.get_delta(eps) == pytest.approx(by_fft.get_delta(eps), abs=1e-15)
+
+
+def test_epsilon_delta_events_against_dp_accounting():
+    from dp_accounting.pld import common
+    from mxprivacy.accounting import EpsilonDeltaEvent
+    for eps, delta, count in [(0.5, 1e-6, 40), (1.0, 0.001, 30), (0.1, 0.0, 300)]:
+        theirs = their_pld.from_privacy_parameters(
+            common.DifferentialPrivacyParameters(eps, delta)).self_compose(count)
+        ours = _pld(EpsilonDeltaEvent(eps, delta), count)
+        for target in (1e-3, 1e-5):
+            assert ours.get_epsilon(target) == pytest.approx(
+                theirs.get_epsilon_for_delta(target), rel=1e-6, abs=1e-9)
