@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from mxnet import gluon
 
 from ..errors import InvalidParameterError, UnsupportedLayerError
-from .affine import ChannelAffine, PlainGroupNorm, group_count
+from .affine import ChannelAffine, PlainGroupNorm, group_count, watch_channels
 from .rnn import DPGRU, DPLSTM, DPRNN
 from .validators import _SAMPLE_MIXING
 
@@ -221,9 +221,7 @@ def _replace(child, path: str, anchor) -> Tuple[gluon.Block, LayerFix]:
     new, notes = replacement_for(child)(child)
     if getattr(child, "_active", False) and isinstance(new, gluon.HybridBlock):
         new.hybridize(True, **dict(child._flags))
-    for layer in new._children.values():
-        if isinstance(layer, PlainGroupNorm) and layer.num_groups is None:
-            layer.watch(anchor if anchor is not None else new)
+    watch_channels(new, anchor if anchor is not None else new)
     record = LayerFix(path, child.name, type(child).__name__, new.name, _describe(new),
                       tuple(notes))
     return new, record

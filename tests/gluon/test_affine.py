@@ -10,7 +10,9 @@ from mxprivacy import ChannelAffine, InvalidParameterError, UnknownChannelsError
 from mxprivacy.gluon.affine import PlainGroupNorm, group_count, resolve_from_shapes
 from mxprivacy.gluon.rules import rule_for
 
-from .test_rules import _seq, check_against_reference, hybridize_axis
+from .helpers import LOSS, reference_grads
+from .test_rules import (HybridHead, _seq, capture_shard, check_against_reference, check_shard,
+                         hybridize_axis)
 
 NORMAL = mx.init.Normal(0.5)
 
@@ -58,6 +60,18 @@ def test_channel_affine_infers_its_shape_inside_a_hybridized_graph():
     net.hybridize()
     net(nd.ones((2, 3, 6, 6)))  # the graph's shape inference sets gamma's shape
     assert net[1].gamma.shape == (5,) and net[1].beta.shape == (5,)
+
+
+def test_channel_affine_on_5d_inputs_and_wrong_layouts():
+    x = np.random.default_rng(4).normal(size=(2, 3, 2, 3, 2)).astype(np.float32)
+    layer = ChannelAffine(3, gamma_initializer=mx.init.Constant(2.0))
+    layer.initialize()
+    np.testing.assert_allclose(layer(nd.array(x)).asnumpy(), 2 * x, rtol=1e-6)
+    assert layer.resolved()  # it now runs as a depthwise 3-D convolution
+    with pytest.raises(InvalidParameterError, match="one layer per input layout"):
+        layer(nd.ones((2, 3, 4)))
+    with pytest.raises(InvalidParameterError, match="one layer per input layout"):
+        layer(nd.ones((2, 4, 2, 3, 2)))
 
 
 def test_channel_affine_validates_and_freezes():
@@ -141,6 +155,21 @@ def test_channel_affine_has_a_rule():
 @hybridize_axis
 def test_channel_affine_rule_matches_reference(make, shape, hybridize):
     check_against_reference(make(), nd.random.normal(shape=shape), hybridize=hybridize)
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_channel_affine_rule_in_a_graph_built_before_any_shape_was_known(static):
+    """Not watched, never called with arrays: the graph runs the broadcast fallback."""
+    mx.random.seed(0)
+    net = HybridHead(_seq(gluon.nn.Conv2D(4, 3), ChannelAffine(gamma_initializer=NORMAL,
+                                                               beta_initializer=NORMAL)))
+    net.initialize(mx.init.Xavier())
+    net.hybridize(static_alloc=static, static_shape=static)
+    x, y = nd.random.normal(shape=(3, 2, 6, 6)), nd.array([0, 2, 1])
+    want = reference_grads(net, LOSS, x, y)
+    check_shard(capture_shard(net, x, y, {"static_alloc": static, "static_shape": static}),
+                want, 3)
+    assert not net.body[1].resolved()
 
 
 class Twice(gluon.nn.HybridBlock):

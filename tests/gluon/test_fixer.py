@@ -305,6 +305,7 @@ def test_resnet18_fixed_at_any_point_takes_dp_steps(when):
     assert block.mode == "vectorized" and runs  # captured inside the hybridized graph
     affines = [b for b in _walk(net) if isinstance(b, ChannelAffine)]
     assert sum(a.gamma.shape[0] for a in affines) == RESNET18_BN_CHANNELS
+    assert all(a.resolved() for a in affines)  # they run as depthwise convolutions
     norms = [b for b in _walk(net) if isinstance(b, PlainGroupNorm)]
     assert len(norms) == 20 and {n.num_groups for n in norms} == {32}
     trained = [n for n, p in net.collect_params().items() if p.grad_req != "null"]
