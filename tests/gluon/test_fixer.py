@@ -101,6 +101,21 @@ def test_fix_after_initialize_initializes_the_replacement_with_deferred_shapes()
     np.testing.assert_array_equal(affine.gamma.data().asnumpy(), np.ones(6))
 
 
+def test_fix_keeps_every_context():
+    contexts = [mx.cpu(0), mx.cpu(1)]
+    net = conv_bn()
+    net.initialize(ctx=contexts)
+    for ctx in contexts:
+        net(images().as_in_context(ctx))
+    gamma, _ = randomize_batch_norm(net[1])
+    mxprivacy.fix(net)
+    affine = net[1][1]
+    assert affine.gamma.list_ctx() == contexts
+    for ctx in contexts:
+        np.testing.assert_array_equal(affine.gamma.data(ctx).asnumpy(), gamma)
+        assert net(images().as_in_context(ctx)).context == ctx
+
+
 def test_fix_before_initialize_leaves_initialization_to_the_net():
     net = mxprivacy.fix(conv_bn())
     assert net[1][1].gamma._data is None and not net[1][1].gamma._deferred_init
