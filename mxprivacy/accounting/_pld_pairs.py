@@ -193,7 +193,8 @@ def replace_gaussian_pair(q: float, sigma: float, interval: float) -> PLDPair:
     sigma = min(sigma, SIGMA_CEILING)
     if sigma < SIGMA_FLOOR:  # a sampled record is revealed
         return PLDPair(_point_masses(interval, (0.0,), (1.0 - q,), q))
-    keep, log_q, s2 = math.log1p(-q), math.log(q), sigma * sigma
+    keep = math.log1p(-q) if q < 1 else -math.inf
+    log_q, s2 = math.log(q), sigma * sigma
 
     def x_of(loss):  # inverse of L(x) = log(1-q + q e^{(2x-1)/2s^2}) - log(1-q + q e^{(-2x-1)/2s^2})
         half = np.asarray(loss, dtype=np.float64) / 2

@@ -12,10 +12,13 @@ Theorem 9, with the Gaussian refinement of their Theorem 27 as dp_accounting app
     + sum_{j>=3} q^j C(a,j) min(4 sqrt(B(2 floor(j/2)) B(2 ceil(j/2))), 2 e^{(j-1) e(j)})``
     where ``e(j) = j / (2 s^2)`` is the RDP of the Gaussian with noise ``s`` relative to
     the replace-one sensitivity, and ``B(l) = sum_i (-1)^i C(l,i) e^{(i-1) e(i)}``. For even
-    ``l``, ``B(l) = E[(L - 1)^l]`` with ``L`` the Gaussian likelihood ratio, so it is >= 0;
-    the alternating sum loses digits to cancellation, so a rigorous bound on the floating
-    point error is added to it (never subtracted). Above order 256 the ``B`` terms are
-    dropped (the minimum is at most its other argument), as in dp_accounting.
+    ``l``, ``B(l) = E[(e^Y - 1)^l]`` with ``Y ~ N(-e(1), 2 e(1))`` the log-likelihood ratio,
+    so it is >= 0. The alternating sum loses digits to cancellation (all of them for large
+    noise), so a rigorous bound on its floating-point error is added to it (never
+    subtracted); and since ``|e^y - 1| <= |y| e^{max(y, 0)}``, also
+    ``B(l) <= E[Y^l] + E[Y^l e^{lY}]``, two Gaussian moments with positive terms only. The
+    smaller of the two upper bounds is used. Above order 256 the ``B`` terms are dropped
+    (the minimum is at most its other argument), as in dp_accounting.
 
 Poisson subsampling of the Laplace mechanism, add/remove relation
     Remove direction: ``A_a = E_{P0}[((1-q) + q L)^a]`` with ``L`` the Laplace likelihood
@@ -75,6 +78,23 @@ def _by_interpolation(orders: Tuple[float, ...], log_a: Callable[[int], float]) 
 
 
 # -- sampling without replacement, Gaussian ---------------------------------------------
+def _log_normal_moment(length: int, mean: float, variance: float) -> float:
+    """``log E[X^l]`` for ``X ~ N(mean, variance)`` and even ``l`` (every term is >= 0)."""
+    k = np.arange(length // 2 + 1, dtype=np.float64)
+    log_double_factorial = special.gammaln(2 * k + 1) - k * math.log(2) - special.gammaln(k + 1)
+    with np.errstate(divide="ignore"):
+        log_mean = np.where(length - 2 * k > 0, (length - 2 * k) * math.log(abs(mean)), 0.0)
+    return float(special.logsumexp(_log_binom(length, 2 * k) + log_mean
+                                   + k * math.log(variance) + log_double_factorial))
+
+
+def _log_b_by_moments(length: int, c: float) -> float:
+    """``log(E[Y^l] + E[Y^l e^{lY}])`` for ``Y ~ N(-c, 2c)``: an upper bound on ``log B(l)``."""
+    plain = _log_normal_moment(length, -c, 2 * c)
+    tilted = length * (length - 1) * c + _log_normal_moment(length, (2 * length - 1) * c, 2 * c)
+    return float(np.logaddexp(plain, tilted))
+
+
 def _log_b_upper(c: float) -> np.ndarray:
     """Upper bounds on ``log B(l)`` for even ``l <= 256``, with ``e(i) = i c`` (-inf elsewhere)."""
     table = _log_binomials()
@@ -85,6 +105,7 @@ def _log_b_upper(c: float) -> np.ndarray:
         if not np.all(np.isfinite(terms)):
             out[l] = np.inf
             continue
+        moments = _log_b_by_moments(l, c)
         signs = np.where(i % 2 == 0, 1.0, -1.0)
         log_sum, sign = special.logsumexp(terms, b=signs, return_sign=True)
         # Rounding error of the alternating sum: each term is off by at most
@@ -92,7 +113,7 @@ def _log_b_upper(c: float) -> np.ndarray:
         peak = float(np.max(np.abs(terms)))
         slack = np.log(4 * _EPS * (l + 8 + 8 * np.abs(terms) + 8 * peak))
         log_err = special.logsumexp(terms + slack)
-        out[l] = np.logaddexp(log_sum if sign > 0 else -np.inf, log_err)
+        out[l] = min(np.logaddexp(log_sum if sign > 0 else -np.inf, log_err), moments)
     return out
 
 
