@@ -118,3 +118,18 @@ def test_accountants_with_extreme_events(make):
     assert make().compose(LaplaceEvent(1e300), 3).get_epsilon(1e-5) < 0.01
     assert make().compose(PoissonSampledEvent(5e-324, GaussianEvent(1.0)), 5) \
         .get_epsilon(1e-5) < 0.01
+
+
+@pytest.mark.parametrize("make", [RDPAccountant, PLDAccountant])
+def test_new_events_with_extreme_noise(make):
+    from mxprivacy.accounting import GDPAccountant, SampledWithoutReplacementEvent
+    for acc in (make, GDPAccountant):
+        fixed = acc(neighboring="replace_one")
+        for sigma in (1e-300, 5e-324):
+            event = SampledWithoutReplacementEvent(100, 10, GaussianEvent(sigma))
+            assert fixed.empty_like().compose(event, 3).get_epsilon(1e-5) == math.inf
+        event = SampledWithoutReplacementEvent(100, 10, GaussianEvent(1e300))
+        assert fixed.empty_like().compose(event, 3).get_epsilon(1e-5) < 0.03
+    laplace = make().compose(PoissonSampledEvent(0.1, LaplaceEvent(5e-324)), 3)
+    assert laplace.get_epsilon(1e-5) == math.inf
+    assert make().compose(PoissonSampledEvent(0.1, LaplaceEvent(1e300)), 3).get_epsilon(1e-5) < 0.01

@@ -224,3 +224,14 @@ def test_poisson_laplace_against_dp_accounting(q, scale, steps):
 
 def test_discrete_pld_type_is_shared():
     assert isinstance(wor_gaussian_pair(0.01, 1.0, COARSE).remove, DiscretePLD)
+
+
+def test_replace_one_sensitivity_in_the_plain_and_full_rate_events():
+    # q = 1 is no subsampling; a Laplace scale b at sensitivity 2C is b / 2 at C.
+    replace = PLDAccountant(value_discretization_interval=COARSE, neighboring="replace_one")
+    full = replace.empty_like().compose(PoissonSampledEvent(1.0, GaussianEvent(2.0)), 5)
+    plain = replace.empty_like().compose(GaussianEvent(2.0), 5)
+    assert full.get_epsilon(1e-6) == pytest.approx(plain.get_epsilon(1e-6), rel=1e-6)
+    laplace = replace.empty_like().compose(LaplaceEvent(2.0), 5)
+    halved = PLDAccountant(value_discretization_interval=COARSE).compose(LaplaceEvent(1.0), 5)
+    assert laplace.get_epsilon(1e-6) == pytest.approx(halved.get_epsilon(1e-6), rel=1e-12)
