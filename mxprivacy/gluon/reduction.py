@@ -82,12 +82,23 @@ def classify_head(head, rows: int) -> str:
     return "other"
 
 
+def _rows_on(shards, ctx) -> int:
+    """Rows captured on ``ctx`` (a head is classified against its own device's batch:
+    a 1-row slice's loss is a per-sample vector even when another device has more);
+    every shard's rows when no capture ran there."""
+    rows = [s.batch_size for s in shards if getattr(s, "ctx", None) == ctx]
+    return max(rows or [s.batch_size for s in shards])
+
+
 def _record(heads, head_grads) -> None:
     if not _WAITING:
         return
     shards = list(_WAITING)
     _WAITING.clear()
-    kinds = {classify_head(h, max(s.batch_size for s in shards)) for h in heads}
+    if len(heads) == 1:  # one head may reduce every device's rows (concatenated losses)
+        kinds = {classify_head(heads[0], max(s.batch_size for s in shards))}
+    else:  # one head per device, as autograd.backward(losses) over split_and_load slices
+        kinds = {classify_head(h, _rows_on(shards, h.context)) for h in heads}
     kind = kinds.pop() if len(kinds) == 1 else "other"
     for shard in shards:
         shard.reduction = kind

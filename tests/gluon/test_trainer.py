@@ -140,6 +140,45 @@ def test_two_contexts_sum_their_shards():
                                    rtol=1e-4, atol=1e-6)
 
 
+def test_a_one_row_device_slice_is_a_per_sample_loss():
+    """Rows split 4 + 1 over two devices (Gluon's even_split=False): the 1-row loss
+    vector on the second device is classified with that device's rows, not the largest
+    device's, so it is not mistaken for a reduced scalar."""
+    contexts = [mx.cpu(0), mx.cpu(1)]
+    x, y = batch(b=5)
+    net = mlp(seed=5)
+    ref = reference_grads(net, LOSS, x, y)
+    net.collect_params().reset_ctx(contexts)
+    blk, trainer = make(net, clip=100.0, expected=5)
+    before = params_np(blk)
+    with autograd.record():
+        losses = [LOSS(blk(x[a:b].as_in_context(c)), y[a:b].as_in_context(c))
+                  for (a, b), c in zip(((0, 4), (4, 5)), contexts)]
+    autograd.backward(losses)
+    trainer.step(5)
+    for g, old, p in zip(ref.values(), before, blk.collect_params().values()):
+        np.testing.assert_allclose(p.data(mx.cpu(1)).asnumpy(), old - g.sum(0) / 5,
+                                   rtol=1e-4, atol=1e-6)
+
+
+def test_one_mean_over_every_device_is_still_a_mean():
+    """A single head averaging the losses of all devices is a reduction over 5 rows,
+    even though the device it lives on captured only 1."""
+    from mxprivacy.errors import PerSampleGradientError
+    contexts = [mx.cpu(0), mx.cpu(1)]
+    x, y = batch(b=5)
+    net = mlp(seed=5)
+    net.collect_params().reset_ctx(contexts)
+    blk, trainer = make(net, clip=100.0, expected=5)
+    with autograd.record():
+        losses = [LOSS(blk(x[a:b].as_in_context(c)), y[a:b].as_in_context(c))
+                  for (a, b), c in zip(((0, 1), (1, 5)), contexts)]
+        total = nd.concat(losses[0], losses[1].as_in_context(contexts[0]), dim=0).mean()
+    total.backward()
+    with pytest.raises(PerSampleGradientError, match="averaged"):
+        trainer.step(5)
+
+
 def test_invalid_options():
     with pytest.raises(InvalidParameterError):
         make(sigma=-1.0)
