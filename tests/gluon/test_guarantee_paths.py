@@ -127,10 +127,11 @@ def test_path3_fix_replaces_batchnormrelu_with_groupnorm_and_relu():
     net.initialize()
     fixed = fix(net)
     assert validate(fixed) == []
+    from mxprivacy.gluon.affine import ChannelAffine, PlainGroupNorm
     replaced = fixed[1]
-    assert isinstance(replaced[0], gluon.nn.GroupNorm)
-    assert isinstance(replaced[1], gluon.nn.Activation) and replaced[1]._act_type == "relu"
-    replaced.initialize()
+    norm, affine, relu = replaced
+    assert isinstance(norm, PlainGroupNorm) and isinstance(affine, ChannelAffine)
+    assert isinstance(relu, gluon.nn.Activation) and relu._act_type == "relu"
     out = replaced(nd.random.normal(shape=(2, 4, 3, 3))).asnumpy()
     assert (out >= 0).all() and (out == 0).mean() > 0.2  # normalized, then rectified
 
