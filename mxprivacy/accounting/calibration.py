@@ -104,11 +104,14 @@ def _check_rate(sample_rate: float) -> None:
 
 def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate: float,
                                steps: Optional[int] = None, epochs: Optional[float] = None,
-                               accountant: str = "rdp", *, rtol: float = 0.005) -> float:
-    """The noise multiplier whose epsilon is at most the target and within ``rtol`` of it.
+                               accountant: str = "rdp", *, tolerance: Optional[float] = None,
+                               rtol: Optional[float] = None) -> float:
+    """The noise multiplier whose epsilon is at most the target and close below it.
 
     The returned sigma never overshoots: ``epsilon_for(sigma, ...) <= target_epsilon``,
-    and ``epsilon_for(sigma, ...) >= (1 - rtol) * target_epsilon`` (0.5 % by default),
+    and ``epsilon_for(sigma, ...) >= target_epsilon - gap``. The gap is ``tolerance``
+    (absolute), or ``rtol * target_epsilon``; by default the tighter of 0.01 and 0.1 %
+    of the target (Opacus' ``get_noise_multiplier`` gets within 0.01). That holds
     unless sigma is already pinned down to a relative width of 1e-6 (then epsilon
     jumps across that window, and sigma is the upper end of that interval). Bisection on
     sigma; steps come from ``steps`` or ``epochs`` (see :func:`resolve_steps`).
@@ -120,8 +123,7 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
     """
     if not target_epsilon > 0 or not math.isfinite(target_epsilon):
         raise InvalidParameterError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}.")
-    if not 0 < rtol < 1:
-        raise InvalidParameterError(f"rtol must lie in (0, 1), got {rtol!r}.")
+    gap = _gap(target_epsilon, tolerance, rtol)
     _check_rate(sample_rate)
     n_steps = resolve_steps(sample_rate, steps, epochs)
 
@@ -150,10 +152,9 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
             return hi
     interpolate, width = True, hi - lo
     for _ in range(_MAX_BISECTIONS):
-        if eps_hi >= (1.0 - rtol) * target_epsilon or hi - lo <= _SIGMA_RTOL * hi:
+        if eps_hi >= target_epsilon - gap or hi - lo <= _SIGMA_RTOL * hi:
             break
-        mid = _next_sigma(lo, eps_lo, hi, eps_hi, (1.0 - rtol / 2) * target_epsilon,
-                          interpolate)
+        mid = _next_sigma(lo, eps_lo, hi, eps_hi, target_epsilon - gap / 2, interpolate)
         eps_mid = eps(mid)
         if eps_mid > target_epsilon:
             lo, eps_lo = mid, eps_mid
@@ -162,6 +163,22 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
         # interpolate while it at least halves the bracket, else bisect once
         interpolate, width = hi - lo <= 0.5 * width or not interpolate, hi - lo
     return hi
+
+
+def _gap(target: float, tolerance, rtol) -> float:
+    """How far below the target the calibrated epsilon may end (see the caller)."""
+    if tolerance is not None and rtol is not None:
+        raise InvalidParameterError("Give tolerance (absolute) or rtol (relative), not both.")
+    if rtol is not None:
+        if not 0 < rtol < 1:
+            raise InvalidParameterError(f"rtol must lie in (0, 1), got {rtol!r}.")
+        return rtol * target
+    if tolerance is not None:
+        if not (isinstance(tolerance, numbers.Real) and 0 < tolerance < target):
+            raise InvalidParameterError(
+                f"tolerance must lie in (0, target_epsilon), got {tolerance!r}.")
+        return float(tolerance)
+    return min(0.01, 1e-3 * target)
 
 
 def _bracket_below(eps, hi: float, eps_hi: float, target: float):

@@ -18,13 +18,13 @@ SETTINGS = [(2.6, 1e-5, 512 / 60000, 4688), (3.0, 1e-5, 256 / 60000, 3516),
 
 @pytest.mark.parametrize("accountant", ["rdp", "pld"])
 @pytest.mark.parametrize("target,delta,q,steps", SETTINGS)
-def test_planned_epsilon_is_at_most_the_target_and_within_half_a_percent(
+def test_planned_epsilon_is_at_most_the_target_and_within_the_default_gap(
         accountant, target, delta, q, steps):
     start = time.perf_counter()
     sigma = calibrate_noise_multiplier(target, delta, q, steps=steps, accountant=accountant)
     elapsed = time.perf_counter() - start
     eps = epsilon_for(sigma, q, steps, delta, accountant)
-    assert 0.995 * target <= eps <= target
+    assert target - min(0.01, 1e-3 * target) <= eps <= target
     # Measured on 2 shared cores: RDP 0.02-0.05 s, PLD 0.1-1.8 s.
     assert elapsed < {"rdp": 1.0, "pld": 10.0}[accountant]
 
@@ -100,3 +100,27 @@ def test_loader_steps_cover_the_loader_epochs():
     for bad in (0, -1, math.inf, math.nan, True, "2"):
         with pytest.raises(InvalidParameterError, match="epochs"):
             loader_steps(q, bad)
+
+
+# Calibration cases of Opacus' tests (target 8, q 0.04, 90 epochs) and of dp_accounting's
+# mechanism_calibration tests (targets 1 and 3 at several rates), plus a tiny target.
+PEER_CASES = [(8.0, 1e-5, 0.04, 2250), (1.0, 1e-5, 0.01, 1000), (3.0, 1e-6, 0.001, 10000),
+              (0.5, 1e-5, 0.004, 3000)]
+
+
+@pytest.mark.parametrize("target,delta,q,steps", PEER_CASES)
+def test_default_gap_is_at_most_0_01_below_the_target(target, delta, q, steps):
+    sigma = calibrate_noise_multiplier(target, delta, q, steps=steps)
+    eps = epsilon_for(sigma, q, steps, delta)
+    assert eps <= target and target - eps <= min(0.01, 1e-3 * target)
+
+
+def test_absolute_tolerance_is_honoured_and_validated():
+    loose = calibrate_noise_multiplier(3.0, 1e-5, 0.01, steps=500, tolerance=0.3)
+    eps = epsilon_for(loose, 0.01, 500, 1e-5)
+    assert 2.7 <= eps <= 3.0
+    for bad in (0.0, -1.0, 3.0, math.nan):
+        with pytest.raises(InvalidParameterError, match="tolerance"):
+            calibrate_noise_multiplier(3.0, 1e-5, 0.01, steps=500, tolerance=bad)
+    with pytest.raises(InvalidParameterError, match="not both"):
+        calibrate_noise_multiplier(3.0, 1e-5, 0.01, steps=500, tolerance=0.1, rtol=0.01)
