@@ -8,7 +8,8 @@ from typing import Optional
 
 from ..errors import InvalidParameterError, PrivacyWarning, UnreachableTargetError
 from .events import GaussianEvent, PoissonSampledEvent
-from .base import PrivacyAccountant
+from .base import ADD_REMOVE, PrivacyAccountant
+from .gdp import GDPAccountant
 from .pld import PLDAccountant
 from .rdp import RDPAccountant
 
@@ -21,18 +22,39 @@ _MAX_BISECTIONS = 2200  # halvings from 1 down to the smallest float, and then s
 MAX_STEPS = 10 ** 18
 """Largest step count accepted (about 3e10 years at one step per millisecond)."""
 
-ACCOUNTANTS = {"rdp": RDPAccountant, "pld": PLDAccountant}
-"""Accountants by name: ``"rdp"`` (moments accountant) and ``"pld"`` (tighter, slower)."""
+ACCOUNTANTS = {"rdp": RDPAccountant, "pld": PLDAccountant, "gdp": GDPAccountant}
+"""Accountants by name: ``"rdp"`` (moments accountant), ``"pld"`` (tighter, slower) and
+``"gdp"`` (a central-limit approximation, for comparison only: not a guarantee)."""
 
 
-def make_accountant(accountant: "str | PrivacyAccountant" = "rdp") -> PrivacyAccountant:
-    """An empty accountant: by name (``"rdp"`` or ``"pld"``), or like a given one."""
+def make_accountant(accountant: "str | PrivacyAccountant" = "rdp",
+                    neighboring: Optional[str] = None, *,
+                    approximation_ok: bool = False) -> PrivacyAccountant:
+    """An empty accountant: by name (``"rdp"``, ``"pld"``, ``"gdp"``), or like a given one.
+
+    ``neighboring`` ("add_remove" by default, or "replace_one") is the adjacency relation;
+    a given instance keeps its own, and a different one is refused. An accountant that
+    is not an upper bound (GDP) is refused unless ``approximation_ok``: training,
+    calibration and budgets must report a guarantee.
+    """
     if isinstance(accountant, PrivacyAccountant):
-        return accountant.empty_like()
-    if accountant not in ACCOUNTANTS:
+        made = accountant.empty_like()
+        if neighboring is not None and made.neighboring != neighboring:
+            raise InvalidParameterError(
+                f"The accountant counts {made.neighboring} neighbours, but this needs "
+                f"{neighboring}: construct it with neighboring={neighboring!r}.")
+    elif accountant not in ACCOUNTANTS:
         raise InvalidParameterError(
             f"Unknown accountant {accountant!r}; available: {sorted(ACCOUNTANTS)}.")
-    return ACCOUNTANTS[accountant]()
+    else:
+        made = ACCOUNTANTS[accountant](neighboring=neighboring or ADD_REMOVE)
+    if not made.is_upper_bound and not approximation_ok:
+        raise InvalidParameterError(
+            f"{type(made).__name__} is an approximation (a central-limit bound), not a "
+            "guarantee, so it cannot report the epsilon of a training run, a calibration "
+            "or a budget. Use 'rdp' or 'pld'; compare with GDP through `mxprivacy epsilon "
+            "--accountant all`.")
+    return made
 
 
 def resolve_steps(sample_rate: float, steps: Optional[int], epochs: Optional[float]) -> int:
@@ -83,11 +105,11 @@ def _check_steps(steps, minimum: int = 0) -> int:
 
 
 def epsilon_for(noise_multiplier: float, sample_rate: float, steps: int, delta: float,
-                accountant: str = "rdp") -> float:
+                accountant: str = "rdp", *, approximation_ok: bool = False) -> float:
     """Epsilon of ``steps`` Poisson-subsampled Gaussian steps (warns when infinite)."""
     _check_rate(sample_rate)
     steps = _check_steps(steps)
-    acc = make_accountant(accountant)
+    acc = make_accountant(accountant, approximation_ok=approximation_ok)
     acc.compose(PoissonSampledEvent(sample_rate, GaussianEvent(noise_multiplier)), steps)
     eps = acc.get_epsilon(delta)
     if math.isinf(eps):

@@ -124,3 +124,26 @@ def test_absolute_tolerance_is_honoured_and_validated():
             calibrate_noise_multiplier(3.0, 1e-5, 0.01, steps=500, tolerance=bad)
     with pytest.raises(InvalidParameterError, match="not both"):
         calibrate_noise_multiplier(3.0, 1e-5, 0.01, steps=500, tolerance=0.1, rtol=0.01)
+
+
+def test_the_gdp_approximation_never_reports_a_guarantee():
+    from mxprivacy import DPTrainer, PrivateBlock
+    from mxprivacy.accounting import GDPAccountant, make_accountant
+    from mxnet import gluon
+    with pytest.raises(InvalidParameterError, match="approximation"):
+        make_accountant("gdp")
+    with pytest.raises(InvalidParameterError, match="approximation"):
+        calibrate_noise_multiplier(3.0, 1e-5, 0.01, steps=100, accountant="gdp")
+    with pytest.raises(InvalidParameterError, match="approximation"):
+        epsilon_for(1.0, 0.01, 100, 1e-5, "gdp")
+    net = gluon.nn.Dense(2, in_units=3)
+    net.initialize()
+    net = PrivateBlock(net)
+    for acc in ("gdp", GDPAccountant()):
+        with pytest.raises(InvalidParameterError, match="approximation"):
+            DPTrainer(net.collect_params(), "sgd", noise_multiplier=1.0, max_grad_norm=1.0,
+                      expected_batch_size=4, sample_rate=0.01, accountant=acc)
+    # for comparison only, on request
+    assert epsilon_for(1.5, 0.04, 2249, 1e-5, "gdp", approximation_ok=True) == \
+        pytest.approx(6.595, abs=0.005)
+    assert make_accountant("pld", "replace_one").neighboring == "replace_one"
