@@ -6,7 +6,9 @@ BatchNorm ``y = gamma_c (x - mean_batch) / std_batch + beta_c`` becomes
   with no parameters. MXNet 1.9's ``nn.GroupNorm`` has one gamma and beta per *group*
   (its ``center``/``scale`` flags only freeze them), so it cannot keep BatchNorm's
   per-channel affine. The group count is the largest divisor of the channel count that
-  is at most 32 (:func:`group_count`);
+  is at most 32 (:func:`group_count`), or 1 for a (N, C) input or groups of one value
+  (normalizing single values gives constants);
+  a channel axis on the batch axis is refused;
 - :class:`ChannelAffine`: a per-channel scale and shift, ``y = gamma_c x + beta_c``, with
   a per-sample gradient rule (:mod:`mxprivacy.gluon.rules.affine`). It takes over
   BatchNorm's gamma and beta.
@@ -39,6 +41,7 @@ import weakref
 from typing import List, Optional
 
 import mxnet as mx
+import numpy as np
 from mxnet import gluon, nd
 
 from ..errors import InvalidParameterError, UnknownChannelsError
@@ -51,6 +54,12 @@ MAX_GROUPS = 32  # Wu & He (2018): 32 groups is the recommended default
 _CONV_RANKS = (3, 4, 5)  # input ranks with a 1-D, 2-D or 3-D convolution
 _collecting: Optional[List] = None  # (layer, input symbol) while waiting layers are traced
 _hooks: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # anchor -> HookHandle
+
+
+_BATCH_AXIS = (
+    "{} has its channel axis on the batch axis (axis 0), so each channel would mix "
+    "samples and its per-sample gradients would not be per sample. Use a channel axis "
+    "other than 0, or PrivateBlock(net, mode='microbatch').")
 
 
 def group_count(channels: int, max_groups: int = MAX_GROUPS) -> int:
@@ -86,6 +95,8 @@ class _ChannelDependent(gluon.HybridBlock):
     def __init__(self, axis: int, **kwargs) -> None:
         super().__init__(**kwargs)
         self._axis = int(axis)
+        if self._axis == 0:
+            raise InvalidParameterError(_BATCH_AXIS.format(type(self).__name__))
         self._anchor = None  # weakref to the block whose first call resolves the count
 
     @property
@@ -102,6 +113,8 @@ class _ChannelDependent(gluon.HybridBlock):
         raise NotImplementedError
 
     def _channels_in(self, shape) -> int:
+        if self._axis % len(shape) == 0:  # e.g. axis=-2 on (N, C): per-sample rules break
+            raise InvalidParameterError(_BATCH_AXIS.format(self.name))
         return int(shape[self._axis % len(shape)])
 
     def watch(self, anchor) -> None:
@@ -164,7 +177,11 @@ class PlainGroupNorm(_ChannelDependent):
     def resolve(self, shape) -> None:
         channels = self._channels_in(shape)
         if self._num_groups is None:
-            self._num_groups = group_count(int(channels))
+            groups = group_count(int(channels))
+            size = int(np.prod(shape[1:])) // groups  # values per group and sample
+            # a (N, C) input (after Dense), or groups of one value, would normalize single
+            # values (or pairs) to constants: normalize over all channels (one group)
+            self._num_groups = 1 if len(shape) == 2 or size < 2 else groups
             self._clear_cached_op()
         elif channels % self._num_groups:
             raise InvalidParameterError(

@@ -186,3 +186,38 @@ class Twice(gluon.nn.HybridBlock):
 @hybridize_axis
 def test_channel_affine_called_twice(hybridize):
     check_against_reference(Twice(), nd.random.normal(shape=(3, 2, 5, 5)), hybridize=hybridize)
+
+
+def test_a_channel_axis_on_the_batch_axis_is_refused():
+    """Review finding: ChannelAffine(axis=0) summed each channel over samples, so one
+    record moved the clipped sum by about B x C (8.0 for B = 8, C = 1)."""
+    from mxprivacy import InvalidParameterError, fix
+    for make in (lambda: ChannelAffine(axis=0), lambda: PlainGroupNorm(axis=0)):
+        with pytest.raises(InvalidParameterError, match="batch axis"):
+            make()
+    layer = ChannelAffine(axis=-2)  # resolves to 0 on (N, C)
+    layer.initialize()
+    with pytest.raises(InvalidParameterError, match="batch axis"):
+        layer(mx.nd.ones((4, 3)))
+    net = gluon.nn.HybridSequential()
+    net.add(gluon.nn.Dense(8), gluon.nn.BatchNorm(axis=0))
+    net.initialize()
+    with pytest.raises(InvalidParameterError, match="batch axis"):
+        fix(net)
+    assert isinstance(net[1], gluon.nn.BatchNorm)  # refused before any swap
+
+
+def test_one_value_per_channel_normalizes_over_all_channels():
+    """On (N, C) inputs a group per channel would normalize every value to 0."""
+    norm = PlainGroupNorm()
+    norm.initialize()
+    x = mx.nd.random.normal(shape=(5, 16))
+    out = norm(x).asnumpy()
+    assert norm.num_groups == 1
+    ref = (x.asnumpy() - x.asnumpy().mean(1, keepdims=True)) / np.sqrt(
+        x.asnumpy().var(1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+    conv = PlainGroupNorm()
+    conv.initialize()
+    conv(mx.nd.random.normal(shape=(2, 16, 3, 3)))
+    assert conv.num_groups == 16
