@@ -209,7 +209,8 @@ FAST_TRAINING = [
            "batch 256, δ = 1e-5) for several σ. The RDP accountant gives ε."),
     ("code", "results = []\nfor sigma in (0.6, 0.8, 1.1, 2.0):\n"
              "    cfg = TrainConfig(dataset='mnist', model='cnn', epochs=EPOCHS, noise_multiplier=sigma,\n"
-             "                      lr=0.5, train_limit=LIMIT, progress=False)\n"
+             "                      lr=0.5, batch_size=256, max_grad_norm=1.0, momentum=0.0,\n"
+             "                      activation='relu', inputs='standardized', train_limit=LIMIT, progress=False)\n"
              "    r = run_training(cfg)\n"
              "    results.append((sigma, r.epsilon, r.test_accuracy, 1000 * r.seconds / r.steps))\n"
              "    print(f'sigma={sigma}: epsilon={r.epsilon:.2f}  accuracy={r.test_accuracy:.4f}  '\n"
