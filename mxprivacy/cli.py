@@ -48,7 +48,7 @@ _UNIT = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 _AT_LEAST_ONE = _number(float, lambda v: v >= 1, "a number >= 1")
 
 
-def _add_rate_options(parser: argparse.ArgumentParser) -> None:
+def _add_rate_options(parser: argparse.ArgumentParser, accountants=("rdp", "pld")) -> None:
     parser.add_argument("--sample-rate", type=_RATE, help="Poisson sampling rate q")
     parser.add_argument("--steps", type=_POS_INT, help="number of DP-SGD steps")
     parser.add_argument("--dataset-size", type=_POS_INT,
@@ -56,14 +56,17 @@ def _add_rate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=_POS_INT, help="expected batch size B (q = B/N)")
     parser.add_argument("--epochs", type=_POS_FLOAT, help="epochs (steps = ceil(E*N/B))")
     parser.add_argument("--delta", type=_DELTA, required=True)
-    _add_accountant_option(parser)
+    _add_accountant_option(parser, accountants)
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
 
 
-def _add_accountant_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--accountant", choices=["rdp", "pld"], default="rdp",
+def _add_accountant_option(parser: argparse.ArgumentParser,
+                           accountants=("rdp", "pld")) -> None:
+    parser.add_argument("--accountant", choices=list(accountants), default="rdp",
                         help="rdp: moments accountant; pld: privacy loss distributions "
-                             "(tighter, slower)")
+                             "(tighter, slower)" + ("; gdp: Gaussian DP, a central-limit "
+                             "approximation (not an upper bound); all: the three side by "
+                             "side" if "all" in accountants else ""))
 
 
 def _rate_and_steps(args) -> tuple:
@@ -94,25 +97,65 @@ def _fmt(value: float) -> str:
     return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e6 else f"{value:.4g}"
 
 
-def _cmd_epsilon(args) -> dict:
-    from .accounting import epsilon_for
+def _step_event(args, rate: float):
+    """(one step's event, neighbouring relation) for ``--sampling``."""
+    from .accounting import (GaussianEvent, PoissonSampledEvent,
+                             SampledWithoutReplacementEvent)
 
+    gaussian = GaussianEvent(args.noise_multiplier)
+    if args.sampling == "poisson":
+        return PoissonSampledEvent(rate, gaussian), "add_remove"
+    if args.dataset_size is None or args.batch_size is None:
+        raise InvalidParameterError(
+            "--sampling fixed needs --dataset-size and --batch-size (B records drawn "
+            "without replacement at every step), with --epochs.")
+    return (SampledWithoutReplacementEvent(args.dataset_size, args.batch_size, gaussian),
+            "replace_one")
+
+
+def _epsilons(args, rate: float, steps: int) -> dict:
+    """Epsilon per accountant name (several with ``--accountant all``)."""
+    from .accounting import make_accountant
+
+    event, relation = _step_event(args, rate)
+    names = ["rdp", "pld", "gdp"] if args.accountant == "all" else [args.accountant]
+    found = {}
+    for name in names:
+        acc = make_accountant(name, relation, approximation_ok=True)
+        with warnings.catch_warnings():  # an infinite epsilon is explained below instead
+            warnings.simplefilter("ignore", PrivacyWarning)
+            acc.compose(event, steps)
+            found[name] = (acc.get_epsilon(args.delta), acc.is_upper_bound)
+    return found
+
+
+def _cmd_epsilon(args) -> dict:
     rate, steps = _rate_and_steps(args)
-    with warnings.catch_warnings():  # an infinite epsilon is explained below instead
-        warnings.simplefilter("ignore", PrivacyWarning)
-        eps = epsilon_for(args.noise_multiplier, rate, steps, args.delta, args.accountant)
-    shown = _fmt(eps)
-    print(f"{steps} steps at sampling rate {rate:.6g} with noise multiplier "
-          f"{args.noise_multiplier:g} satisfy ({shown}, {args.delta:g})-DP "
-          f"({args.accountant.upper()} accountant).")
+    found = _epsilons(args, rate, steps)
+    how = ("fixed-size batches of %d of %d records (replace-one neighbours)"
+           % (args.batch_size, args.dataset_size) if args.sampling == "fixed"
+           else f"sampling rate {rate:.6g}")
+    for name, (eps, bound) in found.items():
+        kind = "" if bound else ", an approximation: not an upper bound"
+        print(f"{steps} steps at {how} with noise multiplier {args.noise_multiplier:g} "
+              f"satisfy ({_fmt(eps)}, {args.delta:g})-DP ({name.upper()} accountant{kind}).")
+    eps = max(e for e, bound in found.values() if bound) if any(
+        bound for _, bound in found.values()) else next(iter(found.values()))[0]
     if math.isinf(eps):
         print("Epsilon is infinite: this noise does not hide a single record at this delta "
               "(noise multiplier 0 releases it exactly; below 1e-100 it counts as 0). "
               "Add noise or raise delta.")
     elif eps > 1e3:
         print("Epsilon is astronomically large: this noise hides essentially nothing.")
-    return {"epsilon": eps, "delta": args.delta, "accountant": args.accountant,
-            "sample_rate": rate, "noise_multiplier": args.noise_multiplier, "steps": steps}
+    result = {"epsilon": found[args.accountant][0] if args.accountant in found else
+              min(e for e, bound in found.values() if bound),
+              "delta": args.delta, "accountant": args.accountant, "sample_rate": rate,
+              "noise_multiplier": args.noise_multiplier, "steps": steps,
+              "sampling": args.sampling}
+    if args.accountant == "all":
+        result["epsilons"] = {name: {"epsilon": e, "upper_bound": bound}
+                              for name, (e, bound) in found.items()}
+    return result
 
 
 def _cmd_calibrate(args) -> dict:
@@ -353,7 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     eps = sub.add_parser("epsilon", help="epsilon of DP-SGD settings")
     eps.add_argument("--noise-multiplier", type=_NONNEG_FLOAT, required=True)
-    _add_rate_options(eps)
+    eps.add_argument("--sampling", choices=["poisson", "fixed"], default="poisson",
+                     help="poisson: each record joins each batch with probability q; "
+                          "fixed: B records drawn afresh without replacement every step")
+    _add_rate_options(eps, ("rdp", "pld", "gdp", "all"))
     eps.set_defaults(func=_cmd_epsilon)
 
     cal = sub.add_parser("calibrate", help="smallest noise multiplier for a target epsilon")

@@ -22,6 +22,53 @@ def test_epsilon_json(capsys):
     assert set(out) >= {"epsilon", "delta", "accountant", "sample_rate", "noise_multiplier"}
 
 
+def test_epsilon_all_accountants_side_by_side(capsys):
+    """RDP, PLD and GDP for one run; GDP is flagged as an approximation, and the JSON
+    epsilon is the tightest upper bound (PLD here), never the approximation."""
+    args = ["epsilon", "--noise-multiplier", "1.1", "--dataset-size", "60000",
+            "--batch-size", "256", "--epochs", "60", "--delta", "1e-5"]
+    assert main(args + ["--accountant", "all", "--json"]) == 0
+    text = capsys.readouterr().out
+    lines = [line for line in text.splitlines() if "satisfy" in line]
+    assert [("RDP" in lines[0]), ("PLD" in lines[1]), ("GDP" in lines[2])] == [True] * 3
+    assert "not an upper bound" in lines[2] and "not an upper bound" not in lines[0] + lines[1]
+    out = json.loads(text.strip().splitlines()[-1])
+    found = out["epsilons"]
+    assert found["rdp"]["epsilon"] == pytest.approx(epsilon_for(1.1, 256 / 60000, 14063, 1e-5))
+    assert found["pld"]["epsilon"] < found["rdp"]["epsilon"]
+    assert [found[k]["upper_bound"] for k in ("rdp", "pld", "gdp")] == [True, True, False]
+    assert out["epsilon"] == found["pld"]["epsilon"]
+
+
+def test_epsilon_gdp_matches_opacus(capsys):
+    # Opacus' GDP test: q = 0.04, sigma = 1.5, 2249 steps, delta = 1e-5 => 6.59 < eps < 6.60
+    assert main(["epsilon", "--noise-multiplier", "1.5", "--sample-rate", "0.04", "--steps",
+                 "2249", "--delta", "1e-5", "--accountant", "gdp", "--json"]) == 0
+    assert 6.59 < _json_last_line(capsys)["epsilon"] < 6.60
+
+
+def test_epsilon_fixed_size_batches_use_replace_one(capsys):
+    from mxprivacy.accounting import (GaussianEvent, RDPAccountant,
+                                      SampledWithoutReplacementEvent)
+    assert main(["epsilon", "--noise-multiplier", "1.1", "--dataset-size", "60000",
+                 "--batch-size", "256", "--epochs", "60", "--delta", "1e-5",
+                 "--sampling", "fixed", "--json"]) == 0
+    out = _json_last_line(capsys)
+    acc = RDPAccountant(neighboring="replace_one")
+    acc.compose(SampledWithoutReplacementEvent(60000, 256, GaussianEvent(1.1)), 14063)
+    assert out["epsilon"] == pytest.approx(acc.get_epsilon(1e-5))
+    assert out["epsilon"] > 5 * epsilon_for(1.1, 256 / 60000, 14063, 1e-5)
+    assert main(["epsilon", "--noise-multiplier", "1.1", "--sample-rate", "0.01", "--steps",
+                 "10", "--delta", "1e-5", "--sampling", "fixed"]) == 2
+    assert "--dataset-size" in capsys.readouterr().err
+
+
+def test_calibrate_refuses_the_gdp_approximation(capsys):
+    assert main(["calibrate", "--target-epsilon", "2", "--delta", "1e-5", "--sample-rate",
+                 "0.01", "--steps", "1000", "--accountant", "gdp"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
 def test_calibrate_json(capsys):
     assert main(["calibrate", "--target-epsilon", "2", "--delta", "1e-5", "--sample-rate",
                  "0.01", "--steps", "1000", "--json"]) == 0
