@@ -1,4 +1,10 @@
-"""Noise calibration: the smallest noise multiplier that meets a target epsilon."""
+"""Noise calibration: the smallest noise multiplier that meets a target epsilon.
+
+Every function takes the sampling of the steps as ``sample_rate`` (Poisson sampling at
+that rate), or as ``sampling="fixed", dataset_size=N, sample_size=B`` (fixed-size
+batches drawn without replacement, accounted under replace-one), or as a
+:class:`~mxprivacy.accounting.step_sampling.StepSampling` in place of ``sample_rate``.
+"""
 from __future__ import annotations
 
 import math
@@ -7,11 +13,11 @@ import warnings
 from typing import Optional
 
 from ..errors import InvalidParameterError, PrivacyWarning, UnreachableTargetError
-from .events import GaussianEvent, PoissonSampledEvent
 from .base import ADD_REMOVE, PrivacyAccountant
 from .gdp import GDPAccountant
 from .pld import PLDAccountant
 from .rdp import RDPAccountant
+from .step_sampling import StepSampling, step_sampling
 
 __all__ = ["ACCOUNTANTS", "calibrate_noise_multiplier", "epsilon_for", "make_accountant",
            "resolve_steps", "batches_per_epoch", "loader_steps"]
@@ -57,30 +63,33 @@ def make_accountant(accountant: "str | PrivacyAccountant" = "rdp",
     return made
 
 
-def resolve_steps(sample_rate: float, steps: Optional[int], epochs: Optional[float]) -> int:
-    """Number of steps from ``steps`` or from ``epochs`` (steps = ceil(epochs / q))."""
+def resolve_steps(sample_rate: "float | StepSampling", steps: Optional[int],
+                  epochs: Optional[float]) -> int:
+    """Number of steps from ``steps`` or from ``epochs`` (steps = ceil(epochs / q), q
+    the sample rate, B / N for fixed-size batches)."""
     if (steps is None) == (epochs is None):
         raise InvalidParameterError("Give exactly one of steps= or epochs=.")
     if steps is not None:
         return _check_steps(steps, minimum=1)
     if not (isinstance(epochs, numbers.Real) and math.isfinite(epochs) and epochs > 0):
         raise InvalidParameterError(f"epochs must be a finite number > 0, got {epochs!r}.")
-    _check_rate(sample_rate)
-    return _check_steps(int(math.ceil(min(epochs / sample_rate, 2.0 * MAX_STEPS) - 1e-9)),
+    rate = step_sampling(sample_rate).sample_rate
+    return _check_steps(int(math.ceil(min(epochs / rate, 2.0 * MAX_STEPS) - 1e-9)),
                         minimum=1)
 
 
-def batches_per_epoch(sample_rate: float) -> int:
-    """Batches in one epoch of a Poisson loader: ``ceil(1/q)``, so that an epoch sees N
-    examples on average (``PoissonBatchSampler``'s and ``DPDataLoader``'s default)."""
-    _check_rate(sample_rate)
-    return int(math.ceil(1.0 / sample_rate))
+def batches_per_epoch(sample_rate: "float | StepSampling") -> int:
+    """Batches in one epoch of a loader: ``ceil(1/q)`` for Poisson sampling, so that an
+    epoch sees N examples on average (``PoissonBatchSampler``'s and ``DPDataLoader``'s
+    default); ``ceil(N/B)`` for fixed-size batches."""
+    return step_sampling(sample_rate).batches_per_epoch
 
 
-def loader_steps(sample_rate: float, epochs: float) -> int:
-    """Steps of ``epochs`` passes over a default Poisson loader:
-    ``ceil(epochs * ceil(1/q))``. At least :func:`resolve_steps`'s ``ceil(epochs / q)``,
-    so a plan made with it covers a loop over ``epochs`` loader epochs."""
+def loader_steps(sample_rate: "float | StepSampling", epochs: float) -> int:
+    """Steps of ``epochs`` passes over a default loader:
+    ``ceil(epochs * batches_per_epoch)``. At least :func:`resolve_steps`'s
+    ``ceil(epochs / q)``, so a plan made with it covers a loop over ``epochs`` loader
+    epochs."""
     if isinstance(epochs, bool) or not (isinstance(epochs, numbers.Real) and
                                         math.isfinite(epochs) and epochs > 0):
         raise InvalidParameterError(f"epochs must be a finite number > 0, got {epochs!r}.")
@@ -104,13 +113,23 @@ def _check_steps(steps, minimum: int = 0) -> int:
     return int(steps)
 
 
-def epsilon_for(noise_multiplier: float, sample_rate: float, steps: int, delta: float,
-                accountant: str = "rdp", *, approximation_ok: bool = False) -> float:
-    """Epsilon of ``steps`` Poisson-subsampled Gaussian steps (warns when infinite)."""
-    _check_rate(sample_rate)
+def epsilon_for(noise_multiplier: float, sample_rate: "float | StepSampling | None",
+                steps: int, delta: float, accountant: str = "rdp", *,
+                approximation_ok: bool = False, sampling: Optional[str] = None,
+                dataset_size: Optional[int] = None,
+                sample_size: Optional[int] = None) -> float:
+    """Epsilon of ``steps`` subsampled Gaussian steps (warns when infinite).
+
+    Poisson sampling at ``sample_rate`` by default; ``sampling="fixed"`` with
+    ``dataset_size=N`` and ``sample_size=B`` for fixed-size batches drawn without
+    replacement (``sample_rate`` may then be None), counted by an accountant under the
+    replace-one relation (see :mod:`.step_sampling`).
+    """
+    scheme = step_sampling(sample_rate, sampling=sampling, dataset_size=dataset_size,
+                           sample_size=sample_size)
     steps = _check_steps(steps)
-    acc = make_accountant(accountant, approximation_ok=approximation_ok)
-    acc.compose(PoissonSampledEvent(sample_rate, GaussianEvent(noise_multiplier)), steps)
+    acc = make_accountant(accountant, scheme.neighboring, approximation_ok=approximation_ok)
+    acc.compose(scheme.event(noise_multiplier), steps)
     eps = acc.get_epsilon(delta)
     if math.isinf(eps):
         warnings.warn(f"epsilon is infinite at delta={delta:g}: noise multiplier "
@@ -119,15 +138,13 @@ def epsilon_for(noise_multiplier: float, sample_rate: float, steps: int, delta: 
     return eps
 
 
-def _check_rate(sample_rate: float) -> None:
-    if not (isinstance(sample_rate, numbers.Real) and 0 < sample_rate <= 1):
-        raise InvalidParameterError(f"sample_rate must lie in (0, 1], got {sample_rate!r}.")
-
-
-def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate: float,
+def calibrate_noise_multiplier(target_epsilon: float, delta: float,
+                               sample_rate: "float | StepSampling | None" = None,
                                steps: Optional[int] = None, epochs: Optional[float] = None,
                                accountant: str = "rdp", *, tolerance: Optional[float] = None,
-                               rtol: Optional[float] = None) -> float:
+                               rtol: Optional[float] = None, sampling: Optional[str] = None,
+                               dataset_size: Optional[int] = None,
+                               sample_size: Optional[int] = None) -> float:
     """The noise multiplier whose epsilon is at most the target and close below it.
 
     The returned sigma never overshoots: ``epsilon_for(sigma, ...) <= target_epsilon``,
@@ -138,6 +155,10 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
     jumps across that window, and sigma is the upper end of that interval). Bisection on
     sigma; steps come from ``steps`` or ``epochs`` (see :func:`resolve_steps`).
 
+    The steps are Poisson-sampled at ``sample_rate``; with ``sampling="fixed"``,
+    ``dataset_size=N`` and ``sample_size=B`` they are fixed-size batches drawn without
+    replacement, and epsilon is that of :func:`epsilon_for` with the same arguments.
+
     Raises
     ------
     UnreachableTargetError
@@ -146,14 +167,15 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
     if not target_epsilon > 0 or not math.isfinite(target_epsilon):
         raise InvalidParameterError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}.")
     gap = _gap(target_epsilon, tolerance, rtol)
-    _check_rate(sample_rate)
-    n_steps = resolve_steps(sample_rate, steps, epochs)
+    scheme = step_sampling(sample_rate, sampling=sampling, dataset_size=dataset_size,
+                           sample_size=sample_size)
+    n_steps = resolve_steps(scheme, steps, epochs)
 
     def eps(sigma: float) -> float:
         try:
             with warnings.catch_warnings():  # an infinite epsilon is just above the target
                 warnings.simplefilter("ignore", PrivacyWarning)
-                return epsilon_for(sigma, sample_rate, n_steps, delta, accountant)
+                return epsilon_for(sigma, scheme, n_steps, delta, accountant)
         except InvalidParameterError:
             if accountant == "rdp" or sigma >= 1.0:  # not a resolution limit of PLD
                 raise
@@ -165,7 +187,7 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
         if hi > _MAX_SIGMA:
             raise UnreachableTargetError(
                 f"epsilon={target_epsilon} at delta={delta} is out of reach with "
-                f"{n_steps} steps at q={sample_rate}: raise the target or delta, or train "
+                f"{n_steps} steps of {scheme.describe()}: raise the target or delta, or train "
                 "for fewer steps.")
         eps_hi = eps(hi)
     if lo == 0.0:  # sigma = 1 is enough: find a sigma that is not

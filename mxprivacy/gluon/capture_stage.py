@@ -2,8 +2,8 @@
 
 Everything here runs before the step changes any state, so a check that fails leaves
 the captured batch in place for a corrected retry (a pass without backward is dropped:
-no retry can complete it). The checks: the loader's count and the Poisson plausibility
-of the batch size, fresh gradients, the declared loss reduction, one pass per device
+no retry can complete it). The checks: the loader's count and the batch size (Poisson
+plausibility, or exactly B for fixed-size batches), fresh gradients, the declared loss reduction, one pass per device
 unless ``example_ids`` ties rows to examples, and no gradient that escaped capture.
 """
 from __future__ import annotations
@@ -20,16 +20,12 @@ __all__ = ["CaptureStageMixin"]
 
 class CaptureStageMixin:
     """For :class:`~mxprivacy.gluon.DPTrainer` (needs ``_block``, ``secure_mode``,
-    ``loss_reduction``, ``clipping``, ``_size_check``, ``_accumulated_units``,
-    ``_loader_examples`` and ``_trainable``)."""
+    ``loss_reduction``, ``clipping``, ``sampling``, ``_size_check``,
+    ``_accumulated_units``, ``_loader_examples`` and ``_trainable``)."""
 
     def _capture_stage(self, batch_size: Optional[int], example_ids):
         """(clipping units, examples in the logical step), every check passed."""
-        if self.secure_mode and self._loader_examples is None:
-            raise SamplingError(
-                "secure_mode=True needs batches drawn by DPDataLoader(..., trainer=trainer), "
-                "which samples from the OS CSPRNG and tells the trainer each batch's size; "
-                "this step came from elsewhere.")
+        self._check_batch_source()
         units, count = self._units(example_ids)
         captured = count + self._accumulated_units
         if batch_size is not None and int(batch_size) != captured:
@@ -48,6 +44,24 @@ class CaptureStageMixin:
         self._size_check.check(captured)
         self._check_uncaptured_use(units)
         return units, captured
+
+    def _check_batch_source(self) -> None:
+        """Secure mode and fixed-size sampling take only batches that DPDataLoader drew."""
+        if self._loader_examples is not None:
+            return
+        if self.secure_mode:
+            raise SamplingError(
+                "secure_mode=True needs batches drawn by DPDataLoader(..., trainer=trainer), "
+                "which samples from the OS CSPRNG and tells the trainer each batch's size; "
+                "this step came from elsewhere.")
+        if self.sampling == "fixed":
+            raise SamplingError(
+                "sampling='fixed' is accounted as B examples drawn uniformly and "
+                "independently at every step, but this batch was not drawn by "
+                "DPDataLoader(..., trainer=trainer). A shuffled epoch (gluon.data.DataLoader "
+                "with shuffle=True) has the same batch size but is not such a draw, and its "
+                "epsilon would be misreported. Iterate over DPDataLoader(data, "
+                "expected_batch_size=B, trainer=trainer).")
 
     def expect_examples(self, count: int) -> None:
         """Called by :class:`DPDataLoader` with the size of the batch it just drew; the

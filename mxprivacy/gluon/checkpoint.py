@@ -18,13 +18,16 @@ What the checksum protects against
     shapes of the parameters, optimizer type and state layout).
 
 What a DPTrainer ledger may hold
-    Only what a DPTrainer composes: ``PoissonSampledEvent(q, GaussianEvent(sigma))`` with
-    ``0 < q <= 1`` and ``sigma >= 0``, each with a count >= 1 (and at most
-    ``2**53``), and the last event must be the one of the ``config`` section (its
-    ``sample_rate`` and ``noise_multiplier``). Any other event (``epsilon_delta``,
-    ``composed``, ``self_composed``, ``q = 0``...) is refused, so a careless edit cannot
-    turn the spent privacy into nothing; a consistent forgery under a recomputed checksum
-    is still possible (see above).
+    Only what a DPTrainer composes, each with a count >= 1 (and at most ``2**53``): under
+    the add/remove relation (Poisson sampling) ``PoissonSampledEvent(q,
+    GaussianEvent(sigma))`` with ``0 < q <= 1``; under replace-one (fixed-size batches,
+    the ledger's ``"neighboring"`` field) ``SampledWithoutReplacementEvent(N, B,
+    GaussianEvent(sigma))`` with ``B >= 1``; ``sigma >= 0``. Any other event
+    (``epsilon_delta``, ``composed``, ``self_composed``, ``q = 0``, ``B = 0``, an event of
+    the other relation...) is refused, so a careless edit cannot turn the spent privacy
+    into nothing; a consistent forgery under a recomputed checksum is still possible (see
+    above). A checkpoint of the other sampling (a Poisson run loaded by a fixed-size
+    trainer, or the reverse) is refused: its ledger counts another relation.
 
 Bounded reading
     The archive must hold stored (uncompressed) ``.npy`` members, as ``np.savez`` writes
@@ -56,8 +59,8 @@ import numpy as np
 
 from .._io import atomic_write, read_sealed, seal
 from .._ledger import COMPOSE, TAKE, merge_ledgers
-from ..accounting.base import parse_ledger
-from ..accounting.events import GaussianEvent, PoissonSampledEvent
+from ..accounting.base import ADD_REMOVE, ledger_neighboring, parse_ledger
+from ..accounting.events import GaussianEvent, PoissonSampledEvent, SampledWithoutReplacementEvent
 from ..errors import CheckpointError
 from . import _optstate
 
@@ -167,16 +170,27 @@ def _number(value, name: str) -> float:
     return float(value)
 
 
-def _check_dp_ledger(entries, config) -> None:
-    """Only DP-SGD steps, each counted at least once; finite config numbers."""
+def _is_dp_sgd_step(event, neighboring: str) -> bool:
+    """Whether ``event`` is a step a DPTrainer of this relation composes."""
+    if neighboring == ADD_REMOVE:
+        sampled = type(event) is PoissonSampledEvent and 0 < event.sample_rate <= 1
+    else:
+        sampled = type(event) is SampledWithoutReplacementEvent and event.sample_size >= 1
+    return sampled and type(event.event) is GaussianEvent
+
+
+def _check_dp_ledger(entries, config, neighboring: str) -> None:
+    """Only DP-SGD steps of the relation, each counted at least once; finite config
+    numbers."""
     for event, count in entries:
         _count(count, "a ledger count")
         if count < 1:
             raise ValueError("a ledger entry counts 0 steps")
-        if type(event) is not PoissonSampledEvent or type(event.event) is not GaussianEvent \
-                or not 0 < event.sample_rate <= 1:
-            raise ValueError(f"{event!r} is not a DP-SGD step (a Poisson-sampled Gaussian with "
-                             "a sample rate in (0, 1])")
+        if not _is_dp_sgd_step(event, neighboring):
+            raise ValueError(
+                f"{event!r} is not a DP-SGD step under {neighboring} (a Poisson-sampled "
+                "Gaussian with a sample rate in (0, 1] under add_remove, a Gaussian on B >= 1 "
+                "records sampled without replacement under replace_one)")
     # The config's (q, sigma) need not be the last event's: a trainer may resume another
     # run's ledger, compose divergent histories, or change sigma, then save. (Requiring
     # equality made such a trainer refuse its own next checkpoint.)
@@ -261,6 +275,20 @@ class CheckpointMixin:
         if bound is not None:  # the adapted bound is part of the optimizer's state
             self._clipping.max_grad_norm = bound
 
+    def _check_relation(self, privacy) -> None:
+        """Refuse, clearly, a checkpoint of the other sampling (its ledger's relation)."""
+        if not isinstance(privacy, dict):
+            return  # parse_ledger refuses it
+        relation = ledger_neighboring(privacy)
+        if relation != self.accountant.neighboring:
+            saved = "poisson" if relation == ADD_REMOVE else "fixed"
+            raise CheckpointError(
+                f"This checkpoint was written by a DPTrainer with sampling={saved!r} (its "
+                f"ledger counts {relation} neighbours), but this trainer uses "
+                f"sampling={self.sampling!r} ({self.accountant.neighboring}). Their "
+                "guarantees are of different relations and cannot be composed: resume it "
+                f"with DPTrainer(..., sampling={saved!r}). The trainer is unchanged.")
+
     def _check_meta(self, meta) -> Tuple[Tuple[list, int], Any]:
         """((ledger, nonfinite_count), adaptive bound or None), all validated."""
         if not isinstance(meta, dict) or set(meta) != _KEYS:
@@ -270,7 +298,8 @@ class CheckpointMixin:
             raise ValueError(f"format {meta['format']!r}, expected {_FORMAT!r}")
         if not isinstance(meta["run_id"], str) or not 8 <= len(meta["run_id"]) <= 64:
             raise ValueError(f"run_id {meta['run_id']!r} is not a run identifier")
-        entries = parse_ledger(meta["privacy"])
+        self._check_relation(meta["privacy"])
+        entries = parse_ledger(meta["privacy"], neighboring=self.accountant.neighboring)
         probe = self.accountant.empty_like()
         for event, _ in entries:
             probe._validate(event)
@@ -282,7 +311,7 @@ class CheckpointMixin:
         config = meta["config"]
         if not isinstance(config, dict) or set(config) != _CONFIG:
             raise ValueError("the config section has missing or unknown fields")
-        _check_dp_ledger(entries, config)
+        _check_dp_ledger(entries, config, self.accountant.neighboring)
         bound = None
         if self.clipping == "adaptive" and config["clipping"] == "adaptive":
             bound = config["max_grad_norm"]

@@ -12,11 +12,12 @@ import warnings
 
 import numpy as np
 
-from ..errors import InvalidParameterError, PrivacyWarning, SamplingError
+from ..accounting.step_sampling import StepSampling, check_sampling
+from ..errors import BatchSizeMismatchError, InvalidParameterError, PrivacyWarning, SamplingError
 
-__all__ = ["check_kvstore", "check_compression", "resolve_sample_rate",
+__all__ = ["check_kvstore", "check_compression", "resolve_sample_rate", "resolve_sampling",
            "check_warn_options", "check_secure_options", "check_loss_reduction",
-           "FixedSizeDetector"]
+           "FixedSizeDetector", "ExactSizeCheck", "size_check"]
 
 LOSS_REDUCTIONS = ("sum", "mean")
 
@@ -88,6 +89,35 @@ def resolve_sample_rate(sample_rate, dataset_size, expected_batch_size: float) -
             f"{expected_batch_size:g} / {dataset_size} = {implied!r}. The accountant and the "
             "update would assume different sampling; pass only one of them.")
     return rate
+
+
+def resolve_sampling(sampling, sample_rate, dataset_size, expected_batch_size: float
+                     ) -> StepSampling:
+    """The trainer's :class:`~mxprivacy.accounting.step_sampling.StepSampling`.
+
+    ``"poisson"``: q from :func:`resolve_sample_rate`. ``"fixed"``: every step draws
+    exactly B = ``expected_batch_size`` of N = ``dataset_size`` examples (both needed, B
+    a whole number); a ``sample_rate`` given too must equal B / N.
+    """
+    if check_sampling(sampling) == "poisson":
+        return StepSampling.poisson(resolve_sample_rate(sample_rate, dataset_size,
+                                                        expected_batch_size))
+    if dataset_size is None:
+        raise InvalidParameterError(
+            "sampling='fixed' is accounted as B examples drawn without replacement from N: "
+            "pass dataset_size=N (and expected_batch_size=B, the exact batch size).")
+    if expected_batch_size != int(expected_batch_size):
+        raise InvalidParameterError(
+            f"sampling='fixed' draws exactly expected_batch_size examples per step, so it "
+            f"must be a whole number, got {expected_batch_size!r}.")
+    scheme = StepSampling.fixed(dataset_size, int(expected_batch_size))
+    if sample_rate is not None and not math.isclose(positive("sample_rate", sample_rate),
+                                                    scheme.sample_rate, rel_tol=1e-9):
+        raise InvalidParameterError(
+            f"sample_rate={sample_rate!r} disagrees with expected_batch_size / dataset_size "
+            f"= {scheme.sample_size} / {scheme.dataset_size}. Pass dataset_size only: "
+            "fixed-size sampling is described by N and B.")
+    return scheme
 
 
 def check_warn_options(warn_epsilon, warn_delta, dataset_size) -> tuple:
@@ -219,6 +249,37 @@ class FixedSizeDetector:
             "loader (such as gluon.data.DataLoader with shuffle=True), which the Poisson "
             "accountant does not describe and can under-report. Use "
             "mxprivacy.DPDataLoader(..., trainer=trainer).")
+
+
+class ExactSizeCheck:
+    """For fixed-size sampling: every logical step holds exactly B examples.
+
+    The accountant charges ``SampledWithoutReplacementEvent(N, B, ...)`` for each step,
+    so a step with any other count is not the accounted event: refused before it does
+    anything (equal sizes are the point here, so nothing like
+    :class:`FixedSizeDetector` runs)."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = int(batch_size)
+
+    def check(self, size: int) -> None:
+        if size != self.batch_size:
+            raise BatchSizeMismatchError(
+                f"This step holds {size} examples, but the trainer accounts for fixed-size "
+                f"batches of exactly expected_batch_size = {self.batch_size}: any other "
+                "count is not the accounted event. Step on every batch of "
+                "DPDataLoader(..., sampling='fixed', trainer=trainer) whole (accumulate() "
+                "its parts, then step(B)).")
+
+    def observe(self, size: int) -> None:
+        """Nothing to learn from the sizes: :meth:`check` already required B."""
+
+
+def size_check(scheme: StepSampling, expected_batch_size: float):
+    """The batch-size guard of a sampling: exact B for fixed, plausibility for Poisson."""
+    if scheme.kind == "fixed":
+        return ExactSizeCheck(scheme.sample_size)
+    return FixedSizeDetector(scheme.sample_rate, expected_batch_size)
 
 
 def _equal_size_probability(law, size: int) -> float:

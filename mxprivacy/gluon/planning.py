@@ -4,9 +4,11 @@ planned run, and keep the run within its plan.
 ``DPTrainer(..., target_epsilon=E, target_delta=D, epochs=K)`` (or ``total_steps=T``)
 calibrates sigma with the trainer's accountant (see
 :func:`~mxprivacy.accounting.calibrate_noise_multiplier`) so that the planned run's
-epsilon at D is at most E and within 0.5 % of it. ``epochs=K`` plans K passes of
-:class:`~mxprivacy.DPDataLoader`'s default epoch, ``ceil(K * ceil(1/q))`` steps (see
-:func:`~mxprivacy.accounting.calibration.loader_steps`). A step beyond the plan would
+epsilon at D is at most E and close below it. ``epochs=K`` plans K passes of
+:class:`~mxprivacy.DPDataLoader`'s default epoch: ``ceil(K * ceil(1/q))`` steps for
+Poisson sampling, ``ceil(K * ceil(N/B))`` for fixed-size batches (see
+:func:`~mxprivacy.accounting.calibration.loader_steps`). Calibration charges the
+trainer's own step event (see :mod:`mxprivacy.accounting.step_sampling`). A step beyond the plan would
 spend more than E, so it is refused with :class:`~mxprivacy.PrivacyBudgetExceeded`
 before it does anything.
 """
@@ -16,9 +18,10 @@ import warnings
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from ..accounting import GaussianEvent, PoissonSampledEvent, make_accountant
+from ..accounting import make_accountant
 from ..accounting.calibration import (calibrate_noise_multiplier, epsilon_for, loader_steps,
                                       resolve_steps)
+from ..accounting.step_sampling import StepSampling
 from ..errors import (ConflictingParametersError, InvalidParameterError, PrivacyBudgetExceeded,
                       PrivacyWarning)
 from . import guards
@@ -31,7 +34,8 @@ class PrivacyPlan:
     """The run a target epsilon was calibrated for.
 
     ``planned_epsilon`` is the epsilon of all ``steps`` at ``target_delta`` with the
-    calibrated ``noise_multiplier``: at most ``target_epsilon``, and within 0.5 % of it."""
+    calibrated ``noise_multiplier``: at most ``target_epsilon``, and close below it.
+    ``sampling`` is ``"poisson"`` or ``"fixed"`` (``sample_rate`` is then B / N)."""
 
     target_epsilon: float
     target_delta: float
@@ -40,13 +44,14 @@ class PrivacyPlan:
     noise_multiplier: float
     planned_epsilon: float
     epochs: Optional[float] = None
+    sampling: str = "poisson"
 
 
-def resolve_noise(noise_multiplier, sample_rate: float, accountant, *, target_epsilon=None,
+def resolve_noise(noise_multiplier, sampling: StepSampling, accountant, *, target_epsilon=None,
                   target_delta=None, epochs=None, total_steps=None
                   ) -> Tuple[float, Optional[PrivacyPlan]]:
     """``(sigma, plan)``: the given ``noise_multiplier`` (no plan), or sigma calibrated
-    for the target (with its :class:`PrivacyPlan`)."""
+    for the target with ``sampling``'s step event (with its :class:`PrivacyPlan`)."""
     planning = {"target_delta": target_delta, "epochs": epochs, "total_steps": total_steps}
     if target_epsilon is None:
         given = [name for name, value in planning.items() if value is not None]
@@ -65,11 +70,12 @@ def resolve_noise(noise_multiplier, sample_rate: float, accountant, *, target_ep
             f"Both noise_multiplier={noise_multiplier!r} and target_epsilon="
             f"{target_epsilon!r} were given, and each determines the noise. Pass only one: "
             "target_epsilon= calibrates noise_multiplier for the planned run.")
-    return _calibrate(sample_rate, accountant, target_epsilon, target_delta, epochs,
+    return _calibrate(sampling, accountant, target_epsilon, target_delta, epochs,
                       total_steps)
 
 
-def _calibrate(sample_rate, accountant, target_epsilon, target_delta, epochs, total_steps):
+def _calibrate(sampling: StepSampling, accountant, target_epsilon, target_delta, epochs,
+               total_steps):
     target = guards.positive("target_epsilon", target_epsilon)
     if target_delta is None:
         raise InvalidParameterError(
@@ -81,24 +87,31 @@ def _calibrate(sample_rate, accountant, target_epsilon, target_delta, epochs, to
         raise InvalidParameterError(
             "target_epsilon= needs the length of the run: give exactly one of epochs= "
             "(passes of DPDataLoader) or total_steps=.")
-    steps = loader_steps(sample_rate, epochs) if epochs is not None else \
-        resolve_steps(sample_rate, total_steps, None)
-    sigma = calibrate_noise_multiplier(target, delta, sample_rate, steps=steps,
+    steps = loader_steps(sampling, epochs) if epochs is not None else \
+        resolve_steps(sampling, total_steps, None)
+    sigma = calibrate_noise_multiplier(target, delta, sampling, steps=steps,
                                        accountant=accountant)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PrivacyWarning)
-        planned = epsilon_for(sigma, sample_rate, steps, delta, accountant)
-    return sigma, PrivacyPlan(target, delta, steps, sample_rate, sigma, planned,
-                              None if epochs is None else float(epochs))
+        planned = epsilon_for(sigma, sampling, steps, delta, accountant)
+    return sigma, PrivacyPlan(target, delta, steps, sampling.sample_rate, sigma, planned,
+                              None if epochs is None else float(epochs), sampling.kind)
 
 
 class PlanningMixin:
-    """For :class:`~mxprivacy.gluon.DPTrainer` (needs ``accountant``, ``sample_rate``,
-    ``noise_multiplier``, ``steps``, ``warn_epsilon``, ``warn_delta``): the spent
-    epsilon, its warning, :attr:`privacy_plan` and the refusal of steps beyond it."""
+    """For :class:`~mxprivacy.gluon.DPTrainer` (needs ``accountant``, ``step_sampling``,
+    ``noise_multiplier``, ``steps``, ``warn_epsilon``, ``warn_delta``): the event of
+    one step, the spent epsilon, its warning, :attr:`privacy_plan` and the refusal of
+    steps beyond it."""
 
     privacy_plan: Optional[PrivacyPlan] = None
     _warned = False
+
+    def step_event(self):
+        """The privacy event one step charges: ``PoissonSampledEvent(q, Gaussian(sigma))``
+        for Poisson sampling, ``SampledWithoutReplacementEvent(N, B, Gaussian(sigma))``
+        (under replace-one) for fixed-size batches."""
+        return self.step_sampling.event(self.noise_multiplier)
 
     def epsilon(self, delta: float) -> float:
         """The epsilon spent so far at ``delta``, from :attr:`accountant`."""
@@ -121,7 +134,7 @@ class PlanningMixin:
         plan = self.privacy_plan
         if plan is None:
             return
-        event = PoissonSampledEvent(self.sample_rate, GaussianEvent(self.noise_multiplier))
+        event = self.step_event()
         ledger = self.accountant.ledger
         if all(e == event for e, _ in ledger):  # the planned steps only: count them
             if sum(count for _, count in ledger) < plan.steps:

@@ -1,17 +1,28 @@
-"""Poisson sampling for ``gluon.data.DataLoader`` and a fast loader for in-memory arrays.
+"""Batch samplers for DP-SGD (Poisson and fixed-size) and a fast loader for in-memory
+arrays.
 
-Poisson sampling includes every example independently with probability q, which is
-what the subsampled-Gaussian accounting assumes. Batches therefore vary in size and can
-be empty; an empty batch must still take a noise-only step (``trainer.step(0)``),
-otherwise whether a step happened would leak. MXNet cannot hold zero-row arrays, so the
-loader takes that step itself when given the trainer.
+Poisson sampling (``sampling="poisson"``, the default) includes every example
+independently with probability q, which is what the Poisson-subsampled Gaussian
+accounting assumes. Batches therefore vary in size and can be empty; an empty batch must
+still take a noise-only step (``trainer.step(0)``), otherwise whether a step happened
+would leak. MXNet cannot hold zero-row arrays, so the loader takes that step itself when
+given the trainer.
+
+Fixed-size sampling (``sampling="fixed"``) draws, at every step, a uniformly random set
+of exactly B distinct examples, independently of every other step (so one example can be
+in two consecutive batches, with probability B/N). It is accounted as sampling without
+replacement under the replace-one relation (see
+:mod:`mxprivacy.accounting.step_sampling`). It is not a shuffled epoch: the batches of a
+shuffled epoch are not independent draws, and neither analysis applies to them.
 
 The sample must be secret: anyone who knows which steps contain a record can attack those
 steps alone, and the subsampling amplification is lost (on the MNIST defaults, an
 epsilon of 2.6 becomes about 56). So the generator is seeded from OS entropy by default,
 and an explicit seed raises a :class:`~mxprivacy.PrivacyWarning`. With ``secure=True``
-every inclusion is an exact Bernoulli(q) drawn from ``os.urandom`` (see
-:func:`mxprivacy.mechanisms.secure.bernoulli`), and a seed is an error.
+every draw comes from ``os.urandom``: an exact Bernoulli(q) per inclusion (see
+:func:`mxprivacy.mechanisms.secure.bernoulli`), or exactly uniform integers for the
+fixed-size subset (:func:`mxprivacy.mechanisms.secure.uniform_below`); a seed is then an
+error.
 """
 from __future__ import annotations
 
@@ -23,19 +34,26 @@ import numpy as np
 from mxnet import gluon, nd
 
 from ..accounting.calibration import batches_per_epoch
+from ..accounting.step_sampling import RATE_TOLERANCE, StepSampling, check_sampling
 from ..errors import EmptyBatchError, InvalidParameterError, PrivacyWarning
 from ..mechanisms import secure as _secure
 from .devices import as_context_list, split_and_load, split_indices
 
-__all__ = ["PoissonBatchSampler", "DPDataLoader"]
+__all__ = ["PoissonBatchSampler", "FixedSizeBatchSampler", "DPDataLoader"]
 
 SEEDED_SAMPLE_WARNING = (
-    "Poisson sampling seeded with an explicit seed: the guarantee assumes a secret "
+    "Batch sampling seeded with an explicit seed: the guarantee assumes a secret "
     "sample, and anyone who knows the seed knows which steps contain a record (the "
     "reported epsilon then does not hold against them). Use seed=None (OS entropy) or "
     "secure mode outside reproducible experiments.")
 
-RATE_TOLERANCE = 1e-9
+
+def _check_num_batches(num_batches) -> Optional[int]:
+    if num_batches is not None and (isinstance(num_batches, bool) or
+                                    int(num_batches) != num_batches or num_batches < 1):
+        raise InvalidParameterError(
+            f"num_batches must be a positive integer or None, got {num_batches!r}.")
+    return None if num_batches is None else int(num_batches)
 
 
 def _check_rate(sample_rate) -> float:
@@ -84,12 +102,7 @@ class PoissonBatchSampler(gluon.data.Sampler):
             raise InvalidParameterError(f"num_examples must be a positive integer, got {num_examples!r}.")
         self.num_examples = int(num_examples)
         self.sample_rate = _check_rate(sample_rate)
-        if num_batches is not None and (isinstance(num_batches, bool) or
-                                        int(num_batches) != num_batches or num_batches < 1):
-            raise InvalidParameterError(
-                f"num_batches must be a positive integer or None, got {num_batches!r}.")
-        self.num_batches = int(num_batches) if num_batches is not None else \
-            batches_per_epoch(self.sample_rate)
+        self.num_batches = _check_num_batches(num_batches) or batches_per_epoch(self.sample_rate)
         self.secure = bool(secure)
         self._rng = _sampling_rng(seed, self.secure)
 
@@ -101,6 +114,64 @@ class PoissonBatchSampler(gluon.data.Sampler):
     def __iter__(self) -> Iterator[List[int]]:
         for _ in range(self.num_batches):
             yield np.flatnonzero(self._mask()).tolist()
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+
+class FixedSizeBatchSampler(gluon.data.Sampler):
+    """Batch sampler: each batch is a uniformly random set of exactly ``batch_size``
+    distinct indices, drawn independently at every batch (not a shuffled epoch).
+
+    Every subset of ``batch_size`` indices is equally likely (Floyd's algorithm on
+    exactly uniform integers), so each index is in a batch with probability B / N,
+    independently of the other batches. Indices come sorted.
+
+    Parameters
+    ----------
+    num_examples : int
+        Size of the data set, N.
+    batch_size : int
+        B in [1, N].
+    num_batches : int, optional
+        Batches per epoch; ``ceil(N/B)`` by default.
+    seed : int, optional
+        Seed of the sampling, for reproducible experiments only: it raises a
+        :class:`~mxprivacy.PrivacyWarning`. None (the default) seeds from OS entropy.
+    secure : bool
+        Draw every integer from the OS CSPRNG (``os.urandom``). No seed.
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, *,
+                 num_batches: Optional[int] = None, seed: Optional[int] = None,
+                 secure: bool = False) -> None:
+        scheme = StepSampling.fixed(num_examples, batch_size)  # validates N and B
+        self.num_examples, self.batch_size = scheme.dataset_size, scheme.sample_size
+        self.sample_rate = scheme.sample_rate
+        self.num_batches = _check_num_batches(num_batches) or scheme.batches_per_epoch
+        self.secure = bool(secure)
+        self._rng = _sampling_rng(seed, self.secure)
+
+    def _uniform_below(self, bounds: np.ndarray) -> np.ndarray:
+        """One exactly uniform integer in [0, b) for each bound b."""
+        if self.secure:
+            return _secure.uniform_below(bounds)
+        return self._rng.integers(0, bounds)
+
+    def draw(self) -> List[int]:
+        """One batch: Floyd's algorithm. For j = N-B, ..., N-1 it draws t uniform in
+        [0, j] and takes t, or j when t is already taken: every B-subset has
+        probability 1 / binom(N, B)."""
+        size, batch = self.num_examples, self.batch_size
+        picks = self._uniform_below(np.arange(size - batch + 1, size + 1, dtype=np.int64))
+        chosen: set = set()
+        for j, t in zip(range(size - batch, size), picks.tolist()):
+            chosen.add(j if t in chosen else t)
+        return sorted(chosen)
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for _ in range(self.num_batches):
+            yield self.draw()
 
     def __len__(self) -> int:
         return self.num_batches
@@ -137,6 +208,56 @@ def _check_trainer_rate(rate: float, trainer, expected_batch_size, size: int) ->
         f"the loader's rate.")
 
 
+def _resolve_sampling(sampling, trainer) -> str:
+    """The loader's sampling: the trainer's when not given; a different one is refused."""
+    trainer_sampling = None if trainer is None else getattr(trainer, "sampling", "poisson")
+    if sampling is None:
+        return trainer_sampling or "poisson"
+    sampling = check_sampling(sampling)
+    if trainer_sampling is not None and sampling != trainer_sampling:
+        raise InvalidParameterError(
+            f"DPDataLoader(sampling={sampling!r}) but the trainer accounts for "
+            f"sampling={trainer_sampling!r}: the reported epsilon would describe another "
+            "sampling than the batches actually drawn. Build the trainer and the loader "
+            "with the same sampling= (or leave the loader's unset: it follows the "
+            "trainer).")
+    return sampling
+
+
+def _fixed_batch_size(sample_rate, expected_batch_size, size: int) -> int:
+    """B of a fixed-size loader: ``expected_batch_size``, or ``sample_rate * N`` when that
+    is a whole number."""
+    if (sample_rate is None) == (expected_batch_size is None):
+        raise InvalidParameterError("Give exactly one of sample_rate= or expected_batch_size=.")
+    if sample_rate is not None:
+        rate = _check_rate(sample_rate)
+        batch = int(round(rate * size))
+        if batch < 1 or not math.isclose(batch / size, rate, rel_tol=RATE_TOLERANCE):
+            raise InvalidParameterError(
+                f"sampling='fixed' draws a whole number of examples, but sample_rate * N = "
+                f"{rate!r} * {size} is not one. Pass expected_batch_size=B.")
+        return batch
+    if isinstance(expected_batch_size, bool) or not isinstance(
+            expected_batch_size, (int, np.integer, float)) or \
+            int(expected_batch_size) != expected_batch_size or not 1 <= expected_batch_size <= size:
+        raise InvalidParameterError(
+            f"sampling='fixed' draws exactly B examples per batch: expected_batch_size "
+            f"must be an integer in [1, N] with N = {size}, got {expected_batch_size!r}.")
+    return int(expected_batch_size)
+
+
+def _check_trainer_fixed(scheme: StepSampling, trainer) -> None:
+    """The accountant charges the trainer's (N, B): the loader must draw B of N."""
+    want = (getattr(trainer, "dataset_size", None), getattr(trainer, "expected_batch_size", None))
+    if want == (scheme.dataset_size, scheme.sample_size):
+        return
+    raise InvalidParameterError(
+        f"DPDataLoader draws {scheme.describe()}, but the trainer accounts for "
+        f"B = {want[1]} of N = {want[0]}: the reported epsilon would not match the "
+        "sampling actually done. Build the trainer with dataset_size=len(data) and "
+        "expected_batch_size=B, and give the loader the same data and B.")
+
+
 def _resolve_secure(secure_mode, trainer) -> bool:
     trainer_secure = bool(getattr(trainer, "secure_mode", False))
     if secure_mode is None:
@@ -150,7 +271,7 @@ def _resolve_secure(secure_mode, trainer) -> bool:
 
 
 class DPDataLoader:
-    """Iterate Poisson-sampled batches of ``arrays`` as NDArrays.
+    """Iterate Poisson-sampled or fixed-size batches of ``arrays`` as NDArrays.
 
     Parameters
     ----------
@@ -158,16 +279,27 @@ class DPDataLoader:
         Same first dimension N. In-memory arrays are indexed directly (fast).
     sample_rate : float
         q; or give ``expected_batch_size`` instead (q = expected_batch_size / N).
+    expected_batch_size : int
+        qN for Poisson sampling; for ``sampling="fixed"``, the exact batch size B.
+    sampling : {"poisson", "fixed"}, optional
+        ``"poisson"``: each example in each batch independently with probability q
+        (:class:`PoissonBatchSampler`). ``"fixed"``: each batch a uniformly random set of
+        exactly B examples, drawn independently at every step
+        (:class:`FixedSizeBatchSampler`; an epoch is ``ceil(N/B)`` batches). None (the
+        default) follows ``trainer.sampling`` ("poisson" without a trainer); another
+        sampling than the trainer's is refused.
     trainer : DPTrainer, optional
         Used to take the noise-only step of an empty batch. Without it an empty draw
         raises :class:`~mxprivacy.EmptyBatchError`. Its ``sample_rate`` must equal the
-        loader's q (relative tolerance 1e-9), else :class:`~mxprivacy.InvalidParameterError`.
+        loader's q (relative tolerance 1e-9), else :class:`~mxprivacy.InvalidParameterError`;
+        with ``sampling="fixed"`` its ``dataset_size`` and ``expected_batch_size`` must be
+        the loader's N and B.
     ctx : mxnet.Context or list of Context, optional
         Where the batches go. With a list, each array of a batch comes as a list of
         slices, one per device that gets rows (see :func:`mxprivacy.split_and_load`):
         ``for xs, ys in loader``, with at least two rows per slice (one slice for a
         batch of one).
-    num_batches, seed : see :class:`PoissonBatchSampler`.
+    num_batches, seed : see :class:`PoissonBatchSampler` and :class:`FixedSizeBatchSampler`.
     secure_mode : bool, optional
         Sample from the OS CSPRNG. None (default) follows ``trainer.secure_mode``
         (False without a trainer); False with a secure trainer is an error.
@@ -176,19 +308,27 @@ class DPDataLoader:
     def __init__(self, arrays, sample_rate: Optional[float] = None, *,
                  expected_batch_size: Optional[int] = None, trainer=None, ctx=None,
                  num_batches: Optional[int] = None, seed: Optional[int] = None,
-                 secure_mode: Optional[bool] = None) -> None:
+                 secure_mode: Optional[bool] = None, sampling: Optional[str] = None) -> None:
         self._dataset = arrays if isinstance(arrays, gluon.data.Dataset) else None
         self._arrays = None if self._dataset is not None else [
             a.asnumpy() if isinstance(a, nd.NDArray) else np.asarray(a) for a in arrays]
         size = len(self._dataset) if self._dataset is not None else len(self._arrays[0])
         if self._arrays is not None and any(len(a) != size for a in self._arrays):
             raise InvalidParameterError("All arrays must have the same first dimension.")
-        rate = _loader_rate(sample_rate, expected_batch_size, size)
-        if trainer is not None:
-            _check_trainer_rate(rate, trainer, expected_batch_size, size)
+        self.sampling = _resolve_sampling(sampling, trainer)
+        if self.sampling == "fixed":
+            scheme = StepSampling.fixed(size, _fixed_batch_size(sample_rate,
+                                                                expected_batch_size, size))
+            if trainer is not None:
+                _check_trainer_fixed(scheme, trainer)
+        else:
+            rate = _loader_rate(sample_rate, expected_batch_size, size)
+            if trainer is not None:
+                _check_trainer_rate(rate, trainer, expected_batch_size, size)
         self.secure_mode = _resolve_secure(secure_mode, trainer)
-        self.sampler = PoissonBatchSampler(size, rate, num_batches=num_batches, seed=seed,
-                                           secure=self.secure_mode)
+        options = dict(num_batches=num_batches, seed=seed, secure=self.secure_mode)
+        self.sampler = FixedSizeBatchSampler(size, scheme.sample_size, **options) \
+            if self.sampling == "fixed" else PoissonBatchSampler(size, rate, **options)
         self.sample_rate = self.sampler.sample_rate
         self.trainer = trainer
         self.ctx = ctx

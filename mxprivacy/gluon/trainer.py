@@ -9,11 +9,12 @@ pipeline of four stages, each in its own module:
    to ``max_grad_norm`` and sum per parameter and context;
 3. noise (:mod:`.noise_writer`): reduce across contexts and add Gaussian noise
    N(0, (sigma * sensitivity)^2) *once* (drawn on the first context, copied to others);
-4. account: record one Poisson-sampled Gaussian step.
+4. account: record the step's event (:meth:`step_event`: Poisson-sampled, or a
+   fixed-size batch drawn without replacement, see :mod:`mxprivacy.accounting.step_sampling`).
 
 Nothing changes state before stage 3, so a step that raises can be retried. ``update``
-divides by the *expected* batch size, never the actual one, because the actual size of
-a Poisson batch is itself private.
+divides by the *expected* batch size, never the actual one (the size of a Poisson batch
+is itself private).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from typing import Dict, List, Optional
 
 from mxnet import gluon
 
-from ..accounting import GaussianEvent, PoissonSampledEvent, PrivacyAccountant, make_accountant
+from ..accounting import PrivacyAccountant, make_accountant
 from ..errors import (BatchSizeMismatchError, ForeignParameterError, InvalidParameterError,
                       StaleGradientError)
 from . import guards
@@ -35,8 +36,6 @@ from .planning import PlanningMixin, resolve_noise
 from .private_block import owner_of
 
 __all__ = ["DPTrainer"]
-
-
 
 class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointMixin,
                 AveragingMixin, PlanningMixin, gluon.Trainer):
@@ -63,9 +62,16 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
         ``clipping="per_layer"``, a dict from layer name to C_l, or one number split
         evenly over the layers.
     expected_batch_size : int
-        q x N: the batch size the gradient sum is divided by.
+        q x N: the batch size the gradient sum is divided by (B, exact, for fixed).
     sample_rate, dataset_size : float, int
         The Poisson sampling rate q, or N so that q = expected_batch_size / N.
+    sampling : {"poisson", "fixed"}
+        How :class:`~mxprivacy.DPDataLoader` draws batches (the loader follows the
+        trainer). ``"fixed"``: every step exactly B = expected_batch_size of
+        N = dataset_size examples, drawn without replacement and independently at
+        every step, accounted under replace-one (see
+        :mod:`mxprivacy.accounting.step_sampling`). Every step must then come from that
+        loader and capture exactly B examples.
     warn_epsilon : float
         Warn once when epsilon at ``warn_delta`` passes this value.
     warn_delta : float, optional
@@ -113,7 +119,8 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
                  clipping_options: Optional[dict] = None, secure_mode: bool = False,
                  loss_reduction: str = "sum", ema_decay: Optional[float] = None,
                  target_epsilon: Optional[float] = None, target_delta: Optional[float] = None,
-                 epochs: Optional[float] = None, total_steps: Optional[int] = None) -> None:
+                 epochs: Optional[float] = None, total_steps: Optional[int] = None,
+                 sampling: str = "poisson") -> None:
         if update_on_kvstore:
             raise InvalidParameterError(
                 "DPTrainer adds noise between reduction and update, so it needs "
@@ -121,16 +128,19 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
         guards.check_kvstore(kvstore)
         guards.check_compression(compression_params)
         self.expected_batch_size = guards.positive("expected_batch_size", expected_batch_size)
-        self.sample_rate = guards.resolve_sample_rate(sample_rate, dataset_size,
-                                                      self.expected_batch_size)
+        self.step_sampling = guards.resolve_sampling(sampling, sample_rate, dataset_size,
+                                                     self.expected_batch_size)
+        self.sampling, self.sample_rate = sampling, self.step_sampling.sample_rate
+        self.dataset_size = None if dataset_size is None else int(dataset_size)
+        self.accountant = make_accountant(accountant, self.step_sampling.neighboring)
         self.noise_multiplier, self.privacy_plan = resolve_noise(
-            noise_multiplier, self.sample_rate, accountant, target_epsilon=target_epsilon,
+            noise_multiplier, self.step_sampling, accountant, target_epsilon=target_epsilon,
             target_delta=target_delta, epochs=epochs, total_steps=total_steps)
         self.warn_epsilon, self.warn_delta = guards.check_warn_options(
             warn_epsilon, warn_delta, dataset_size)
         self.secure_mode = guards.check_secure_options(secure_mode, noise_seed, clipping_options)
         self.loss_reduction = guards.check_loss_reduction(loss_reduction)
-        self._size_check = guards.FixedSizeDetector(self.sample_rate, self.expected_batch_size)
+        self._size_check = guards.size_check(self.step_sampling, self.expected_batch_size)
         super().__init__(params, optimizer, optimizer_params, kvstore, compression_params,
                          update_on_kvstore=False)
         self._block = self._find_block()
@@ -145,7 +155,6 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
         self.max_grad_norm = max_grad_norm
         self._accumulated: Dict = {}
         self._accumulated_units = 0
-        self.accountant = make_accountant(accountant)
         # A seed starts a family of streams: each new noise stream (first step, a change
         # of the trainable size, a resume) is keyed by (steps, streams made, loads), so
         # no stream ever replays another, even in a new trainer resumed from a checkpoint.
@@ -229,16 +238,15 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
         self._privatized_batch = captured
 
     def _account_stage(self) -> None:
-        """Record one Poisson-sampled Gaussian step (and move an adaptive bound)."""
+        """Record one step's event (and move an adaptive bound)."""
         if hasattr(self._clipping, "update"):
             self._clipping.update(self.expected_batch_size)
-        self.accountant.compose(
-            PoissonSampledEvent(self.sample_rate, GaussianEvent(self.noise_multiplier)))
+        self.accountant.compose(self.step_event())
 
     def accumulate(self, *, example_ids=None) -> None:
         """Virtual steps: clip the physical batch just processed and keep its sum.
 
-        Use it when a logical (Poisson-sampled) batch is too large for memory. Run
+        Use it when a logical (sampled) batch is too large for memory. Run
         forward/backward on each physical part and call ``accumulate()`` after each.
         Then call ``step(total)`` after the last part, which may also be accumulated.
         Noise is added once per logical step, and one sampled step is accounted.
