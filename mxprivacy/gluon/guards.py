@@ -13,11 +13,12 @@ import warnings
 import numpy as np
 
 from ..accounting.step_sampling import StepSampling, check_sampling
-from ..errors import BatchSizeMismatchError, InvalidParameterError, PrivacyWarning, SamplingError
+from ..errors import (BatchSizeMismatchError, ForeignParameterError, InvalidParameterError,
+                      PrivacyWarning, SamplingError)
 
 __all__ = ["check_kvstore", "check_compression", "resolve_sample_rate", "resolve_sampling",
            "check_warn_options", "check_secure_options", "check_loss_reduction",
-           "FixedSizeDetector", "ExactSizeCheck", "size_check"]
+           "FixedSizeDetector", "ExactSizeCheck", "size_check", "owning_block"]
 
 LOSS_REDUCTIONS = ("sum", "mean")
 
@@ -34,6 +35,24 @@ def positive(name: str, value, allow_zero: bool = False) -> float:
         bound = ">= 0" if allow_zero else "> 0"
         raise InvalidParameterError(f"{name} must be a finite number {bound}, got {value!r}.")
     return value
+
+
+def owning_block(trainable):
+    """The one :class:`~mxprivacy.PrivateBlock` that captures every trainable parameter
+    (else a parameter's gradient would reach the update unclipped)."""
+    from .private_block import owner_of
+
+    owners = {id(owner_of(p)): owner_of(p) for p in trainable}
+    if None in owners.values() or not owners:
+        foreign = [p.name for p in trainable if owner_of(p) is None]
+        raise ForeignParameterError(
+            f"Parameters {foreign[:5]} do not belong to a PrivateBlock, so their "
+            "per-sample gradients are not captured. Wrap the network with "
+            "mxprivacy.PrivateBlock(net) and pass wrapped.collect_params().")
+    if len(owners) > 1:
+        raise ForeignParameterError(
+            "The parameters belong to several PrivateBlocks; wrap the whole model once.")
+    return next(iter(owners.values()))
 
 
 _SINGLE_MACHINE = (None, "local", "device", "nccl", "local_update_cpu",

@@ -24,8 +24,7 @@ from typing import Dict, List, Optional
 from mxnet import gluon
 
 from ..accounting import PrivacyAccountant, make_accountant
-from ..errors import (BatchSizeMismatchError, ForeignParameterError, InvalidParameterError,
-                      StaleGradientError)
+from ..errors import BatchSizeMismatchError, InvalidParameterError, StaleGradientError
 from . import guards
 from .averaging import AveragingMixin
 from .capture_stage import CaptureStageMixin
@@ -33,9 +32,9 @@ from .checkpoint import CheckpointMixin
 from .clipping import ClipStageMixin, make_clipping
 from .noise_writer import NoiseWriterMixin
 from .planning import PlanningMixin, resolve_noise
-from .private_block import owner_of
 
 __all__ = ["DPTrainer"]
+
 
 class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointMixin,
                 AveragingMixin, PlanningMixin, gluon.Trainer):
@@ -143,7 +142,7 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
         self._size_check = guards.size_check(self.step_sampling, self.expected_batch_size)
         super().__init__(params, optimizer, optimizer_params, kvstore, compression_params,
                          update_on_kvstore=False)
-        self._block = self._find_block()
+        self._block = guards.owning_block(self._trainable())
         self._init_average(ema_decay)
         if self.secure_mode:
             self._block.use_secure_randomness()
@@ -167,20 +166,6 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
         self._privatized_batch: Optional[int] = None
         self._loader_examples: Optional[int] = None
         self._warned = False
-
-    def _find_block(self):
-        trainable = [p for p in self._params if p.grad_req != "null"]
-        owners = {id(owner_of(p)): owner_of(p) for p in trainable}
-        if None in owners.values() or not owners:
-            foreign = [p.name for p in trainable if owner_of(p) is None]
-            raise ForeignParameterError(
-                f"Parameters {foreign[:5]} do not belong to a PrivateBlock, so their "
-                "per-sample gradients are not captured. Wrap the network with "
-                "mxprivacy.PrivateBlock(net) and pass wrapped.collect_params().")
-        if len(owners) > 1:
-            raise ForeignParameterError(
-                "The parameters belong to several PrivateBlocks; wrap the whole model once.")
-        return next(iter(owners.values()))
 
     # -- privatization -----------------------------------------------------------------
     @property

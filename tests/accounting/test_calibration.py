@@ -147,3 +147,48 @@ def test_the_gdp_approximation_never_reports_a_guarantee():
     assert epsilon_for(1.5, 0.04, 2249, 1e-5, "gdp", approximation_ok=True) == \
         pytest.approx(6.595, abs=0.005)
     assert make_accountant("pld", "replace_one").neighboring == "replace_one"
+
+
+# -- fixed-size batches (sampling without replacement, replace-one) ----------------------
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_fixed_size_calibration_charges_the_without_replacement_event(accountant):
+    from mxprivacy.accounting import (GaussianEvent, SampledWithoutReplacementEvent,
+                                      make_accountant)
+    n, b, steps, target, delta = 60000, 256, 2350, 3.0, 1e-5
+    sigma = calibrate_noise_multiplier(target, delta, sampling="fixed", dataset_size=n,
+                                       sample_size=b, steps=steps, accountant=accountant)
+    # the event composed by hand, in an accountant of the replace-one relation
+    charged = make_accountant(accountant, "replace_one").compose(
+        SampledWithoutReplacementEvent(n, b, GaussianEvent(sigma)), steps)
+    eps = charged.get_epsilon(delta)
+    assert target - min(0.01, 1e-3 * target) <= eps <= target
+    assert eps == epsilon_for(sigma, b / n, steps, delta, accountant, sampling="fixed",
+                              dataset_size=n, sample_size=b)
+    # the same run with Poisson sampling needs far less noise
+    poisson = calibrate_noise_multiplier(target, delta, b / n, steps=steps,
+                                         accountant=accountant)
+    assert sigma > 1.3 * poisson
+
+
+def test_fixed_size_epochs_count_loader_batches():
+    from mxprivacy.accounting.step_sampling import StepSampling
+    scheme = StepSampling.fixed(60000, 256)
+    assert batches_per_epoch(scheme) == 235
+    assert loader_steps(scheme, 10) == 2350
+    assert resolve_steps(scheme, None, 10) == 2344  # ceil(10 N / B)
+    by_epochs = calibrate_noise_multiplier(3.0, 1e-5, scheme, epochs=10)
+    assert by_epochs == calibrate_noise_multiplier(3.0, 1e-5, scheme, steps=2344)
+
+
+def test_fixed_size_calibration_refuses_incomplete_or_mismatched_descriptions():
+    from mxprivacy.accounting import PLDAccountant
+    with pytest.raises(InvalidParameterError, match="dataset_size=N and sample_size=B"):
+        calibrate_noise_multiplier(3.0, 1e-5, 0.01, steps=100, sampling="fixed")
+    with pytest.raises(InvalidParameterError, match="disagrees"):
+        calibrate_noise_multiplier(3.0, 1e-5, 0.02, steps=100, sampling="fixed",
+                                   dataset_size=1000, sample_size=10)
+    with pytest.raises(InvalidParameterError, match="neighboring='replace_one'"):
+        epsilon_for(1.0, None, 100, 1e-5, PLDAccountant(), sampling="fixed",
+                    dataset_size=1000, sample_size=10)
+    with pytest.raises(InvalidParameterError, match="sample_rate"):
+        calibrate_noise_multiplier(3.0, 1e-5, steps=100)  # Poisson needs q

@@ -224,3 +224,147 @@ def test_multi_device_training_loop_with_empty_and_tiny_batches():
     assert loader.empty_batches > 0 and 1 in sizes  # empty steps and a one-device batch
     for p in block.collect_params().values():
         np.testing.assert_array_equal(p.data(mx.cpu(0)).asnumpy(), p.data(mx.cpu(1)).asnumpy())
+
+
+# -- fixed-size sampling: exactly B distinct examples, drawn afresh at every step --------
+def _fixed_draws(n, b, steps, **kwargs):
+    from mxprivacy.gluon.sampling import FixedSizeBatchSampler
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PrivacyWarning)
+        sampler = FixedSizeBatchSampler(n, b, num_batches=steps, **kwargs)
+    return [np.asarray(batch, dtype=np.int64) for batch in sampler]
+
+
+@pytest.mark.parametrize("n,b", [(50, 10), (7, 7), (9, 1), (1000, 999), (3, 2)])
+def test_every_fixed_batch_has_exactly_b_distinct_indices(n, b):
+    for batch in _fixed_draws(n, b, 300):
+        assert len(batch) == b and len(np.unique(batch)) == b
+        assert batch.min() >= 0 and batch.max() < n and np.all(np.diff(batch) > 0)
+
+
+def _inclusion_statistic(counts, steps, n, b):
+    """Chi-square statistic of inclusion counts under uniform sampling without
+    replacement: counts have mean T p and covariance T p (1-p) n/(n-1) (I - J/n), so
+    sum (c - Tp)^2 / (T p (1-p) n/(n-1)) is chi-square with n - 1 degrees of freedom."""
+    p = b / n
+    return float(np.sum((counts - steps * p) ** 2) / (steps * p * (1 - p) * n / (n - 1)))
+
+
+def test_fixed_inclusion_frequencies_are_uniform_with_stated_power():
+    """n = 50, B = 10, 20,000 draws, alpha = 1e-3 (critical value 85.35 of chi2(49)).
+    Power >= 0.99 against one index at p (1 +- 13 %) (p = 0.2), or against half the
+    indices at p (1 + 1.9 %) and half at p (1 - 1.9 %): the non-central chi-square with
+    lambda = sum (T dp_i)^2 / (T p (1-p) n/(n-1)) is checked below."""
+    n, b, steps = 50, 10, 20000
+    draws = _fixed_draws(n, b, steps)
+    counts = np.bincount(np.concatenate(draws), minlength=n)
+    assert counts.sum() == steps * b
+    assert stats.chi2(n - 1).sf(_inclusion_statistic(counts, steps, n, b)) > ALPHA
+    p, scale = b / n, steps * (b / n) * (1 - b / n) * n / (n - 1)
+    critical = stats.chi2(n - 1).isf(ALPHA)
+    one = np.r_[0.13 * p, np.full(n - 1, -0.13 * p / (n - 1))]
+    half = np.r_[np.full(n // 2, 0.019 * p), np.full(n // 2, -0.019 * p)]
+    for deviation in (one, half):
+        lam = np.sum((steps * deviation) ** 2) / scale
+        assert stats.ncx2(n - 1, lam).sf(critical) >= 0.99
+
+
+def test_every_fixed_subset_is_equally_likely():
+    # N = 6, B = 3: 20 subsets; 20,000 draws are multinomial(20000, 1/20) if uniform.
+    draws = _fixed_draws(6, 3, 20000)
+    codes = np.array([int(np.sum(1 << batch)) for batch in draws])
+    _, counts = np.unique(codes, return_counts=True)
+    assert len(counts) == 20
+    assert stats.chisquare(counts).pvalue > ALPHA
+
+
+def test_fixed_batches_are_independent_across_steps():
+    """Not an epoch permutation: consecutive batches overlap like two independent
+    draws, |S_t & S_t+1| ~ Hypergeometric(N, B, B) (mean B^2/N = 2; a shuffled epoch
+    gives 0 within an epoch), and an index of S_t is in S_t+1 with probability B/N."""
+    n, b, steps = 50, 10, 20000
+    draws = _fixed_draws(n, b, steps)
+    overlaps = np.array([len(np.intersect1d(a, c)) for a, c in zip(draws, draws[1:])])
+    law = stats.hypergeom(n, b, b)
+    rate = overlaps.sum() / (b * len(overlaps))  # P(i in S_t+1 | i in S_t)
+    se = np.sqrt(law.var() / len(overlaps)) / b
+    assert abs(rate - b / n) < 5 * se  # 5 s.e. = 0.004
+    observed = np.bincount(np.minimum(overlaps, 5), minlength=6)
+    expected = np.r_[law.pmf(np.arange(5)), law.sf(4)] * len(overlaps)
+    assert stats.chisquare(observed, expected).pvalue > ALPHA
+
+
+def test_fixed_sampler_is_secret_by_default_and_seeds_warn():
+    from mxprivacy.gluon.sampling import FixedSizeBatchSampler
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PrivacyWarning)
+        first = [FixedSizeBatchSampler(10 ** 6, 20).draw() for _ in range(2)]
+    assert first[0] != first[1]  # OS entropy: equal with probability ~ 1e-80
+    with pytest.warns(PrivacyWarning, match="anyone who knows the seed"):
+        FixedSizeBatchSampler(100, 10, seed=0)
+    np.testing.assert_array_equal(_fixed_draws(100, 10, 3, seed=4),
+                                  _fixed_draws(100, 10, 3, seed=4))  # reproducible on request
+    with pytest.raises(InvalidParameterError, match="secure mode"):
+        FixedSizeBatchSampler(100, 10, seed=0, secure=True)
+
+
+def test_secure_fixed_sampler_draws_from_urandom(byte_stream):
+    from mxprivacy.gluon.sampling import FixedSizeBatchSampler
+    sampler = FixedSizeBatchSampler(500, 30, num_batches=4, secure=True)
+    assert sampler._rng is None
+    batches = list(sampler)
+    assert len(byte_stream) >= 4 and all(size % 8 == 0 for size in byte_stream)
+    assert all(len(set(batch)) == 30 for batch in batches)
+
+
+def test_secure_fixed_sampler_is_uniform():
+    n, b, steps = 20, 5, 4000
+    draws = _fixed_draws(n, b, steps, secure=True)
+    counts = np.bincount(np.concatenate(draws), minlength=n)
+    assert all(len(np.unique(batch)) == b for batch in draws)
+    assert stats.chi2(n - 1).sf(_inclusion_statistic(counts, steps, n, b)) > ALPHA
+
+
+def fake_fixed_trainer(n=50, b=10):
+    return types.SimpleNamespace(sampling="fixed", dataset_size=n, expected_batch_size=b,
+                                 sample_rate=b / n, secure_mode=False,
+                                 expect_examples=lambda count: None)
+
+
+def test_fixed_loader_yields_ceil_n_over_b_batches_of_b():
+    loader = DPDataLoader(data(50), expected_batch_size=15, sampling="fixed")
+    assert loader.sampling == "fixed" and len(loader) == 4  # ceil(50 / 15)
+    shapes = [x.shape for x, _ in loader]
+    assert shapes == [(15, 5)] * 4 and loader.empty_batches == 0
+    assert DPDataLoader(data(50), 0.2, sampling="fixed").sampler.batch_size == 10
+    assert DPDataLoader(data(50), expected_batch_size=10,
+                        trainer=fake_fixed_trainer()).sampling == "fixed"  # follows it
+
+
+@pytest.mark.parametrize("bad", [0, 51, 2.5, True, "10"])
+def test_fixed_loader_needs_a_whole_batch_size(bad):
+    with pytest.raises(InvalidParameterError, match="expected_batch_size"):
+        DPDataLoader(data(50), expected_batch_size=bad, sampling="fixed")
+
+
+def test_fixed_loader_refuses_a_rate_that_is_not_a_whole_batch():
+    with pytest.raises(InvalidParameterError, match="whole number"):
+        DPDataLoader(data(50), 0.123, sampling="fixed")
+
+
+def test_loader_and_trainer_must_agree_on_the_sampling():
+    with pytest.raises(InvalidParameterError, match="sampling='poisson'"):
+        DPDataLoader(data(50), expected_batch_size=10, sampling="fixed",
+                     trainer=fake_trainer(0.2))
+    with pytest.raises(InvalidParameterError, match="sampling='fixed'"):
+        DPDataLoader(data(50), expected_batch_size=10, sampling="poisson",
+                     trainer=fake_fixed_trainer())
+    with pytest.raises(InvalidParameterError, match="'poisson' or 'fixed'"):
+        DPDataLoader(data(50), expected_batch_size=10, sampling="shuffled")
+
+
+@pytest.mark.parametrize("n,b,match", [(50, 12, "B = 10 of N = 50"),
+                                       (60, 10, "B = 10 of N = 50")])
+def test_fixed_loader_draws_the_trainers_n_and_b(n, b, match):
+    with pytest.raises(InvalidParameterError, match=match):
+        DPDataLoader(data(n), expected_batch_size=b, trainer=fake_fixed_trainer())
