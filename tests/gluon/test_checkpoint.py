@@ -425,3 +425,92 @@ def test_a_trainer_can_reload_its_own_checkpoint_after_taking_another_settings_l
     trainer.save_states(str(tmp_path / "mine"))
     trainer.load_states(str(tmp_path / "mine"))
     assert trainer.steps == 1 and trainer.epsilon(1e-5) == other.epsilon(1e-5)
+
+
+# -- fixed-size sampling: the ledger keeps its relation -------------------------------------
+def _fixed(accountant="rdp", seed=0, sampling="fixed"):
+    import warnings
+
+    import mxnet as mx
+    from mxnet import gluon
+
+    from mxprivacy import DPTrainer, PrivateBlock
+    mx.random.seed(seed)
+    net = gluon.nn.Dense(3, in_units=4)
+    net.initialize(mx.init.Xavier())
+    block = PrivateBlock(net)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = DPTrainer(block.collect_params(), "sgd", {"learning_rate": 0.1},
+                            noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=4,
+                            dataset_size=20, sampling=sampling, accountant=accountant)
+    return block, trainer
+
+
+def _fixed_steps(block, trainer, steps):
+    from mxnet import autograd
+
+    from mxprivacy import DPDataLoader
+    from .ckpt_helpers import LOSS, data
+    x, y = data(20, 11)
+    for xb, yb in DPDataLoader((x, y), expected_batch_size=4, trainer=trainer,
+                               num_batches=steps):
+        with autograd.record():
+            loss = LOSS(block(xb), yb)
+        loss.backward()
+        trainer.step(xb.shape[0])
+
+
+def test_a_fixed_size_checkpoint_round_trip_keeps_the_relation(tmp_path):
+    from mxprivacy.accounting import GaussianEvent, SampledWithoutReplacementEvent
+    block, trainer = _fixed()
+    _fixed_steps(block, trainer, 3)
+    trainer.save_states(str(tmp_path / "s"))
+    meta, _ = read_meta(str(tmp_path / "s"))
+    assert meta["privacy"]["neighboring"] == "replace_one"
+    assert meta["privacy"]["ledger"][0]["event"]["type"] == "sampled_without_replacement"
+    fresh_block, fresh = _fixed(seed=4)
+    fresh.load_states(str(tmp_path / "s"))
+    event = SampledWithoutReplacementEvent(20, 4, GaussianEvent(1.0))
+    assert fresh.accountant.neighboring == "replace_one"
+    assert fresh.accountant.ledger == [(event, 3)] and fresh.steps == 3
+    assert fresh.epsilon(1e-5) == trainer.epsilon(1e-5)
+    _fixed_steps(fresh_block, fresh, 1)
+    assert fresh.accountant.ledger == [(event, 4)]
+
+
+@pytest.mark.parametrize("saved,loading", [("poisson", "fixed"), ("fixed", "poisson")])
+def test_a_checkpoint_of_the_other_sampling_is_refused(tmp_path, saved, loading):
+    block, trainer = _fixed(sampling=saved)
+    if saved == "fixed":
+        _fixed_steps(block, trainer, 2)
+    else:
+        for seed in range(2):
+            step(block, trainer, seed)
+    trainer.save_states(str(tmp_path / "s"))
+    other_block, other = _fixed(sampling=loading, seed=1)
+    before = snapshot(other_block, other)
+    with pytest.raises(CheckpointError, match=f"sampling='{saved}'.*sampling='{loading}'"):
+        other.load_states(str(tmp_path / "s"))
+    assert same(snapshot(other_block, other), before)
+
+
+@pytest.mark.parametrize("event", [
+    {"type": "poisson_sampled", "sample_rate": 0.2,  # a Poisson step in a replace-one ledger
+     "event": {"type": "gaussian", "noise_multiplier": 1.0}},
+    {"type": "sampled_without_replacement", "dataset_size": 20, "sample_size": 0,
+     "event": {"type": "gaussian", "noise_multiplier": 1.0}},  # B = 0 counts nothing
+    {"type": "gaussian", "noise_multiplier": 1e6},  # not sampled: not a DP-SGD step
+])
+def test_a_fixed_size_ledger_holds_only_its_dp_sgd_steps(tmp_path, event):
+    """PLD counts each of these under replace-one; the DP-SGD check refuses them."""
+    block, trainer = _fixed("pld")
+    _fixed_steps(block, trainer, 2)
+    trainer.save_states(str(tmp_path / "s"))
+    meta, arrays = read_meta(str(tmp_path / "s"))
+    meta["privacy"]["ledger"][0]["event"] = event
+    write_meta(str(tmp_path / "s"), meta, arrays)
+    other_block, other = _fixed("pld", seed=1)
+    with pytest.raises(CheckpointError, match="not a DP-SGD step under replace_one"):
+        other.load_states(str(tmp_path / "s"))
+    assert other.steps == 0

@@ -119,3 +119,38 @@ def test_incomplete_or_invalid_plans_are_refused(options, match):
 def test_without_a_target_there_is_no_plan():
     _, trainer = make(noise_multiplier=1.3)
     assert trainer.privacy_plan is None and trainer.noise_multiplier == 1.3
+
+
+# -- fixed-size batches -------------------------------------------------------------------
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_a_fixed_size_plan_calibrates_the_without_replacement_event(accountant):
+    from mxprivacy.accounting import SampledWithoutReplacementEvent
+    fixed = dict(sampling="fixed", dataset_size=600, expected_batch_size=6, sample_rate=None)
+    target = dict(target_epsilon=2.0, target_delta=1e-5, epochs=3, accountant=accountant)
+    _, trainer = make(**fixed, **target)
+    plan = trainer.privacy_plan
+    assert plan.sampling == "fixed" and plan.sample_rate == 0.01
+    assert plan.steps == 300  # 3 epochs of ceil(600 / 6) batches
+    sigma = trainer.noise_multiplier
+    eps = epsilon_for(sigma, None, 300, 1e-5, accountant, sampling="fixed", dataset_size=600,
+                      sample_size=6)
+    assert plan.planned_epsilon == eps and 2.0 - min(0.01, 2e-3) <= eps <= 2.0
+    trainer.accountant.compose(SampledWithoutReplacementEvent(600, 6, GaussianEvent(sigma)),
+                               300)
+    assert trainer.epsilon(1e-5) == pytest.approx(eps, rel=1e-12)
+    _, poisson = make(sample_rate=0.01, **target)
+    assert sigma > 1.1 * poisson.noise_multiplier  # without replacement costs more noise
+
+
+def test_a_fixed_size_loop_over_the_planned_epochs_fits_and_the_next_step_is_refused():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(60, 5)).astype("float32"), rng.integers(0, 3, 60)
+    block, trainer = make(sampling="fixed", dataset_size=60, sample_rate=None,
+                          target_epsilon=4.0, target_delta=1e-3, epochs=2)
+    loader = DPDataLoader((x, y), expected_batch_size=6, trainer=trainer)
+    _run_epochs(block, trainer, loader, 2)
+    assert trainer.steps == trainer.privacy_plan.steps == 20
+    assert 4.0 - 4e-3 <= trainer.epsilon(1e-3) <= 4.0
+    with pytest.raises(PrivacyBudgetExceeded, match="20 steps"):
+        _run_epochs(block, trainer, loader, 1)
+    assert trainer.steps == 20
