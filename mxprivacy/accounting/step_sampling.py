@@ -22,6 +22,17 @@ Sensitivity under replace-one
     the plain Gaussian mechanism with sensitivity 2C, i.e. of noise multiplier sigma / 2
     under add/remove (``tests/accounting/test_step_sampling.py``).
 
+Clipping modes under replace-one
+    Flat and per-layer clipping: a record's clipped gradient has norm at most C (or
+    sqrt(sum C_l^2)), and the convention above holds. Microbatches of several records:
+    the replaced record's microbatch moves from clip(S + g) to clip(S + g'), again by at
+    most 2C, but the trainer keeps the add/remove factor 2 (noise 2 sigma C), so the
+    charge is conservative (by a factor 2 in sigma). Adaptive clipping: a replaced
+    record flips its centered count term from +1/2 to -1/2, a shift of 1 (1/2 under
+    add/remove). The gradient's shift doubles too, so the split
+    ``z^-2 = sigma_g^-2 + (2 count_noise)^-2`` still makes the pair one Gaussian with
+    the accounted mu = 2/z (``tests/gluon/test_fixed_sampling.py``).
+
 A shuffled epoch is neither
     ``gluon.data.DataLoader(shuffle=True)`` cuts one random permutation into batches.
     Those batches are not independent draws: a record in one batch is in no other batch

@@ -53,7 +53,7 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
     target_epsilon, target_delta, epochs, total_steps
         Calibrate sigma with ``accountant`` so that the planned run (``epochs`` passes
         of :class:`~mxprivacy.DPDataLoader`, or ``total_steps``) spends at most
-        ``target_epsilon`` at ``target_delta``, and within 0.5 % of it; see
+        ``target_epsilon`` at ``target_delta``, and close below it; see
         :attr:`privacy_plan`. Steps beyond the plan raise
         :class:`~mxprivacy.PrivacyBudgetExceeded` (see :mod:`.planning`).
     max_grad_norm : float or dict
