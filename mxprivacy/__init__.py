@@ -20,6 +20,7 @@ _LAZY = {
     "per_sample_grad_norms": "mxprivacy.gluon",
     "register_grad_rule": "mxprivacy.gluon",
     "PoissonBatchSampler": "mxprivacy.gluon",
+    "FixedSizeBatchSampler": "mxprivacy.gluon",
     "DPDataLoader": "mxprivacy.gluon",
     "validate": "mxprivacy.gluon",
     "fix": "mxprivacy.gluon",

@@ -12,7 +12,7 @@ from .fixer import fix
 from .norms import per_sample_grad_norms, per_sample_grads
 from .private_block import PrivateBlock
 from .rules import GradRule, register_grad_rule
-from .sampling import DPDataLoader, PoissonBatchSampler
+from .sampling import DPDataLoader, FixedSizeBatchSampler, PoissonBatchSampler
 from .rnn import DPGRU, DPLSTM, DPRNN
 from .trainer import DPTrainer
 from .noisy_output import NoisyOutput  # noqa: F401  (also mxprivacy.NoisyOutput)
@@ -20,5 +20,5 @@ from .validators import validate
 
 __all__ = ["PrivateBlock", "DPTrainer", "GradRule", "register_grad_rule", "rules",
            "per_sample_grad_norms", "per_sample_grads", "DPDataLoader",
-           "PoissonBatchSampler", "validate", "fix", "DPLSTM", "DPGRU", "DPRNN",
+           "PoissonBatchSampler", "FixedSizeBatchSampler", "validate", "fix", "DPLSTM", "DPGRU", "DPRNN",
            "ParameterAverage", "ChannelAffine", "split_and_load"]
