@@ -136,9 +136,10 @@ def _cmd_epsilon(args) -> dict:
            % (args.batch_size, args.dataset_size) if args.sampling == "fixed"
            else f"sampling rate {rate:.6g}")
     for name, (eps, bound) in found.items():
-        kind = "" if bound else ", an approximation: not an upper bound"
+        claim = "satisfy" if bound else "are, by a central-limit approximation (not an " \
+            "upper bound), about"
         print(f"{steps} steps at {how} with noise multiplier {args.noise_multiplier:g} "
-              f"satisfy ({_fmt(eps)}, {args.delta:g})-DP ({name.upper()} accountant{kind}).")
+              f"{claim} ({_fmt(eps)}, {args.delta:g})-DP ({name.upper()} accountant).")
     eps = max(e for e, bound in found.values() if bound) if any(
         bound for _, bound in found.values()) else next(iter(found.values()))[0]
     if math.isinf(eps):
@@ -147,11 +148,13 @@ def _cmd_epsilon(args) -> dict:
               "Add noise or raise delta.")
     elif eps > 1e3:
         print("Epsilon is astronomically large: this noise hides essentially nothing.")
-    result = {"epsilon": found[args.accountant][0] if args.accountant in found else
-              min(e for e, bound in found.values() if bound),
-              "delta": args.delta, "accountant": args.accountant, "sample_rate": rate,
+    bounds = [e for e, bound in found.values() if bound]
+    result = {"epsilon": min(bounds) if bounds else None,  # never an approximation
+              "upper_bound": bool(bounds), "delta": args.delta, "accountant": args.accountant, "sample_rate": rate,
               "noise_multiplier": args.noise_multiplier, "steps": steps,
               "sampling": args.sampling}
+    if not bounds:
+        result["epsilon_approximation"] = found[args.accountant][0]
     if args.accountant == "all":
         result["epsilons"] = {name: {"epsilon": e, "upper_bound": bound}
                               for name, (e, bound) in found.items()}
