@@ -29,7 +29,7 @@ def test_epsilon_all_accountants_side_by_side(capsys):
             "--batch-size", "256", "--epochs", "60", "--delta", "1e-5"]
     assert main(args + ["--accountant", "all", "--json"]) == 0
     text = capsys.readouterr().out
-    lines = [line for line in text.splitlines() if "satisfy" in line]
+    lines = [line for line in text.splitlines() if "-DP (" in line]
     assert [("RDP" in lines[0]), ("PLD" in lines[1]), ("GDP" in lines[2])] == [True] * 3
     assert "not an upper bound" in lines[2] and "not an upper bound" not in lines[0] + lines[1]
     out = json.loads(text.strip().splitlines()[-1])
