@@ -17,7 +17,7 @@ import abc
 from typing import Any, Callable, Dict, List, NoReturn, Tuple, Type
 
 from ..errors import InvalidParameterError, UnsupportedEventError
-from .events import DpEvent, event_from_dict
+from .events import DpEvent, GaussianEvent, event_from_dict
 
 __all__ = ["ADD_REMOVE", "NEIGHBORING_RELATIONS", "REPLACE_ONE", "PrivacyAccountant",
            "check_neighboring", "ledger_neighboring", "parse_ledger"]
@@ -89,6 +89,17 @@ class PrivacyAccountant(abc.ABC):
         the offending (sub-)event."""
         raise UnsupportedEventError(
             f"{self._describe()} cannot count {type(event).__name__} ({event!r}): {reason}")
+
+    def _check_without_replacement(self, event: DpEvent) -> None:
+        """Sampling without replacement is counted under replace_one, of a Gaussian only
+        (the same rule for every accountant that supports it)."""
+        if self.neighboring != REPLACE_ONE:
+            self._refuse(event, "sampling without replacement is accounted under the "
+                                "replace_one relation only (the data set size is public). "
+                                f"Use {type(self).__name__}(neighboring='replace_one').")
+        if not isinstance(event.event, GaussianEvent):
+            self._refuse(event, "sampling without replacement is supported only of a "
+                                f"GaussianEvent, got sub-event {event.event!r}.")
 
     def _describe(self) -> str:
         return f"{type(self).__name__}(neighboring={self.neighboring!r})"

@@ -124,13 +124,7 @@ class GDPAccountant(PrivacyAccountant):
                 self._refuse(event, "GDP supports Poisson subsampling only of a "
                                     f"GaussianEvent, got sub-event {event.event!r}.")
         if isinstance(event, SampledWithoutReplacementEvent):
-            if self.neighboring != REPLACE_ONE:
-                self._refuse(event, "sampling without replacement is accounted under the "
-                                    "replace_one relation only. Use "
-                                    "GDPAccountant(neighboring='replace_one').")
-            if not isinstance(event.event, GaussianEvent):
-                self._refuse(event, "GDP supports sampling without replacement only of a "
-                                    f"GaussianEvent, got sub-event {event.event!r}.")
+            self._check_without_replacement(event)
 
     def _reset(self) -> None:
         self._mu2 = 0.0

@@ -98,13 +98,7 @@ class PLDAccountant(PrivacyAccountant):
                 self._refuse(event, "Poisson subsampling is supported only of a GaussianEvent "
                                     f"or a LaplaceEvent, got sub-event {event.event!r}.")
         if isinstance(event, SampledWithoutReplacementEvent):
-            if self.neighboring != REPLACE_ONE:
-                self._refuse(event, "sampling without replacement is accounted under the "
-                                    "replace_one relation only (the data set size is "
-                                    "public). Use PLDAccountant(neighboring='replace_one').")
-            if not isinstance(event.event, GaussianEvent):
-                self._refuse(event, "sampling without replacement is supported only of a "
-                                    f"GaussianEvent, got sub-event {event.event!r}.")
+            self._check_without_replacement(event)
 
     def _apply(self, event: DpEvent, count: int) -> None:
         self._cache.clear()  # composition is lazy; see _composed

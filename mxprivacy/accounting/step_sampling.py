@@ -48,7 +48,8 @@ from typing import Optional
 
 from ..errors import InvalidParameterError
 from .base import ADD_REMOVE, REPLACE_ONE
-from .events import DpEvent, GaussianEvent, PoissonSampledEvent, SampledWithoutReplacementEvent
+from .events import (DpEvent, GaussianEvent, PoissonSampledEvent,
+                     SampledWithoutReplacementEvent, _check_count)
 
 __all__ = ["SAMPLINGS", "StepSampling", "step_sampling"]
 
@@ -71,16 +72,6 @@ def check_rate(sample_rate) -> float:
                                              and 0 < sample_rate <= 1):
         raise InvalidParameterError(f"sample_rate must lie in (0, 1], got {sample_rate!r}.")
     return float(sample_rate)
-
-
-def _whole(name: str, value, minimum: int) -> int:
-    try:
-        whole = not isinstance(value, bool) and int(value) == value
-    except (TypeError, ValueError, OverflowError):
-        whole = False
-    if not whole or value < minimum:
-        raise InvalidParameterError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -110,8 +101,8 @@ class StepSampling:
     def fixed(cls, dataset_size: int, sample_size: int) -> "StepSampling":
         """Exactly ``sample_size`` of ``dataset_size`` records per step, drawn uniformly
         without replacement, independently at every step."""
-        size = _whole("dataset_size", dataset_size, 1)
-        sample = _whole("sample_size (the batch size B)", sample_size, 1)
+        size = _check_count("dataset_size", dataset_size, 1)
+        sample = _check_count("sample_size (the batch size B)", sample_size, 1)
         if sample > size:
             raise InvalidParameterError(
                 f"A fixed-size batch of {sample} cannot be drawn from {size} records.")
