@@ -39,3 +39,14 @@ def allow_fixed_batches(trainer):
     (see tests/gluon/test_guarantee_paths.py for the fixed-size detector itself)."""
     trainer._size_check.enabled = False
     return trainer
+
+
+class Scale(gluon.nn.HybridBlock):
+    """A custom layer with a parameter and no vectorized per-sample rule."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = self.params.get("factor", shape=(1,), init=mx.init.One())
+
+    def hybrid_forward(self, F, x, factor):
+        return F.broadcast_mul(x, factor)

@@ -14,7 +14,7 @@ from mxprivacy import (DPTrainer, HybridizedCaptureError, PerSampleGradientError
                        per_sample_grad_norms)
 from mxprivacy.gluon import graph_capture
 
-from .helpers import LOSS, allow_fixed_batches, batch, reference_grads
+from .helpers import LOSS, Scale, allow_fixed_batches, batch, reference_grads
 from .test_rules import check_shard, graph_runs
 
 nn = gluon.nn
@@ -288,14 +288,6 @@ def test_a_variable_of_another_block_is_refused():
     with pytest.raises(HybridizedCaptureError, match="neither one of its inputs"):
         per_sample_grad_norms(net, LOSS, x, y, mode="vectorized")
 
-
-class Scale(nn.HybridBlock):
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.factor = self.params.get("factor", shape=(1,), init=mx.init.One())
-
-    def hybrid_forward(self, F, x, factor):
-        return F.broadcast_mul(x, factor)
 
 
 def test_a_layer_without_rule_made_trainable_after_wrapping_is_refused():

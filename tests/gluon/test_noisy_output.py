@@ -1,5 +1,4 @@
 """NoisyOutput: clipping, calibrated noise, exact budget exhaustion, label mode, ledger."""
-import math
 
 import mxnet as mx
 import numpy as np

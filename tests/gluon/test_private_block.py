@@ -10,7 +10,7 @@ from mxnet import autograd, gluon, nd
 from mxprivacy import (DPTrainer, MicrobatchFallbackWarning, PlainTrainerError,
                        PrivateBlock)
 
-from .helpers import LOSS, allow_fixed_batches, batch, mlp
+from .helpers import LOSS, Scale, allow_fixed_batches, batch, mlp
 
 
 def private_step(block):
@@ -93,16 +93,6 @@ def test_a_missing_parameter_is_still_refused(tmp_path):
 
 
 # -- mode="auto" ----------------------------------------------------------------------
-class Scale(gluon.nn.HybridBlock):
-    """A layer with a parameter and no vectorized rule."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.factor = self.params.get("factor", shape=(1,), init=mx.init.One())
-
-    def hybrid_forward(self, F, x, factor):
-        return F.broadcast_mul(x, factor)
-
 
 def net_without_rule():
     net = gluon.nn.HybridSequential()

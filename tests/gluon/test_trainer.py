@@ -9,11 +9,11 @@ from mxnet import autograd, gluon, nd
 from scipy import stats
 
 from mxprivacy import (BatchSizeMismatchError, CheckpointError, DPTrainer, ForeignParameterError,
-                       HybridizedCaptureError, InvalidParameterError, NonFiniteGradientWarning,
+                       InvalidParameterError, NonFiniteGradientWarning,
                        PrivateBlock, ScalarLossError, StaleGradientError, UnsupportedLayerError,
                        per_sample_grad_norms)
 
-from .helpers import LOSS, allow_fixed_batches, batch, mlp, reference_grads
+from .helpers import LOSS, Scale, allow_fixed_batches, batch, mlp, reference_grads
 
 
 def make(net=None, mode="vectorized", sigma=0.0, clip=1.0, expected=6, lr=1.0, **kwargs):
@@ -202,16 +202,6 @@ def test_scalar_loss_rejected():
     with pytest.raises(ScalarLossError):
         per_sample_grad_norms(mlp(), lambda out, lab: LOSS(out, lab).mean(), x, y)
 
-
-class Scale(gluon.nn.HybridBlock):
-    """A custom layer with a parameter and no registered rule."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.factor = self.params.get("factor", shape=(1,), init=mx.init.One())
-
-    def hybrid_forward(self, F, x, factor):
-        return F.broadcast_mul(x, factor)
 
 
 def test_unsupported_layer_named_in_vectorized_mode():
