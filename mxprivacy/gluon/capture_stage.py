@@ -46,7 +46,9 @@ class CaptureStageMixin:
         return units, captured
 
     def _check_batch_source(self) -> None:
-        """Secure mode and fixed-size sampling take only batches that DPDataLoader drew."""
+        """Secure mode and fixed-size sampling step only after a DPDataLoader draw, on its
+        count. The trainer sees counts, not data: forwarding other rows than the drawn
+        ones (another loader's batch, one record in several rows) is not detected."""
         if self._loader_examples is not None:
             return
         if self.secure_mode:
@@ -65,7 +67,16 @@ class CaptureStageMixin:
 
     def expect_examples(self, count: int) -> None:
         """Called by :class:`DPDataLoader` with the size of the batch it just drew; the
-        next step must capture exactly that many examples."""
+        next step must capture exactly that many examples.
+
+        A new draw while parts of the previous one are accumulated is refused: the step
+        would join two draws, in which a record can appear twice (2kC, not 2C)."""
+        if self._accumulated_units:
+            raise SamplingError(
+                f"DPDataLoader drew a new batch while {self._accumulated_units} examples of "
+                "the previous draw are accumulated: one step would join two draws, in which "
+                "one record can appear twice. Call trainer.step(total) after the last part "
+                "of a draw, before drawing the next batch.")
         self._loader_examples = int(count)
 
     def _units(self, example_ids):

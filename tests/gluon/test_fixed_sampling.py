@@ -189,6 +189,26 @@ def test_virtual_steps_charge_one_event_per_logical_batch_of_b():
     assert trainers[1].steps == 3
 
 
+@pytest.mark.parametrize("sampling", ["fixed", "poisson"])
+def test_one_step_cannot_join_parts_of_two_draws(sampling):
+    """Review finding: accumulate() rows 0-2 of one draw, then step on 3 rows of the next
+    draw, was charged as one step of B = 6; a record in both draws moved the clipped sum
+    by 2.83C where the accountant assumes 2C."""
+    from mxprivacy import SamplingError
+    x, y = data(30)
+    options = {} if sampling == "fixed" else dict(sampling="poisson", sample_rate=0.2,
+                                                  dataset_size=None)
+    block, trainer = build(sigma=0.0, **options)
+    draws = iter(DPDataLoader((x, y), expected_batch_size=6, trainer=trainer, num_batches=3,
+                              seed=4))
+    xb, yb = next(draws)
+    assert xb.shape[0] >= 2  # a draw in two parts (seeded)
+    backward(block, xb[:1], yb[:1])
+    trainer.accumulate()
+    with pytest.raises(SamplingError, match="two draws"):
+        next(draws)
+
+
 # -- options ---------------------------------------------------------------------------
 @pytest.mark.parametrize("options,match", [
     (dict(dataset_size=None), "dataset_size=N"),
