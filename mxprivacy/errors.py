@@ -31,6 +31,7 @@ __all__ = [
     "PlainTrainerError",
     "MicrobatchFallbackWarning",
     "UnknownChannelsError",
+    "AuditInputError",
 ]
 
 
@@ -142,3 +143,8 @@ class UnknownChannelsError(MXPrivacyError, RuntimeError):
     """A layer that ``fix()`` put in place of BatchNorm chooses its number of groups from
     its channel count, which no batch has shown yet, and a symbolic graph needs it now.
     Run the net once on a batch first, or give the BatchNorm ``in_channels``."""
+
+
+class AuditInputError(InvalidParameterError):
+    """Scores, labels or settings given to ``mxprivacy.audit`` are unusable: empty, not
+    finite, of mismatched lengths, or a significance or delta outside (0, 1)."""
