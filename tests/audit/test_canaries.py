@@ -1,0 +1,137 @@
+"""mxprivacy.audit.canaries: canary construction, secret inclusion, and scores."""
+import math
+
+import numpy as np
+import pytest
+
+from mxprivacy.audit.canaries import CanarySet, canary_scores, make_canaries
+from mxprivacy.errors import AuditInputError
+
+
+def _pool(n=300, classes=10, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, classes, size=n).astype(np.float32)
+    y[:classes] = np.arange(classes)  # every class present
+    return x, y
+
+
+def test_inclusion_rate_is_one_half_within_a_stated_binomial_tolerance():
+    # Included count ~ Binomial(4000, 1/2): sd = sqrt(4000)/2 = 31.6. The tolerance of
+    # 5 sd (158) fails a correct implementation with probability < 1e-6 per seed; an
+    # inclusion rate of 0.45 or 0.55 (shift 200) is outside it.
+    x, y = _pool(n=4000)
+    for seed in range(5):
+        count = make_canaries(x, y, 4000, "ood", seed=seed).num_included
+        assert abs(count - 2000) <= 5 * math.sqrt(4000) / 2, count
+
+
+def test_inclusion_is_secret_by_default_and_reproducible_with_a_seed():
+    x, y = _pool()
+    first, second = make_canaries(x, y, 200), make_canaries(x, y, 200)
+    assert not np.array_equal(first.included, second.included)  # equal w.p. 2^-200
+    assert not np.array_equal(first.source_index, second.source_index)
+    a, b = make_canaries(x, y, 200, seed=7), make_canaries(x, y, 200, seed=7)
+    for name in ("x", "y", "included", "source_index"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert not np.array_equal(a.included, make_canaries(x, y, 200, seed=8).included)
+
+
+def test_a_seed_does_not_reproduce_a_sampler_stream_with_the_same_seed():
+    # The Poisson sampler and the noise use numpy's default_rng(seed); the same integer
+    # given to both must not make the inclusion mask a window of a sampling stream
+    # (inclusion would then be correlated with which examples a step samples). A
+    # 200-bit window matches by chance with probability 1e5 * 2^-200.
+    x, y = _pool()
+    for kind in ("mislabeled", "ood"):
+        for seed in range(3):
+            mask = make_canaries(x, y, 200, kind, seed=seed).included
+            stream = np.random.default_rng(seed).random(100_000) < 0.5
+            assert mask.astype(np.uint8).tobytes() not in stream.astype(np.uint8).tobytes()
+
+
+def test_mislabeled_canaries_copy_distinct_inputs_and_always_change_the_label():
+    x, y = _pool()
+    canaries = make_canaries(x, y, 250, seed=3)
+    assert isinstance(canaries, CanarySet) and len(canaries) == 250
+    assert len(set(canaries.source_index.tolist())) == 250
+    np.testing.assert_array_equal(canaries.x, x[canaries.source_index])
+    assert np.all(canaries.y != y[canaries.source_index])
+    assert canaries.y.dtype == y.dtype and canaries.x.dtype == x.dtype
+    # the new label is uniform over the 9 other classes: each shift 1..9 occurs
+    shifts = (canaries.y - y[canaries.source_index]) % 10
+    assert set(shifts.astype(int).tolist()) == set(range(1, 10))
+    canaries.x[0] += 1  # a copy, not a view of the pool
+    assert not np.array_equal(canaries.x[0], x[canaries.source_index[0]])
+
+
+def test_members_are_the_included_canaries():
+    x, y = _pool()
+    canaries = make_canaries(x, y, 100, seed=1)
+    mx_, my = canaries.members()
+    assert len(mx_) == len(my) == canaries.num_included
+    np.testing.assert_array_equal(mx_, canaries.x[canaries.included])
+    np.testing.assert_array_equal(my, canaries.y[canaries.included])
+
+
+def test_ood_canaries_match_the_input_shape_and_range():
+    x, y = _pool()
+    low, high = x.min(), x.max()
+    ood = make_canaries(x, y, 50, "ood", seed=0)
+    assert ood.x.shape == (50, 1, 8, 8) and ood.x.dtype == np.float32
+    assert ood.x.min() >= low and ood.x.max() <= high and ood.source_index is None
+    assert set(ood.y.astype(int).tolist()) <= set(range(10))
+    pattern = make_canaries(x, y, 50, "ood_pattern", seed=0)
+    assert pattern.x.shape == (50, 1, 8, 8)
+    assert set(np.unique(pattern.x).tolist()) == {low, high}
+    lit = (pattern.x == high).mean()
+    assert 0.05 < lit < 0.15  # 10 % of 3200 pixels: sd 0.5 %
+
+
+def test_labels_respect_num_classes():
+    x, y = _pool(classes=3)
+    canaries = make_canaries(x, y, 100, "ood", num_classes=5, seed=0)
+    assert canaries.y.max() <= 4 and canaries.y.max() >= 3  # classes 3, 4 drawn as well
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda x, y: make_canaries(x, y[:-1], 10), "lengths differ"),
+    (lambda x, y: make_canaries(x, y, 1), "m must be"),
+    (lambda x, y: make_canaries(x, y, 0), "m must be"),
+    (lambda x, y: make_canaries(x, y, 2.0), "m must be"),
+    (lambda x, y: make_canaries(x, y, 10, "noise"), "kind must be"),
+    (lambda x, y: make_canaries(x, y, 301), "distinct inputs"),
+    (lambda x, y: make_canaries(x, y + 0.5, 10), "integer class labels"),
+    (lambda x, y: make_canaries(x, y, 10, num_classes=5), r"\[0, 4\]"),
+    (lambda x, y: make_canaries(x, y, 10, num_classes=1), "num_classes"),
+    (lambda x, y: make_canaries(x[:, 0, 0, 0], y, 10), "non-empty batch"),
+    (lambda x, y: make_canaries(x * np.nan, y, 10), "non-finite"),
+    (lambda x, y: make_canaries(x, y, 10, seed=-1), "seed"),
+])
+def test_bad_input_is_refused(call, match):
+    x, y = _pool()
+    with pytest.raises(AuditInputError, match=match):
+        call(x, y)
+
+
+def test_scores_on_hand_computed_logits():
+    logits = np.array([[0.0, math.log(3.0)], [0.0, 0.0], [1000.0, 0.0]])
+    labels = np.array([1, 0, 0])
+    np.testing.assert_allclose(canary_scores(logits, labels),
+                               [math.log(0.75), math.log(0.5), -math.exp(-1000.0)], atol=1e-12)
+    np.testing.assert_allclose(canary_scores(logits, labels, "logit"),
+                               [math.log(3.0), 0.0, 1000.0], atol=1e-12)
+    three = np.array([[1.0, 2.0, 3.0]])  # p = softmax; logit = log(p2 / (p0 + p1))
+    p = np.exp(three[0]) / np.exp(three[0]).sum()
+    np.testing.assert_allclose(canary_scores(three, [2], "logit"), [math.log(p[2] / (1 - p[2]))])
+
+
+def test_scores_refuse_bad_input():
+    with pytest.raises(AuditInputError, match="score must be"):
+        canary_scores(np.zeros((2, 3)), [0, 1], "loss")
+    with pytest.raises(AuditInputError, match="lengths differ"):
+        canary_scores(np.zeros((2, 3)), [0, 1, 2])
+    with pytest.raises(AuditInputError, match=r"\[0, 2\]"):
+        canary_scores(np.zeros((2, 3)), [0, 3])
+    with pytest.raises(AuditInputError, match="non-finite"):
+        canary_scores(np.array([[0.0, np.inf]]), [0])
