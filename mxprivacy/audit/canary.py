@@ -1,0 +1,325 @@
+"""Empirical epsilon lower bounds from the attack scores of member and non-member canaries.
+
+``CanaryScoreAuditor(in_scores, out_scores)`` takes one attack score per canary (HIGHER
+means "more likely a member") and turns them into
+
+- the classic two-run lower bound (Jagielski, Ullman & Oprea 2020; Nasr et al. 2021):
+  at a threshold, a Clopper-Pearson lower bound on the true-positive rate and upper
+  bound on the false-positive rate give ``epsilon >= log((TPR - delta) / FPR)``
+  (:meth:`~CanaryScoreAuditor.epsilon_clopper_pearson`);
+- the one-run bound (Steinke, Nasr & Jagielski 2023), for canaries each included in a
+  single training run with probability 1/2 (:meth:`~CanaryScoreAuditor.epsilon_one_run`)
+  and its f-DP refinement (Mahloujifar et al. 2024,
+  :meth:`~CanaryScoreAuditor.epsilon_one_run_fdp`);
+- descriptive metrics: ROC curve, AUROC, TPR at a fixed FPR, maximum accuracy and the
+  raw-count estimate ``log(TPR / FPR)`` (not a bound).
+
+The design follows JAX Privacy's ``auditing.CanaryScoreAuditor``; its published test
+values are reproduced in ``tests/audit``. One deliberate difference: when the threshold
+is chosen from the data, JAX Privacy divides the significance by the number of thresholds
+on the ROC convex hull, a set picked with the membership labels. Here the default
+(``bonferroni="all"``) divides by a count fixed before the labels are seen (the number of
+canaries for one run; one per order statistic for Clopper-Pearson, which makes the bounds
+hold for every threshold at once), so the confidence statement is exact;
+``bonferroni="hull"`` reproduces JAX Privacy.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import special
+
+from ..errors import AuditInputError
+from . import _validate
+
+__all__ = ["CanaryScoreAuditor", "clopper_pearson_upper", "clopper_pearson_lower",
+           "epsilon_from_counts"]
+
+_BONFERRONI = ("all", "hull")
+
+
+def _counts(k, n) -> tuple:
+    """``k`` and ``n`` as int arrays with ``0 <= k <= n`` and ``n >= 1``."""
+    k_arr, n_arr = np.asarray(k), np.asarray(n)
+    for name, arr in (("k", k_arr), ("n", n_arr)):
+        if arr.dtype.kind not in "iuf" or not np.all(np.isfinite(arr)) or \
+                not np.all(arr == np.round(arr)):
+            raise AuditInputError(f"{name} must be whole numbers (counts); got {arr!r}.")
+    if np.any(n_arr < 1) or np.any(k_arr < 0) or np.any(k_arr > n_arr):
+        raise AuditInputError(
+            f"Need 0 <= k <= n and n >= 1 (k successes out of n trials); got k={k!r}, n={n!r}.")
+    return k_arr.astype(np.float64), n_arr.astype(np.float64)
+
+
+def _scalar_or_array(value: np.ndarray, *inputs):
+    return float(value) if all(np.ndim(x) == 0 for x in inputs) else value
+
+
+def _cp_upper(k: np.ndarray, n: np.ndarray, significance: float) -> np.ndarray:
+    """Unchecked :func:`clopper_pearson_upper` on float arrays."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        upper = special.betainccinv(k + 1, n - k, significance)
+    return np.where(k >= n, 1.0, upper)
+
+
+def _cp_lower(k: np.ndarray, n: np.ndarray, significance: float) -> np.ndarray:
+    """Unchecked :func:`clopper_pearson_lower`: ``1 - upper(n - k)``."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lower = special.betaincinv(k, n - k + 1, significance)
+    return np.where(k <= 0, 0.0, lower)
+
+
+def clopper_pearson_upper(k, n, significance: float = 0.05):
+    """One-sided Clopper-Pearson upper confidence bound on a binomial rate.
+
+    Returns the ``p`` with ``P(Binomial(n, p) <= k) = significance`` (1 when ``k = n``):
+    the true rate is above it with probability at most ``significance``. ``k`` and ``n``
+    may be arrays (broadcast); scalars give a float.
+    """
+    significance = _validate.significance(significance)
+    k_arr, n_arr = _counts(k, n)
+    return _scalar_or_array(_cp_upper(k_arr, n_arr, significance), k, n)
+
+
+def clopper_pearson_lower(k, n, significance: float = 0.05):
+    """One-sided Clopper-Pearson lower confidence bound on a binomial rate.
+
+    Returns the ``p`` with ``P(Binomial(n, p) >= k) = significance`` (0 when ``k = 0``).
+    """
+    significance = _validate.significance(significance)
+    k_arr, n_arr = _counts(k, n)
+    return _scalar_or_array(_cp_lower(k_arr, n_arr, significance), k, n)
+
+
+def _log_ratio_bound(tpr_lb: np.ndarray, fpr_ub: np.ndarray, delta: float) -> np.ndarray:
+    """``max(0, log((tpr_lb - delta) / fpr_ub))``, 0 where ``tpr_lb <= delta``."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        eps = np.log(tpr_lb - delta) - np.log(fpr_ub)
+    return np.where((tpr_lb > delta) & (eps > 0), eps, 0.0)
+
+
+def epsilon_from_counts(tp, n_pos, fp, n_neg, significance: float = 0.05, delta: float = 0.0):
+    """Clopper-Pearson epsilon lower bound at ONE threshold fixed before seeing the data.
+
+    ``tp`` of ``n_pos`` members and ``fp`` of ``n_neg`` non-members were flagged. With
+    probability at least ``1 - significance`` (split evenly between the two rates), an
+    (epsilon, delta)-DP mechanism has ``epsilon >= log((TPR_lower - delta) / FPR_upper)``;
+    the result is that bound, or 0 when it is negative. A threshold chosen by looking at
+    these same counts needs a multiple-testing correction: use
+    :meth:`CanaryScoreAuditor.epsilon_clopper_pearson` instead. Arrays broadcast.
+    """
+    significance = _validate.significance(significance)
+    delta = _validate.delta(delta)
+    tp_arr, pos_arr = _counts(tp, n_pos)
+    fp_arr, neg_arr = _counts(fp, n_neg)
+    eps = _log_ratio_bound(_cp_lower(tp_arr, pos_arr, significance / 2),
+                           _cp_upper(fp_arr, neg_arr, significance / 2), delta)
+    return _scalar_or_array(eps, tp, n_pos, fp, n_neg)
+
+
+def _roc_counts(in_scores: np.ndarray, out_scores: np.ndarray) -> tuple:
+    """Every distinct decision "member iff score >= t", from t = +inf down to the lowest
+    score: ``(thresholds, tp, fp)`` with ``tp`` and ``fp`` increasing from 0 to
+    ``n_in`` and ``n_out``."""
+    thresholds = np.concatenate(([np.inf], np.unique(np.concatenate((in_scores, out_scores)))[::-1]))
+    tp = len(in_scores) - np.searchsorted(np.sort(in_scores), thresholds, side="left")
+    fp = len(out_scores) - np.searchsorted(np.sort(out_scores), thresholds, side="left")
+    return thresholds, tp, fp
+
+
+def _upper_hull(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Indices of the vertices of the upper convex hull of points sorted by ``x``.
+
+    Points on a hull edge (collinear) are dropped. Every pass removes, at once, each
+    point that does not turn strictly clockwise from its current neighbours: such a point
+    lies on or below a chord between two points of the set, so it is never a vertex.
+    When no point is removed the chain is strictly concave, which is the hull.
+    """
+    keep = np.arange(len(x))
+    while len(keep) > 2:
+        dx, dy = np.diff(x[keep]), np.diff(y[keep])
+        turn = dy[:-1] * dx[1:] - dy[1:] * dx[:-1]  # > 0: strictly clockwise (concave)
+        drop = turn <= 0
+        if not drop.any():
+            break
+        keep = keep[np.concatenate(([True], ~drop, [True]))]
+    return keep
+
+
+class CanaryScoreAuditor:
+    """Privacy metrics and epsilon lower bounds from canary attack scores.
+
+    Parameters
+    ----------
+    in_scores, out_scores : array-like of float
+        One attack score per member ("in", trained on) and per non-member ("out")
+        canary. HIGHER scores must mean "more likely a member" (negate losses). The
+        decision rules considered flag a canary as a member when its score is at least a
+        threshold.
+
+    Examples
+    --------
+    >>> auditor = CanaryScoreAuditor(in_scores, out_scores)
+    >>> auditor.epsilon_clopper_pearson(significance=0.05)   # two runs: 95 % lower bound
+    >>> auditor.epsilon_one_run(significance=0.05, delta=1e-5)  # one run, inclusion 1/2
+    """
+
+    def __init__(self, in_scores, out_scores):
+        self._in = _validate.scores("in_scores", in_scores)
+        self._out = _validate.scores("out_scores", out_scores)
+        self._thresholds, self._tp, self._fp = _roc_counts(self._in, self._out)
+        self._hull = _upper_hull(self._fp, self._tp)
+
+    @property
+    def n_in(self) -> int:
+        """Number of member canaries."""
+        return len(self._in)
+
+    @property
+    def n_out(self) -> int:
+        """Number of non-member canaries."""
+        return len(self._out)
+
+    def __repr__(self) -> str:
+        return f"CanaryScoreAuditor(n_in={self.n_in}, n_out={self.n_out})"
+
+    # ----- descriptive metrics -------------------------------------------------------
+
+    def roc_curve(self, convex_hull: bool = False) -> tuple:
+        """``(fpr, tpr)`` arrays from (0, 0) to (1, 1), one point per distinct threshold.
+
+        With ``convex_hull=True``, only the vertices of the ROC convex hull: the rates
+        reachable by randomizing between two thresholds.
+        """
+        keep = self._hull if convex_hull else slice(None)
+        return self._fp[keep] / self.n_out, self._tp[keep] / self.n_in
+
+    def auroc(self, convex_hull: bool = False) -> float:
+        """Area under the ROC curve: the probability that a random member outscores a
+        random non-member, ties counting one half (as ``sklearn.metrics.roc_auc_score``).
+        ``convex_hull=True`` gives the area under the hull (JAX Privacy's
+        ``attack_auroc``), which is at least as large."""
+        fpr, tpr = self.roc_curve(convex_hull)
+        return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2)
+
+    def _hull_for_interpolation(self) -> tuple:
+        """Hull vertices with one point per false-positive count (the highest)."""
+        fp, tp = self._fp[self._hull], self._tp[self._hull]
+        last = np.concatenate((fp[1:] != fp[:-1], [True]))
+        return fp[last], tp[last]
+
+    def tpr_at_fpr(self, fpr):
+        """The highest true-positive rate at a false-positive rate ``fpr`` in [0, 1]
+        (scalar or array), allowing a random choice between two thresholds (linear
+        interpolation on the ROC convex hull, as JAX Privacy's ``tpr_at_given_fpr``)."""
+        rates = np.asarray(fpr, dtype=np.float64)
+        if not np.all(np.isfinite(rates)) or np.any(rates < 0) or np.any(rates > 1):
+            raise AuditInputError(f"fpr must be in [0, 1]; got {fpr!r}.")
+        fp, tp = self._hull_for_interpolation()
+        tpr = np.interp(rates * self.n_out, fp, tp) / self.n_in
+        return _scalar_or_array(tpr, fpr)
+
+    def max_accuracy(self, prevalence: "float | None" = None) -> float:
+        """Best accuracy of a threshold rule when a fraction ``prevalence`` of the canaries
+        are members (default: the fraction given, ``n_in / (n_in + n_out)``)."""
+        if prevalence is None:
+            prevalence = self.n_in / (self.n_in + self.n_out)
+        elif not (0.0 <= float(prevalence) <= 1.0):
+            raise AuditInputError(f"prevalence must be in [0, 1]; got {prevalence!r}.")
+        tpr, tnr = self._tp / self.n_in, 1.0 - self._fp / self.n_out
+        return float(np.max(prevalence * tpr + (1.0 - prevalence) * tnr))
+
+    def epsilon_raw_counts(self, min_count: int = 50, delta: float = 0.0,
+                           one_sided: bool = True) -> float:
+        """Point ESTIMATE ``max log((TPR - delta) / FPR)`` over thresholds with at least
+        ``min_count`` false positives (no confidence statement; 0 if ``min_count`` is not
+        below the number of non-members). Too small a ``min_count`` gives a noisy, upward
+        biased estimate; too large biases it toward 0. ``one_sided=False`` also tries the
+        reverse rule (low score = member)."""
+        if isinstance(min_count, bool) or not float(min_count).is_integer() or min_count < 1:
+            raise AuditInputError(f"min_count must be a positive whole number; got {min_count!r}.")
+        delta = _validate.delta(delta)
+        eps = _raw_counts_epsilon(self._tp[self._hull], self._fp[self._hull], int(min_count), delta)
+        if not one_sided:
+            fn, tn = self.n_in - self._tp[::-1], self.n_out - self._fp[::-1]
+            hull = _upper_hull(tn, fn)
+            eps = max(eps, _raw_counts_epsilon(fn[hull], tn[hull], int(min_count), delta))
+        return float(max(eps, 0.0))
+
+    # ----- lower bounds ---------------------------------------------------------------
+
+    def epsilon_clopper_pearson(self, significance: float = 0.05, delta: float = 0.0,
+                                one_sided: bool = True, *, threshold: "float | None" = None,
+                                bonferroni: str = "all") -> float:
+        """Epsilon lower bound from two-run membership tests (Jagielski et al. 2020).
+
+        Members and non-members must come from separate experiments (each canary's
+        membership fixed, e.g. models trained with and without it). With probability at
+        least ``1 - significance``, an (epsilon, delta)-DP training has epsilon at least
+        the returned value (0 when nothing is shown).
+
+        Parameters
+        ----------
+        significance : float in (0, 1), default 0.05
+            Probability that the bound is wrong, split evenly between the TPR and FPR
+            bounds.
+        delta : float in [0, 1), default 0
+            The delta of the claim being tested.
+        one_sided : bool, default True
+            False also tries the reverse rule (low score = member), using the same
+            confidence bounds, so no extra correction is needed.
+        threshold : float, optional
+            A threshold fixed BEFORE looking at these scores: no multiple-testing
+            correction. Without it every threshold is tried and the best is returned.
+        bonferroni : {"all", "hull"}, default "all"
+            Correction when ``threshold`` is None. ``"all"``: the TPR (FPR) bound is taken
+            at ``significance / (2 n)`` for ``n`` members (non-members), one test per
+            order statistic, which makes the bounds hold at every threshold at once.
+            ``"hull"``: JAX Privacy's rule, ``significance / (2 h)`` with ``h`` the
+            number of ROC convex-hull vertices, only those thresholds tried (the hull is
+            chosen with the labels, so this is a heuristic, not a union bound).
+        """
+        significance = _validate.significance(significance)
+        delta = _validate.delta(delta)
+        n_in, n_out = float(self.n_in), float(self.n_out)
+        if threshold is not None:
+            tp = np.array([np.sum(self._in >= threshold)], dtype=np.float64)
+            fp = np.array([np.sum(self._out >= threshold)], dtype=np.float64)
+            sig_in = sig_out = significance / 2
+        elif _bonferroni(bonferroni) == "hull":
+            tp, fp = self._tp[self._hull].astype(np.float64), self._fp[self._hull].astype(np.float64)
+            sig_in = sig_out = significance / (2 * len(self._hull))
+        else:
+            tp, fp = self._tp.astype(np.float64), self._fp.astype(np.float64)
+            sig_in, sig_out = significance / (2 * n_in), significance / (2 * n_out)
+        fnr_ub = _cp_upper(n_in - tp, n_in, sig_in)
+        fpr_ub = _cp_upper(fp, n_out, sig_out)
+        eps = _log_ratio_bound(1.0 - fnr_ub, fpr_ub, delta)
+        if not one_sided:
+            eps = np.maximum(eps, _log_ratio_bound(1.0 - fpr_ub, fnr_ub, delta))
+        return float(np.max(eps))
+
+
+def _bonferroni(value: str) -> str:
+    if value not in _BONFERRONI:
+        raise AuditInputError(
+            f"bonferroni must be one of {_BONFERRONI}; got {value!r}. Use 'all' unless you "
+            "are comparing with JAX Privacy ('hull').")
+    return value
+
+
+def _raw_counts_epsilon(tp: np.ndarray, fp: np.ndarray, min_count: int, delta: float) -> float:
+    """``max log((TPR - delta) / FPR)`` over the ROC hull vertices ``(fp, tp)`` (increasing)
+    with at least ``min_count`` false positives, plus the hull point at exactly
+    ``min_count`` false positives."""
+    n_pos, n_neg = tp[-1], fp[-1]
+    if min_count >= n_neg:
+        return 0.0
+    last = np.concatenate((fp[1:] != fp[:-1], [True]))
+    min_fpr = min_count / n_neg
+    tpr_at_min = np.interp(min_count, fp[last], tp[last]) / n_pos
+    tpr = np.append(tp[fp >= min_count] / n_pos, tpr_at_min)
+    fpr = np.append(fp[fp >= min_count] / n_neg, min_fpr)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        eps = np.log(tpr - delta) - np.log(fpr)
+    eps = eps[tpr > delta]
+    return float(max(np.max(eps, initial=0.0), 0.0))
