@@ -29,12 +29,14 @@ import numpy as np
 from scipy import special
 
 from ..errors import AuditInputError
-from . import _validate
+from . import _one_run, _validate
 
 __all__ = ["CanaryScoreAuditor", "clopper_pearson_upper", "clopper_pearson_lower",
            "epsilon_from_counts"]
 
-_BONFERRONI = ("all", "hull")
+_CP_RULES = ("all", "hull")
+_ONE_RUN_RULES = ("grid", "all", "hull")
+_GRID_PER_DOUBLING = 8
 
 
 def _counts(k, n) -> tuple:
@@ -285,7 +287,7 @@ class CanaryScoreAuditor:
             tp = np.array([np.sum(self._in >= threshold)], dtype=np.float64)
             fp = np.array([np.sum(self._out >= threshold)], dtype=np.float64)
             sig_in = sig_out = significance / 2
-        elif _bonferroni(bonferroni) == "hull":
+        elif _bonferroni(bonferroni, _CP_RULES) == "hull":
             tp, fp = self._tp[self._hull].astype(np.float64), self._fp[self._hull].astype(np.float64)
             sig_in = sig_out = significance / (2 * len(self._hull))
         else:
@@ -298,13 +300,92 @@ class CanaryScoreAuditor:
             eps = np.maximum(eps, _log_ratio_bound(1.0 - fpr_ub, fnr_ub, delta))
         return float(np.max(eps))
 
+    def epsilon_one_run(self, significance: float = 0.05, delta: float = 1e-5, *,
+                        threshold: "float | None" = None, bonferroni: str = "grid") -> float:
+        """Epsilon lower bound from ONE training run (Steinke, Nasr & Jagielski 2023).
 
-def _bonferroni(value: str) -> str:
-    if value not in _BONFERRONI:
+        Valid only if each of the ``n_in + n_out`` canaries was put in the training set
+        independently with probability 1/2 (members are ``in_scores``), and the scores
+        were computed without using that choice. The auditor guesses "member" for the
+        canaries scoring at least a threshold; with probability at least ``1 -
+        significance``, an (epsilon, delta)-DP training has epsilon at least the value
+        returned (0 when nothing is shown).
+
+        Parameters
+        ----------
+        significance : float in (0, 1), default 0.05
+        delta : float in [0, 1), default 1e-5
+            The delta of the claim tested: give the delta the accountant reports.
+        threshold : float, optional
+            Fixed before looking at the scores: no multiple-testing correction.
+        bonferroni : {"grid", "all", "hull"}, default "grid"
+            Correction when ``threshold`` is None. ``"grid"``: guess the top ``k``
+            canaries for ``k`` on a geometric grid fixed in advance (8 per doubling, about
+            115 values for 20,000 canaries) at ``significance / len(grid)``. ``"all"``:
+            every threshold at ``significance / m``; exact too, but the delta term of
+            the p-value (about ``2 m delta / guesses``) then swamps the corrected
+            significance unless ``m**2 delta`` is small. ``"hull"``: JAX Privacy's
+            ``significance / h`` over the ``h`` ROC convex-hull thresholds, a set chosen
+            with the labels (a heuristic; use it to compare with JAX Privacy).
+        """
+        significance = _validate.significance(significance)
+        delta = _validate.delta(delta)
+        return self._one_run(_one_run.max_epsilon_one_run, significance, delta, threshold,
+                             bonferroni)
+
+    def epsilon_one_run_fdp(self, significance: float = 0.05, delta: float = 1e-5, *,
+                            threshold: "float | None" = None, bonferroni: str = "grid") -> float:
+        """One-run lower bound through f-DP (Mahloujifar, Melis & Chaudhuri 2024).
+
+        Same setting and parameters as :meth:`epsilon_one_run`, but the claim rejected is
+        the Gaussian trade-off curve through (epsilon, delta), the curve of the Gaussian
+        mechanism (DP-SGD). It gives much larger bounds from the same scores, and is the
+        right test when the training is DP-SGD; for another mechanism a rejected
+        Gaussian curve need not mean that (epsilon, delta) fails. ``delta`` must be in
+        (0, 1).
+        """
+        significance = _validate.significance(significance)
+        if _validate.delta(delta) == 0.0:
+            raise AuditInputError(
+                "epsilon_one_run_fdp needs delta > 0: the only Gaussian trade-off curve with "
+                "delta = 0 at a finite epsilon is perfect privacy, so every epsilon would be "
+                "rejected. Give the delta the accountant reports, e.g. 1e-5.")
+        return self._one_run(_one_run.max_epsilon_one_run_fdp, significance, delta,
+                             threshold, bonferroni)
+
+    def _one_run(self, search, significance, delta, threshold, bonferroni) -> float:
+        m = self.n_in + self.n_out
+        if threshold is not None:
+            cuts = np.array([threshold], dtype=np.float64)
+        else:
+            rule = _bonferroni(bonferroni, _ONE_RUN_RULES)
+            cuts = self._one_run_thresholds(rule)
+            significance /= m if rule == "all" else len(cuts)
+        tp = self.n_in - np.searchsorted(np.sort(self._in), cuts, side="left")
+        fp = self.n_out - np.searchsorted(np.sort(self._out), cuts, side="left")
+        return float(search(m, tp + fp, tp, significance, delta))
+
+    def _one_run_thresholds(self, rule: str) -> np.ndarray:
+        if rule == "hull":
+            return self._thresholds[self._hull]
+        if rule == "all":
+            return self._thresholds
+        pooled = np.sort(np.concatenate((self._in, self._out)))[::-1]
+        return pooled[_guess_grid(len(pooled)) - 1]  # score of the k-th highest, k on the grid
+
+def _bonferroni(value: str, allowed: tuple) -> str:
+    if value not in allowed:
         raise AuditInputError(
-            f"bonferroni must be one of {_BONFERRONI}; got {value!r}. Use 'all' unless you "
-            "are comparing with JAX Privacy ('hull').")
+            f"bonferroni must be one of {allowed}; got {value!r}. Keep the default unless "
+            "you are comparing with JAX Privacy ('hull').")
     return value
+
+
+def _guess_grid(m: int) -> np.ndarray:
+    """The numbers of guesses tried by the one-run bounds (``bonferroni="grid"``): about
+    ``_GRID_PER_DOUBLING`` per doubling from 1 to ``m``, fixed before any score is seen."""
+    steps = np.arange(int(np.floor(np.log2(m) * _GRID_PER_DOUBLING)) + 1)
+    return np.unique(np.round(2.0 ** (steps / _GRID_PER_DOUBLING)).astype(np.int64).clip(1, m))
 
 
 def _raw_counts_epsilon(tp: np.ndarray, fp: np.ndarray, min_count: int, delta: float) -> float:
