@@ -412,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _anonymize_parser(sub)
     _train_parser(sub)
+    from .audit.cli import add_audit_parser  # scikit-learn only when `audit` runs
+    add_audit_parser(sub)
     return parser
 
 
