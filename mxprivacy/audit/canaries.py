@@ -17,15 +17,16 @@ canaries.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, Optional
 
 import numpy as np
 
 from . import _validate
 from ..errors import AuditInputError
 
-__all__ = ["KINDS", "SCORES", "CanarySet", "make_canaries", "canary_scores"]
+__all__ = ["KINDS", "SCORES", "CanarySet", "make_canaries", "canary_scores", "check_labels",
+           "audit_scores", "AuditReport"]
 
 KINDS = ("mislabeled", "ood", "ood_pattern")
 SCORES = ("log_prob", "logit")
@@ -209,3 +210,115 @@ def canary_scores(logits, labels, score: str = "log_prob") -> np.ndarray:
     others = z.copy()
     others[rows, labels.astype(np.int64)] = -np.inf
     return target - _logsumexp(others)
+
+
+def audit_scores(scores, included, *, significance: float = 0.05, delta: float = 1e-5) -> dict:
+    """Epsilon lower bounds from one score per canary and the inclusion mask.
+
+    Uses :class:`mxprivacy.audit.canary.CanaryScoreAuditor` on the scores of the included
+    ("in") and excluded ("out") canaries:
+
+    - ``epsilon_lower_bound``: the one-run bound (Steinke, Nasr & Jagielski 2023), valid
+      because each canary was included independently with probability 1/2;
+    - ``epsilon_lower_bound_fdp``: the one-run f-DP bound (Mahloujifar et al. 2024),
+      which rejects DP-SGD's Gaussian trade-off curve through (epsilon, delta); larger,
+      and the right test for DP-SGD;
+    - ``epsilon_clopper_pearson``: the classic threshold bound, which treats canaries as
+      independent trials (exact for two-run experiments, an approximation in one run);
+    - ``auroc``.
+
+    The bounds hold with probability at least ``1 - significance``.
+    """
+    from .canary import CanaryScoreAuditor
+
+    values = _validate.scores("scores", scores)
+    mask = _array("included", included)
+    if mask.dtype != bool:
+        raise AuditInputError(f"included must be a boolean mask; got dtype {mask.dtype}.")
+    _validate.same_length(scores=values, included=mask)
+    if mask.all() or not mask.any():
+        raise AuditInputError(
+            f"All {len(mask)} canaries are on one side (included: {int(mask.sum())}); an "
+            "audit needs included and excluded canaries. Use more canaries (hundreds).")
+    significance = _validate.significance(significance)
+    delta = _validate.delta(delta, allow_zero=False)
+    auditor = CanaryScoreAuditor(values[mask], values[~mask])
+    claim = {"significance": significance, "delta": delta}
+    return {"epsilon_lower_bound": float(auditor.epsilon_one_run(**claim)),
+            "epsilon_lower_bound_fdp": float(auditor.epsilon_one_run_fdp(**claim)),
+            "epsilon_clopper_pearson": float(auditor.epsilon_clopper_pearson(**claim)),
+            "auroc": float(auditor.auroc())}
+
+
+@dataclass
+class AuditReport:
+    """What one canary audit found, next to what the accountant promises.
+
+    ``epsilon_lower_bound`` (one run), ``epsilon_lower_bound_fdp`` (one run, against
+    DP-SGD's Gaussian curve) and ``epsilon_clopper_pearson`` (an approximation in one
+    run) are explained in :func:`audit_scores`; they hold with probability ``1 -
+    significance``. ``epsilon`` is the accountant's upper bound at ``delta`` (None for
+    the non-private baseline). A lower bound above ``epsilon`` means a privacy bug (or,
+    with probability ``significance``, bad luck). Lower bounds are usually far below
+    ``epsilon``: they measure one attack in one run, not the worst case. ``in_scores``
+    and ``out_scores`` are the scores of the included and excluded canaries; ``net`` is
+    the trained net.
+    """
+
+    epsilon_lower_bound: float
+    epsilon_lower_bound_fdp: float
+    epsilon_clopper_pearson: float
+    auroc: float
+    epsilon: Optional[float]
+    delta: float
+    significance: float
+    test_accuracy: Optional[float]
+    m: int
+    num_included: int
+    dataset_size: int
+    kind: str
+    score: str
+    private: bool
+    noise_multiplier: Optional[float]
+    max_grad_norm: Optional[float]
+    expected_batch_size: int
+    epochs: float
+    steps: int
+    seconds: float
+    in_scores: np.ndarray = field(repr=False, compare=False)
+    out_scores: np.ndarray = field(repr=False, compare=False)
+    net: Any = field(default=None, repr=False, compare=False)
+
+    def summary(self) -> str:
+        """A few lines for a notebook or a log."""
+        what = (f"DP-SGD, sigma {self.noise_multiplier:.3g}, C {self.max_grad_norm:g}"
+                if self.private else "non-private baseline")
+        accountant = ("no privacy guarantee (epsilon infinite)" if self.epsilon is None else
+                      f"accountant epsilon {self.epsilon:.3f}")
+        accuracy = "" if self.test_accuracy is None else \
+            f", test accuracy {100 * self.test_accuracy:.1f} %"
+        lines = [
+            f"{what}: {self.steps} steps over {self.dataset_size} records "
+            f"({self.num_included} of {self.m} {self.kind} canaries included){accuracy}",
+            f"{accountant} at delta {self.delta:g}",
+            f"one-run lower bound {self.epsilon_lower_bound:.3f} (f-DP "
+            f"{self.epsilon_lower_bound_fdp:.3f}, Clopper-Pearson "
+            f"{self.epsilon_clopper_pearson:.3f}) at {100 * (1 - self.significance):g} % "
+            f"confidence, AUROC {self.auroc:.3f}",
+        ]
+        if self.epsilon is not None and self.epsilon_lower_bound > self.epsilon:
+            lines.append("WARNING: the one-run lower bound exceeds the accountant's epsilon: "
+                         "a privacy bug, or bad luck with probability <= significance.")
+        elif self.epsilon is not None and self.epsilon_lower_bound_fdp > self.epsilon:
+            lines.append("NOTE: the f-DP bound exceeds the accountant's epsilon: the run is "
+                         "not as private as DP-SGD's Gaussian curve allows. Check it.")
+        return "\n".join(lines)
+
+    def to_dict(self, with_scores: bool = False) -> Dict[str, Any]:
+        """Plain numbers (JSON-ready); the scores as lists with ``with_scores=True``."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("in_scores", "out_scores", "net")}
+        if with_scores:
+            data["in_scores"] = self.in_scores.tolist()
+            data["out_scores"] = self.out_scores.tolist()
+        return data

@@ -9,12 +9,17 @@ well unless the whole audit is on public data.
 """
 from __future__ import annotations
 
+import time
+from typing import Callable, Optional
+
 import numpy as np
 
 from . import _validate
+from .canaries import (SCORES, AuditReport, CanarySet, audit_scores, canary_scores, check_labels,
+                       make_canaries)
 from ..errors import AuditInputError
 
-__all__ = ["model_logits", "attack_inputs"]
+__all__ = ["model_logits", "attack_inputs", "audit_training", "AuditReport"]
 
 
 def _positive_int(name: str, value) -> int:
@@ -87,3 +92,279 @@ def model_logits(net, x, *, batch_size: int = 512, ctx=None) -> np.ndarray:
             out = net(batch)
             parts.append(out.asnumpy().astype(np.float64).reshape(out.shape[0], -1))
     return np.concatenate(parts, axis=0)
+
+
+def attack_inputs(net, members, non_members, *, batch_size: int = 512, ctx=None):
+    """Logits and labels of members and non-members, ready for a membership attack.
+
+    Parameters
+    ----------
+    net : gluon.Block
+        The trained network (wrapped in :class:`~mxprivacy.PrivateBlock` or not).
+    members, non_members : (x, y) pairs
+        Examples that were trained on and examples that were not, with their integer
+        labels.
+    batch_size, ctx : see :func:`model_logits`.
+
+    Returns
+    -------
+    mxprivacy.audit.membership.AttackInputData
+        ``logits_train``/``labels_train`` from ``members`` and ``logits_test``/
+        ``labels_test`` from ``non_members``; the attack computes the losses.
+    """
+    from .membership import AttackInputData
+
+    x_in, y_in = _pair("members", members)
+    x_out, y_out = _pair("non_members", non_members)
+    logits_in = model_logits(net, x_in, batch_size=batch_size, ctx=ctx)
+    logits_out = model_logits(net, x_out, batch_size=batch_size, ctx=ctx)
+    return AttackInputData(logits_train=logits_in, logits_test=logits_out,
+                           labels_train=_class_ids(y_in, logits_in.shape[1]),
+                           labels_test=_class_ids(y_out, logits_out.shape[1]))
+
+
+def _pair(name: str, pair):
+    """``(x, y)`` as numpy arrays with one label per example."""
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise AuditInputError(f"{name} must be an (x, y) pair of inputs and labels.")
+    x, y = _as_numpy(f"{name} x", pair[0]), _as_numpy(f"{name} y", pair[1])
+    if x.ndim == 0 or y.ndim != 1:
+        raise AuditInputError(
+            f"{name}: x must have the examples on the first axis and y one label per "
+            f"example; got shapes {x.shape} and {y.shape}.")
+    _validate.same_length(**{f"{name}_x": x, f"{name}_y": y})
+    if len(y) == 0:
+        raise AuditInputError(f"{name} is empty: give at least one example.")
+    return x, y
+
+
+def _class_ids(y, num_classes: int) -> np.ndarray:
+    labels, _ = check_labels(y, num_classes)
+    return labels.astype(np.int64)
+
+
+def audit_training(train, test=None, *, canaries: Optional[CanarySet] = None,
+                   m: Optional[int] = None, kind: Optional[str] = None,
+                   seed: Optional[int] = None, build_net: Optional[Callable] = None,
+                   private: bool = True, noise_multiplier: Optional[float] = None,
+                   target_epsilon: Optional[float] = None, max_grad_norm: float = 1.0,
+                   expected_batch_size: int = 64, epochs: float = 30, lr: float = 0.5,
+                   momentum: float = 0.0, accountant: str = "rdp", delta: float = 1e-5,
+                   significance: float = 0.05, score: str = "log_prob",
+                   sampling_seed: Optional[int] = None, ctx=None) -> AuditReport:
+    """Train on ``train`` plus Poisson-included canaries, then audit the canaries.
+
+    Each canary joins the training set with probability 1/2 (:func:`make_canaries`). The
+    net trains on the union with DP-SGD (``private=True``: :class:`~mxprivacy.DPTrainer`
+    and :class:`~mxprivacy.DPDataLoader`) or, as a baseline, with a plain
+    ``gluon.Trainer`` in the same Poisson-sampled loop. An included canary is one record
+    like any other: it counts in the accountant's ``dataset_size``, is sampled with the
+    same rate and clipped to the same bound. Each canary is then scored (``score``:
+    ``"log_prob"`` or ``"logit"`` of its label, higher = member) and the scores of
+    included and excluded canaries give epsilon lower bounds (:func:`audit_scores`).
+
+    Parameters
+    ----------
+    train, test : (x, y) pairs
+        Training data (inputs, integer labels); optional test data for the accuracy.
+    canaries : CanarySet, optional
+        Ready canaries; by default ``make_canaries(x_train, y_train, m, kind, seed=seed)``
+        with ``m=1000`` (at most ``len(x_train)``) and ``kind="mislabeled"``.
+    build_net : callable, optional
+        ``build_net()`` returns a fresh Gluon block (initialized or not; uninitialized
+        parameters get Xavier). Default: ``mxprivacy.train.build_model("mlp")``.
+    private : bool
+        False trains the non-private baseline (then give no noise settings).
+    noise_multiplier, target_epsilon
+        Exactly one for ``private=True``; ``target_epsilon`` calibrates sigma for
+        ``epochs`` loader epochs at ``delta``.
+    max_grad_norm, expected_batch_size, epochs, lr, momentum, accountant
+        DP-SGD settings (SGD with momentum). The baseline uses the same batches and
+        learning rate, without clipping and noise.
+    delta, significance : float
+        Delta of the accountant's epsilon and of the lower bounds; the bounds hold
+        with probability ``1 - significance``.
+    seed : int, optional
+        Seed of the canaries and their inclusion (tests only; default OS entropy).
+    sampling_seed : int, optional
+        Seed of the batches and the noise (reproducible experiments; warns).
+    ctx : mxnet.Context, optional
+        Device; the CPU by default.
+
+    Returns
+    -------
+    AuditReport
+        The bounds, the accountant's epsilon, the test accuracy, the scores and the
+        trained net (``report.net``, a plain Gluon block); ``print(report.summary())``.
+    """
+    import mxnet as mx
+
+    start = time.perf_counter()
+    ctx = mx.cpu() if ctx is None else ctx
+    x_train, y_train = _pair("train", train)
+    test = None if test is None else _pair("test", test)
+    canaries = _resolve_canaries(canaries, x_train, y_train, m, kind, seed)
+    significance = _validate.significance(significance)
+    delta = _validate.delta(delta, allow_zero=False)
+    if score not in SCORES:
+        raise AuditInputError(f"score must be one of {list(SCORES)}; got {score!r}.")
+    settings = _training_settings(private, noise_multiplier, target_epsilon, max_grad_norm,
+                                  expected_batch_size, epochs, lr, momentum, accountant,
+                                  delta, sampling_seed)
+    x_all, y_all = _training_set(x_train, y_train, canaries)
+    num_classes = int(max(y_train.max(), canaries.y.max())) + 1
+    net = _build(build_net, num_classes, ctx)
+    net, facts = (_train_private if private else _train_baseline)(net, x_all, y_all,
+                                                                   settings, ctx)
+    scores = canary_scores(model_logits(net, canaries.x, ctx=ctx), canaries.y, score)
+    bounds = audit_scores(scores, canaries.included, significance=significance, delta=delta)
+    return AuditReport(
+        **bounds, epsilon=facts["epsilon"], delta=delta, significance=significance,
+        test_accuracy=None if test is None else _accuracy(net, test, ctx),
+        m=len(canaries), num_included=canaries.num_included, dataset_size=len(x_all),
+        kind=canaries.kind, score=score, private=bool(private),
+        noise_multiplier=facts["noise_multiplier"],
+        max_grad_norm=float(max_grad_norm) if private else None,
+        expected_batch_size=settings["batch"], epochs=float(epochs), steps=facts["steps"],
+        seconds=time.perf_counter() - start, in_scores=scores[canaries.included],
+        out_scores=scores[~canaries.included], net=net)
+
+
+def _resolve_canaries(canaries, x_train, y_train, m, kind, seed) -> CanarySet:
+    if canaries is None:
+        m = min(1000, len(x_train)) if m is None else m
+        return make_canaries(x_train, y_train, m, kind or "mislabeled", seed=seed)
+    if not isinstance(canaries, CanarySet):
+        raise AuditInputError(
+            f"canaries must be a CanarySet from make_canaries; got {type(canaries).__name__}.")
+    given = [name for name, value in (("m", m), ("kind", kind), ("seed", seed))
+             if value is not None]
+    if given:
+        raise AuditInputError(
+            f"{', '.join(given)} describe canaries to make, but canaries= were given: pass "
+            "one or the other.")
+    if canaries.x.shape[1:] != x_train.shape[1:]:
+        raise AuditInputError(
+            f"canary inputs have shape {canaries.x.shape[1:]} per example, the training "
+            f"inputs {x_train.shape[1:]}: make the canaries from training-like inputs.")
+    return canaries
+
+
+def _training_set(x_train, y_train, canaries: CanarySet):
+    """The training records: the data and the included canaries, one record each. Only
+    the inclusion mask decides which canaries are here; their position does not matter
+    to Poisson sampling (every record is drawn independently at the same rate)."""
+    x_in, y_in = canaries.members()
+    x_all = np.concatenate([x_train, x_in.astype(x_train.dtype)], axis=0)
+    y_all = np.concatenate([y_train, y_in]).astype(np.float32)
+    return x_all.astype(np.float32), y_all
+
+
+def _training_settings(private, noise_multiplier, target_epsilon, max_grad_norm,
+                       expected_batch_size, epochs, lr, momentum, accountant, delta,
+                       sampling_seed) -> dict:
+    if not private and (noise_multiplier is not None or target_epsilon is not None):
+        raise AuditInputError(
+            "private=False trains the non-private baseline: drop noise_multiplier and "
+            "target_epsilon, or set private=True.")
+    if private and (noise_multiplier is None) == (target_epsilon is None):
+        raise AuditInputError(
+            "private=True needs exactly one of noise_multiplier= or target_epsilon= "
+            "(or private=False for the non-private baseline).")
+    if not _is_number(lr) or not lr > 0:
+        raise AuditInputError(f"lr must be a finite number > 0; got {lr!r}.")
+    if not _is_number(momentum) or not 0 <= momentum < 1:
+        raise AuditInputError(f"momentum must be a number in [0, 1); got {momentum!r}.")
+    return {"batch": _positive_int("expected_batch_size", expected_batch_size),
+            "sigma": noise_multiplier, "target_epsilon": target_epsilon, "epochs": epochs,
+            "clip": max_grad_norm, "optimizer": {"learning_rate": lr, "momentum": momentum},
+            "accountant": accountant, "delta": delta, "seed": sampling_seed}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.floating, np.integer)) \
+        and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def _build(build_net, num_classes: int, ctx):
+    import mxnet as mx
+
+    if build_net is None:
+        from ..train import build_model
+
+        net = build_model("mlp", num_classes=num_classes)
+    else:
+        net = build_net()
+    uninitialized = []
+    for param in net.collect_params().values():
+        try:
+            param.list_ctx()
+        except RuntimeError:
+            uninitialized.append(param)
+    if uninitialized:
+        net.initialize(mx.init.Xavier(), ctx=ctx)
+    return net
+
+
+def _steps(settings: dict, size: int) -> int:
+    from ..accounting.calibration import loader_steps
+
+    if settings["batch"] > size:
+        raise AuditInputError(
+            f"expected_batch_size {settings['batch']} exceeds the {size} training records.")
+    return loader_steps(settings["batch"] / size, settings["epochs"])
+
+
+def _train_private(net, x_all, y_all, settings: dict, ctx):
+    from mxnet import autograd, gluon
+
+    from ..gluon import DPDataLoader, DPTrainer, PrivateBlock
+
+    steps = _steps(settings, len(x_all))
+    wrapped = PrivateBlock(net)
+    planning = {} if settings["target_epsilon"] is None else {
+        "target_epsilon": settings["target_epsilon"], "target_delta": settings["delta"],
+        "epochs": settings["epochs"]}
+    trainer = DPTrainer(wrapped.collect_params(), "sgd", settings["optimizer"],
+                        noise_multiplier=settings["sigma"], max_grad_norm=settings["clip"],
+                        expected_batch_size=settings["batch"], dataset_size=len(x_all),
+                        accountant=settings["accountant"], warn_delta=settings["delta"],
+                        noise_seed=settings["seed"], **planning)
+    loader = DPDataLoader((x_all, y_all), expected_batch_size=settings["batch"],
+                          trainer=trainer, ctx=ctx, num_batches=steps, seed=settings["seed"])
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    for x, y in loader:
+        with autograd.record():
+            loss = loss_fn(wrapped(x), y)
+        loss.backward()
+        trainer.step(x.shape[0])
+    facts = {"epsilon": float(trainer.epsilon(settings["delta"])), "steps": trainer.steps,
+             "noise_multiplier": float(trainer.noise_multiplier)}
+    return wrapped.release(), facts
+
+
+def _train_baseline(net, x_all, y_all, settings: dict, ctx):
+    from mxnet import autograd, gluon, nd
+
+    from ..gluon import PoissonBatchSampler
+
+    steps = _steps(settings, len(x_all))
+    trainer = gluon.Trainer(net.collect_params(), "sgd", settings["optimizer"])
+    sampler = PoissonBatchSampler(len(x_all), settings["batch"] / len(x_all),
+                                  num_batches=steps, seed=settings["seed"])
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    for indices in sampler:
+        if not indices:
+            continue  # nothing to learn from; DP-SGD would take a noise-only step
+        x, y = nd.array(x_all[indices], ctx=ctx), nd.array(y_all[indices], ctx=ctx)
+        with autograd.record():
+            loss = loss_fn(net(x), y)
+        loss.backward()
+        trainer.step(settings["batch"])  # divide by the expected size, as DP-SGD does
+    return net, {"epsilon": None, "steps": steps, "noise_multiplier": None}
+
+
+def _accuracy(net, test, ctx) -> float:
+    x_test, y_test = test
+    predicted = model_logits(net, x_test, ctx=ctx).argmax(axis=1)
+    return float(np.mean(predicted == y_test))

@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from mxprivacy.audit.canaries import CanarySet, canary_scores, make_canaries
+from mxprivacy.audit.canaries import AuditReport, CanarySet, audit_scores, canary_scores, make_canaries
+from mxprivacy.audit.canary import CanaryScoreAuditor
 from mxprivacy.errors import AuditInputError
 
 
@@ -135,3 +136,55 @@ def test_scores_refuse_bad_input():
         canary_scores(np.zeros((2, 3)), [0, 3])
     with pytest.raises(AuditInputError, match="non-finite"):
         canary_scores(np.array([[0.0, np.inf]]), [0])
+
+
+def test_audit_scores_split_the_scores_by_the_mask_for_the_auditor():
+    rng = np.random.default_rng(0)
+    included = rng.random(400) < 0.5
+    scores = rng.normal(size=400) + 3.0 * included  # members score higher
+    result = audit_scores(scores, included, significance=0.05, delta=1e-5)
+    auditor = CanaryScoreAuditor(scores[included], scores[~included])
+    assert result == {
+        "epsilon_lower_bound": auditor.epsilon_one_run(significance=0.05, delta=1e-5),
+        "epsilon_lower_bound_fdp": auditor.epsilon_one_run_fdp(significance=0.05, delta=1e-5),
+        "epsilon_clopper_pearson": auditor.epsilon_clopper_pearson(significance=0.05,
+                                                                   delta=1e-5),
+        "auroc": auditor.auroc()}
+    assert result["epsilon_lower_bound"] > 0.5 and result["auroc"] > 0.95
+    flipped = audit_scores(scores, ~included)  # members would score lower: nothing shown
+    assert flipped["epsilon_lower_bound"] == 0.0 and flipped["auroc"] < 0.05
+
+
+def test_audit_scores_refuse_one_sided_or_non_boolean_masks():
+    scores = np.arange(4.0)
+    with pytest.raises(AuditInputError, match="one side"):
+        audit_scores(scores, np.ones(4, bool))
+    with pytest.raises(AuditInputError, match="boolean"):
+        audit_scores(scores, np.array([1, 0, 1, 0]))
+    with pytest.raises(AuditInputError, match="lengths differ"):
+        audit_scores(scores, np.array([True, False]))
+    with pytest.raises(AuditInputError, match="delta"):
+        audit_scores(scores, np.array([True, False, True, False]), delta=0.0)
+
+
+def _report(**changes):
+    fields = dict(epsilon_lower_bound=0.2, epsilon_lower_bound_fdp=0.5,
+                  epsilon_clopper_pearson=0.1, auroc=0.6, epsilon=1.0, delta=1e-5,
+                  significance=0.05, test_accuracy=0.9, m=10, num_included=4,
+                  dataset_size=104, kind="mislabeled", score="log_prob", private=True,
+                  noise_multiplier=1.1, max_grad_norm=1.0, expected_batch_size=8, epochs=2.0,
+                  steps=26, seconds=0.5, in_scores=np.zeros(4), out_scores=np.ones(6))
+    fields.update(changes)
+    return AuditReport(**fields)
+
+
+def test_report_summary_flags_a_lower_bound_above_the_accountants_epsilon():
+    assert "WARNING" not in _report().summary() and "NOTE" not in _report().summary()
+    assert "accountant epsilon 1.000" in _report().summary()
+    assert "WARNING: the one-run lower bound exceeds" in _report(epsilon_lower_bound=1.2).summary()
+    assert "NOTE: the f-DP bound exceeds" in _report(epsilon_lower_bound_fdp=1.2).summary()
+    baseline = _report(epsilon=None, private=False, noise_multiplier=None, max_grad_norm=None,
+                       epsilon_lower_bound=3.0)
+    assert "WARNING" not in baseline.summary() and "non-private" in baseline.summary()
+    data = _report().to_dict()
+    assert data["epsilon"] == 1.0 and "in_scores" not in data and "net" not in data
