@@ -26,7 +26,7 @@ from . import _validate
 from ..errors import AuditInputError
 
 __all__ = ["KINDS", "SCORES", "CanarySet", "make_canaries", "canary_scores", "check_labels",
-           "audit_scores", "AuditReport"]
+           "numeric_array", "audit_scores", "AuditReport"]
 
 KINDS = ("mislabeled", "ood", "ood_pattern")
 SCORES = ("log_prob", "logit")
@@ -76,7 +76,8 @@ def _rng(seed) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=_STREAM_KEY))
 
 
-def _array(name: str, values) -> np.ndarray:
+def numeric_array(name: str, values) -> np.ndarray:
+    """``values`` (numpy, list or MXNet NDArray) as a numeric numpy array, or an error."""
     if hasattr(values, "asnumpy"):  # an MXNet NDArray
         values = values.asnumpy()
     try:
@@ -91,7 +92,7 @@ def _array(name: str, values) -> np.ndarray:
 def check_labels(y, num_classes=None) -> tuple:
     """``(y, num_classes)``: 1-D integral labels in ``[0, num_classes)``; ``num_classes``
     defaults to ``max(y) + 1``."""
-    labels = _array("y", y)
+    labels = numeric_array("y", y)
     if labels.ndim != 1:
         raise AuditInputError(f"y must be one label per example (1-D); got shape {labels.shape}.")
     if labels.size and not (np.all(np.isfinite(labels)) and np.all(labels == np.round(labels))):
@@ -109,7 +110,7 @@ def check_labels(y, num_classes=None) -> tuple:
 
 
 def _inputs(x) -> np.ndarray:
-    array = _array("x", x)
+    array = numeric_array("x", x)
     if array.ndim < 2 or len(array) == 0:
         raise AuditInputError(
             f"x must be a non-empty batch of inputs (examples on the first axis); got shape "
@@ -195,7 +196,7 @@ def canary_scores(logits, labels, score: str = "log_prob") -> np.ndarray:
     """
     if score not in SCORES:
         raise AuditInputError(f"score must be one of {list(SCORES)}; got {score!r}.")
-    z = _array("logits", logits).astype(np.float64)
+    z = numeric_array("logits", logits).astype(np.float64)
     if z.ndim != 2 or z.shape[1] < 2:
         raise AuditInputError(
             f"logits must be (examples, classes) with >= 2 classes; got shape {z.shape}.")
@@ -232,7 +233,7 @@ def audit_scores(scores, included, *, significance: float = 0.05, delta: float =
     from .canary import CanaryScoreAuditor
 
     values = _validate.scores("scores", scores)
-    mask = _array("included", included)
+    mask = numeric_array("included", included)
     if mask.dtype != bool:
         raise AuditInputError(f"included must be a boolean mask; got dtype {mask.dtype}.")
     _validate.same_length(scores=values, included=mask)

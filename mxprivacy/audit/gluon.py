@@ -1,9 +1,11 @@
-"""Gluon helpers for auditing: a trained net's logits and the attack inputs built from them.
+"""Gluon helpers for auditing: logits, attack inputs, and a one-run canary audit.
 
 ``model_logits`` runs a net (a :class:`~mxprivacy.PrivateBlock` or any Gluon block) in
 predict mode, in batches, and returns float64 logits; ``attack_inputs`` turns the logits
-of members and non-members into :class:`mxprivacy.audit.membership.AttackInputData`.
-Evaluation is post-processing of the trained weights: it costs no privacy budget, but
+of members and non-members into :class:`mxprivacy.audit.membership.AttackInputData`;
+``audit_training`` trains a net with canaries (with DP-SGD or without) and returns an
+:class:`~mxprivacy.audit.canaries.AuditReport`: empirical epsilon lower bounds next to the
+accountant's epsilon. Evaluation is post-processing of the trained weights: it costs no privacy budget, but
 the labels and inputs you pass are your data, so keep the attack results private as
 well unless the whole audit is on public data.
 """
@@ -16,7 +18,7 @@ import numpy as np
 
 from . import _validate
 from .canaries import (SCORES, AuditReport, CanarySet, audit_scores, canary_scores, check_labels,
-                       make_canaries)
+                       make_canaries, numeric_array)
 from ..errors import AuditInputError
 
 __all__ = ["model_logits", "attack_inputs", "audit_training", "AuditReport"]
@@ -43,20 +45,6 @@ def _net_context(net, ctx):
     return mx.cpu()
 
 
-def _as_numpy(name: str, x) -> np.ndarray:
-    import mxnet as mx
-
-    if isinstance(x, mx.nd.NDArray):
-        return x.asnumpy()
-    try:
-        array = np.asarray(x)
-    except (TypeError, ValueError):
-        raise AuditInputError(f"{name} must be an array; got {type(x).__name__}.") from None
-    if array.dtype == object or not np.issubdtype(array.dtype, np.number):
-        raise AuditInputError(f"{name} must be a numeric array; got dtype {array.dtype}.")
-    return array
-
-
 def model_logits(net, x, *, batch_size: int = 512, ctx=None) -> np.ndarray:
     """The outputs of ``net`` on ``x`` as a float64 array, one row per example.
 
@@ -81,7 +69,7 @@ def model_logits(net, x, *, batch_size: int = 512, ctx=None) -> np.ndarray:
     from mxnet import autograd, nd
 
     batch_size = _positive_int("batch_size", batch_size)
-    array = _as_numpy("x", x)
+    array = numeric_array("x", x)
     if array.ndim == 0 or len(array) == 0:
         raise AuditInputError("x is empty: give at least one example (first axis).")
     ctx = _net_context(net, ctx)
@@ -127,7 +115,7 @@ def _pair(name: str, pair):
     """``(x, y)`` as numpy arrays with one label per example."""
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
         raise AuditInputError(f"{name} must be an (x, y) pair of inputs and labels.")
-    x, y = _as_numpy(f"{name} x", pair[0]), _as_numpy(f"{name} y", pair[1])
+    x, y = numeric_array(f"{name} x", pair[0]), numeric_array(f"{name} y", pair[1])
     if x.ndim == 0 or y.ndim != 1:
         raise AuditInputError(
             f"{name}: x must have the examples on the first axis and y one label per "
