@@ -99,6 +99,26 @@ def _log_ratio_bound(tpr_lb: np.ndarray, fpr_ub: np.ndarray, delta: float) -> np
     return np.where((tpr_lb > delta) & (eps > 0), eps, 0.0)
 
 
+def _max_log_ratio(hits, n_hits: int, sig_hits: float, alarms, n_alarms: int,
+                   sig_alarms: float, delta: float) -> float:
+    """Largest ``log((lower(hits / n_hits) - delta) / upper(alarms / n_alarms))`` over the
+    candidates, or 0. Exact bounds are computed in blocks, in decreasing order of the same
+    ratio of point estimates, until no remaining candidate can beat the best: with a
+    significance below 1/2 a lower bound is below its estimate and an upper bound above."""
+    hits, alarms = np.asarray(hits, np.float64), np.asarray(alarms, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ceiling = np.log(hits / n_hits - delta) - np.log(alarms / n_alarms)
+    order = np.flatnonzero(ceiling > 0)
+    order = order[np.argsort(-ceiling[order], kind="stable")]
+    best, start, size = 0.0, 0, 256
+    while start < len(order) and ceiling[order[start]] > best:
+        block = order[start:start + size]
+        exact = _log_ratio_bound(_cp_lower(hits[block], n_hits, sig_hits),
+                                 _cp_upper(alarms[block], n_alarms, sig_alarms), delta)
+        best, start, size = max(best, float(np.max(exact))), start + size, size * 2
+    return best
+
+
 def epsilon_from_counts(tp, n_pos, fp, n_neg, significance: float = 0.05, delta: float = 0.0):
     """Clopper-Pearson epsilon lower bound at ONE threshold fixed before seeing the data.
 
@@ -282,23 +302,27 @@ class CanaryScoreAuditor:
         """
         significance = _validate.significance(significance)
         delta = _validate.delta(delta)
-        n_in, n_out = float(self.n_in), float(self.n_out)
+        _, tp, fp, sig_in, sig_out = self._cp_tests(significance, threshold, bonferroni)
+        eps = _max_log_ratio(tp, self.n_in, sig_in, fp, self.n_out, sig_out, delta)
+        if not one_sided:  # low score = member: TNR lower bound over FNR upper bound
+            eps = max(eps, _max_log_ratio(self.n_out - fp, self.n_out, sig_out,
+                                          self.n_in - tp, self.n_in, sig_in, delta))
+        return eps
+
+    def _cp_tests(self, significance: float, threshold, bonferroni: str) -> tuple:
+        """``(thresholds, tp, fp, sig_in, sig_out)``: the thresholds tried and the
+        significance of each Clopper-Pearson bound on the member (``sig_in``) and
+        non-member (``sig_out``) rates; all bounds hold together with probability
+        ``1 - significance`` (see :meth:`epsilon_clopper_pearson`)."""
         if threshold is not None:
-            tp = np.array([np.sum(self._in >= threshold)], dtype=np.float64)
-            fp = np.array([np.sum(self._out >= threshold)], dtype=np.float64)
-            sig_in = sig_out = significance / 2
-        elif _bonferroni(bonferroni, _CP_RULES) == "hull":
-            tp, fp = self._tp[self._hull].astype(np.float64), self._fp[self._hull].astype(np.float64)
-            sig_in = sig_out = significance / (2 * len(self._hull))
-        else:
-            tp, fp = self._tp.astype(np.float64), self._fp.astype(np.float64)
-            sig_in, sig_out = significance / (2 * n_in), significance / (2 * n_out)
-        fnr_ub = _cp_upper(n_in - tp, n_in, sig_in)
-        fpr_ub = _cp_upper(fp, n_out, sig_out)
-        eps = _log_ratio_bound(1.0 - fnr_ub, fpr_ub, delta)
-        if not one_sided:
-            eps = np.maximum(eps, _log_ratio_bound(1.0 - fpr_ub, fnr_ub, delta))
-        return float(np.max(eps))
+            cuts = np.array([threshold], dtype=np.float64)
+            tp, fp = np.sum(self._in >= threshold, keepdims=True), np.sum(self._out >= threshold, keepdims=True)
+            return cuts, tp, fp, significance / 2, significance / 2
+        if _bonferroni(bonferroni, _CP_RULES) == "hull":
+            tests = significance / (2 * len(self._hull))
+            return self._thresholds[self._hull], self._tp[self._hull], self._fp[self._hull], tests, tests
+        return (self._thresholds, self._tp, self._fp,
+                significance / (2 * self.n_in), significance / (2 * self.n_out))
 
     def epsilon_one_run(self, significance: float = 0.05, delta: float = 1e-5, *,
                         threshold: "float | None" = None, bonferroni: str = "grid") -> float:
