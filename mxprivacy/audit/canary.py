@@ -256,15 +256,15 @@ class CanaryScoreAuditor:
         ``min_count`` false positives (no confidence statement; 0 if ``min_count`` is not
         below the number of non-members). Too small a ``min_count`` gives a noisy, upward
         biased estimate; too large biases it toward 0. ``one_sided=False`` also tries the
-        reverse rule (low score = member)."""
+        complementary DP inequality ``log((TNR - delta) / FNR)`` (then ``min_count``
+        counts false negatives), as JAX Privacy does."""
         if isinstance(min_count, bool) or not float(min_count).is_integer() or min_count < 1:
             raise AuditInputError(f"min_count must be a positive whole number; got {min_count!r}.")
         delta = _validate.delta(delta)
         eps = _raw_counts_epsilon(self._tp[self._hull], self._fp[self._hull], int(min_count), delta)
-        if not one_sided:
-            fn, tn = self.n_in - self._tp[::-1], self.n_out - self._fp[::-1]
-            hull = _upper_hull(tn, fn)
-            eps = max(eps, _raw_counts_epsilon(fn[hull], tn[hull], int(min_count), delta))
+        if not one_sided:  # (FN, TN) along the same hull, reversed to increase
+            fn, tn = self.n_in - self._tp[self._hull[::-1]], self.n_out - self._fp[self._hull[::-1]]
+            eps = max(eps, _raw_counts_epsilon(tn, fn, int(min_count), delta))
         return float(max(eps, 0.0))
 
     # ----- lower bounds ---------------------------------------------------------------
@@ -287,8 +287,9 @@ class CanaryScoreAuditor:
         delta : float in [0, 1), default 0
             The delta of the claim being tested.
         one_sided : bool, default True
-            False also tries the reverse rule (low score = member), using the same
-            confidence bounds, so no extra correction is needed.
+            False also uses the complementary DP inequality ``epsilon >= log((TNR -
+            delta) / FNR)``, from the same confidence bounds (no extra correction).
+            Scores where members score LOWER must be negated in any case.
         threshold : float, optional
             A threshold fixed BEFORE looking at these scores: no multiple-testing
             correction. Without it every threshold is tried and the best is returned.
@@ -304,7 +305,7 @@ class CanaryScoreAuditor:
         delta = _validate.delta(delta)
         _, tp, fp, sig_in, sig_out = self._cp_tests(significance, threshold, bonferroni)
         eps = _max_log_ratio(tp, self.n_in, sig_in, fp, self.n_out, sig_out, delta)
-        if not one_sided:  # low score = member: TNR lower bound over FNR upper bound
+        if not one_sided:  # TNR lower bound over FNR upper bound
             eps = max(eps, _max_log_ratio(self.n_out - fp, self.n_out, sig_out,
                                           self.n_in - tp, self.n_in, sig_in, delta))
         return eps
