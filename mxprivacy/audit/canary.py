@@ -345,8 +345,8 @@ class CanaryScoreAuditor:
             Fixed before looking at the scores: no multiple-testing correction.
         bonferroni : {"grid", "all", "hull"}, default "grid"
             Correction when ``threshold`` is None. ``"grid"``: guess the top ``k``
-            canaries for ``k`` on a geometric grid fixed in advance (8 per doubling, about
-            115 values for 20,000 canaries) at ``significance / len(grid)``. ``"all"``:
+            canaries for ``k`` on a geometric grid fixed in advance (8 per doubling, 97
+            values for 20,000 canaries) at ``significance / len(grid)``. ``"all"``:
             every threshold at ``significance / m``; exact too, but the delta term of
             the p-value (about ``2 m delta / guesses``) then swamps the corrected
             significance unless ``m**2 delta`` is small. ``"hull"``: JAX Privacy's

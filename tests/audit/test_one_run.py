@@ -1,0 +1,184 @@
+"""One-run bounds: Steinke, Nasr & Jagielski 2023 and the f-DP audit of Mahloujifar et al.
+2024 (mxprivacy.audit._one_run, through CanaryScoreAuditor.epsilon_one_run[_fdp]).
+
+Reference values marked "JAX Privacy <test name>" come from google-deepmind/jax_privacy
+``jax_privacy/auditing_test.py``; its default ``Bonferroni()`` strategy is our
+``bonferroni="hull"``.
+"""
+import itertools
+
+import dp_accounting
+import numpy as np
+import pytest
+from scipy import special, stats
+
+from mxprivacy.accounting.gdp import gdp_epsilon
+from mxprivacy.audit import _one_run
+from mxprivacy.audit.canary import CanaryScoreAuditor, _guess_grid, clopper_pearson_lower
+from mxprivacy.errors import AuditInputError
+
+
+def deterministic_normal(mu, n):
+    return stats.norm.ppf(np.linspace(0, 1, n, endpoint=False) + 1 / (2 * n)) + mu
+
+
+def naive_p_value(m, n_guess, n_correct, eps, delta):
+    """Theorem 5.2 of Steinke et al. term by term (JAX Privacy's _one_run_p_value_naive)."""
+    q = special.expit(eps)
+    beta = stats.binom.sf(n_correct - 1, n_guess, q)
+    alpha, running = 0.0, 0.0
+    for i in range(1, n_correct + 1):
+        running += stats.binom.pmf(n_correct - i, n_guess, q)
+        alpha = max(alpha, running / i)
+    return min(beta + alpha * delta * 2 * m, 1)
+
+
+def test_p_value_matches_the_naive_sum():
+    # JAX Privacy test_one_run_p_value: its whole grid
+    for m, n_guess, n_wrong, eps, delta in itertools.product(
+            (10, 100, 1000), (1, 10, 100), (0, 1, 10, 100), (0, 0.5, 1.0), (0, 1e-6, 1e-3, 1e-1, 1)):
+        if n_wrong <= n_guess <= m:
+            n_correct = n_guess - n_wrong
+            assert _one_run.one_run_p_value(m, n_guess, n_correct, eps, delta) == pytest.approx(
+                naive_p_value(m, n_guess, n_correct, eps, delta), rel=1e-9, abs=1e-15)
+
+
+@pytest.mark.parametrize("n_guess, n_correct, eps", [
+    (50_000, 45_000, 2.0), (50_000, 45_000, 2.3), (20_000, 19_990, 8.0), (20_000, 20_000, 12.0),
+    (5_000, 2_600, 0.05), (1_000, 300, 1.0), (100_000, 60_000, 0.3)])
+def test_alpha_window_equals_the_full_sum(n_guess, n_correct, eps):
+    q = special.expit(eps)
+    assert _one_run._alpha(n_guess, n_correct, q) == pytest.approx(
+        _one_run._alpha_full(n_guess, n_correct, q), rel=1e-12)
+
+
+@pytest.mark.parametrize("fdp, shift, expected", [
+    # JAX Privacy test_epsilon_one_run_close: 10,000 + 10,000 canaries, significance 0.05,
+    # delta 1e-6, rtol 1e-5
+    (False, 0, 0.0), (True, 0, 0.0), (False, 1, 1.13346), (True, 1, 2.164749),
+    (False, 2, 2.311945), (True, 2, 4.7218075), (False, 4, 4.395568), (True, 4, 9.133752)])
+def test_reproduces_jax_privacy(fdp, shift, expected):
+    auditor = CanaryScoreAuditor(deterministic_normal(shift, 10_000), deterministic_normal(0, 10_000))
+    method = auditor.epsilon_one_run_fdp if fdp else auditor.epsilon_one_run
+    assert method(0.05, 1e-6, bonferroni="hull") == pytest.approx(expected, rel=1e-5, abs=1e-9)
+
+
+@pytest.mark.parametrize("eps, delta", [(0.0, 1e-5), (0.5, 1e-6), (1.0, 1e-5), (3.0, 1e-3), (8.0, 1e-6)])
+def test_gaussian_mu_matches_dp_accounting(eps, delta):
+    assert _one_run.gaussian_mu(eps, delta) == pytest.approx(
+        1 / dp_accounting.get_sigma_gaussian(eps, delta), rel=1e-6)
+
+
+def scalar_fdp_rejects(m, n_guess, n_correct, significance, mu):
+    """audit_rh_with_cap as a plain loop (JAX Privacy's _epsilon_one_run_fdp objective)."""
+    right, wrong = significance * n_correct / m, significance * (n_guess - n_correct) / m
+    for i in range(n_correct - 1, -1, -1):
+        grown = max(wrong, stats.norm.cdf(stats.norm.ppf(right) - mu))
+        if grown == wrong:
+            break
+        right, wrong = min(right + i / (n_guess - i) * (grown - wrong), 1.0), grown
+    return right + wrong > n_guess / m
+
+
+def test_vectorized_fdp_recursion_matches_the_loop():
+    rng = np.random.default_rng(0)
+    n_guess = rng.integers(1, 2000, 300)
+    n_correct = rng.binomial(n_guess, rng.uniform(0.5, 1.0, 300))
+    for mu, significance in ((0.5, 1e-3), (0.5, 0.05), (1.5, 0.05)):
+        fast = _one_run._fdp_rejects(4000, n_guess, n_correct, significance, mu)
+        slow = [scalar_fdp_rejects(4000, r, v, significance, mu) for r, v in zip(n_guess, n_correct)]
+        np.testing.assert_array_equal(fast, slow)
+        assert 0 < fast.sum() < len(fast)  # both outcomes occur
+
+
+def test_explicit_threshold_is_the_root_of_the_p_value():
+    rng = np.random.default_rng(1)
+    member = rng.random(2000) < 0.5
+    scores = rng.normal(0, 1, 2000) + 2 * member
+    auditor = CanaryScoreAuditor(scores[member], scores[~member])
+    r, v = int(np.sum(scores >= 2.5)), int(np.sum(scores[member] >= 2.5))
+    eps = auditor.epsilon_one_run(0.05, 1e-6, threshold=2.5)
+    assert eps > 1
+    assert _one_run.one_run_p_value(2000, r, v, eps, 1e-6) == pytest.approx(0.05, rel=1e-5)
+    # delta = 0: the logit of the Clopper-Pearson lower bound on the precision
+    assert auditor.epsilon_one_run(0.05, 0.0, threshold=2.5) == pytest.approx(
+        special.logit(clopper_pearson_lower(v, r, 0.05)), rel=1e-9)
+    assert auditor.epsilon_one_run_fdp(0.05, 1e-6, threshold=2.5) > eps
+
+
+def test_guess_grid_is_fixed_and_ignores_labels():
+    grid = _guess_grid(20_000)
+    np.testing.assert_array_equal(grid[:8], np.arange(1, 9))
+    assert np.all(np.diff(grid) > 0) and grid[-1] <= 20_000
+    assert 90 <= len(grid) <= 8 * np.log2(20_000) + 1
+    # the thresholds tried depend on the pooled scores only, not on who is a member
+    scores = np.random.default_rng(0).normal(size=1000)
+    first = CanaryScoreAuditor(scores[:500], scores[500:])._one_run_thresholds("grid")
+    second = CanaryScoreAuditor(scores[::2], scores[1::2])._one_run_thresholds("grid")
+    np.testing.assert_array_equal(first, second)
+
+
+def _one_run_trial(rng, m, score_of):
+    member = rng.random(m) < 0.5  # each canary in with probability 1/2
+    scores = score_of(rng, member)
+    return CanaryScoreAuditor(scores[member], scores[~member])
+
+
+@pytest.mark.parametrize("rule", ["grid", "all"])
+def test_soundness_on_an_epsilon_dp_mechanism(rule):
+    # Randomized response on each canary's membership (epsilon 1), plus a uniform
+    # tie-break: the worst case of Theorem 5.2, so the bound can come close. 200 trials
+    # of 1000 canaries; a sound 95 % bound exceeds log((q - delta) / (1 - q)) in at most
+    # ~5 % of them; allowing 18 (P(> 18) < 0.01 at a 5 % rate). Without the Bonferroni
+    # correction 49 (grid) and 57 (all) of 200 exceed it (mutation-checked); with it, 1 and 0.
+    q, delta = special.expit(1.0), 1e-6
+    true_eps = np.log((q - delta) / (1 - q))
+
+    def score_of(rng, member):
+        flag = np.where(rng.random(member.size) < q, member, ~member)
+        return flag + 0.5 * rng.random(member.size)
+
+    bounds = np.array([_one_run_trial(np.random.default_rng(seed), 1000, score_of).epsilon_one_run(
+        0.05, delta, bonferroni=rule) for seed in range(200)])
+    assert np.sum(bounds > true_eps) <= 18
+    assert bounds.max() < true_eps * 1.1
+    assert np.median(bounds) > 0.5 * true_eps  # and it has power (0.70 and 0.60 measured)
+
+
+@pytest.mark.parametrize("fdp", [False, True])
+def test_soundness_on_gaussian_scores(fdp):
+    # Scores N(mu, 1) for included canaries and N(0, 1) otherwise: each canary's
+    # inclusion is mu-GDP, epsilon(delta) from gdp_epsilon. The f-DP audit tests exactly
+    # this Gaussian curve. At most 18 of 200 trials above it, never by much.
+    mu, delta = 2.0, 1e-5
+    true_eps = gdp_epsilon(mu, delta)
+
+    def score_of(rng, member):
+        return rng.normal(0, 1, member.size) + mu * member
+
+    bounds = []
+    for seed in range(200 if not fdp else 100):
+        auditor = _one_run_trial(np.random.default_rng(seed), 1000, score_of)
+        bounds.append(auditor.epsilon_one_run_fdp(0.05, delta) if fdp else auditor.epsilon_one_run(0.05, delta))
+    bounds = np.array(bounds)
+    assert np.sum(bounds > true_eps) <= (18 if not fdp else 10)
+    assert bounds.max() < true_eps
+    assert np.median(bounds) > (2.5 if fdp else 1.5)  # power: 3.5 and 2.2 measured
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"significance": 0.0}, "significance"), ({"significance": 1.1}, "significance"),
+    ({"delta": -0.1}, "delta"), ({"delta": 1.1}, "delta"), ({"bonferroni": "none"}, "bonferroni")])
+def test_bad_settings_are_refused(kwargs, match):
+    # JAX Privacy test_epsilon_one_run_raises_invalid_args (our errors are AuditInputError)
+    auditor = CanaryScoreAuditor([1, 2, 3], [0, 1, 2])
+    for method in (auditor.epsilon_one_run, auditor.epsilon_one_run_fdp):
+        with pytest.raises(AuditInputError, match=match):
+            method(**{"significance": 0.1, "delta": 0.1, **kwargs})
+
+
+def test_fdp_needs_a_positive_delta_and_steinke_accepts_zero():
+    auditor = CanaryScoreAuditor([1, 2, 3], [0, 1, 2])
+    with pytest.raises(AuditInputError, match="delta > 0"):
+        auditor.epsilon_one_run_fdp(0.05, 0.0)
+    assert auditor.epsilon_one_run(0.05, 0.0) == 0.0
