@@ -25,9 +25,19 @@ from scipy import optimize, special, stats
 
 from ..accounting.gdp import gdp_delta
 
-__all__ = ["one_run_p_value", "max_epsilon_one_run", "max_epsilon_one_run_fdp", "gaussian_mu"]
+__all__ = ["one_run_p_value", "max_epsilon_one_run", "max_epsilon_one_run_fdp", "gaussian_mu",
+           "guess_grid"]
 
 _EPS_TOL = 1e-8  # absolute tolerance of every epsilon root (JAX Privacy uses 1e-6)
+GRID_PER_DOUBLING = 8
+
+
+def guess_grid(m: int) -> np.ndarray:
+    """The numbers of guesses tried by default: ``GRID_PER_DOUBLING`` per doubling from 1
+    to ``m`` (rounded, duplicates dropped), fixed before any score or label is seen, so
+    a Bonferroni correction over its length is valid."""
+    steps = np.arange(int(np.floor(np.log2(m) * GRID_PER_DOUBLING)) + 1)
+    return np.unique(np.round(2.0 ** (steps / GRID_PER_DOUBLING)).astype(np.int64).clip(1, m))
 
 
 def one_run_p_value(m: int, n_guess: int, n_correct: int, epsilon: float, delta: float) -> float:

@@ -14,14 +14,12 @@ means "more likely a member") and turns them into
 - descriptive metrics: ROC curve, AUROC, TPR at a fixed FPR, maximum accuracy and the
   raw-count estimate ``log(TPR / FPR)`` (not a bound).
 
-The design follows JAX Privacy's ``auditing.CanaryScoreAuditor``; its published test
-values are reproduced in ``tests/audit``. One deliberate difference: when the threshold
-is chosen from the data, JAX Privacy divides the significance by the number of thresholds
-on the ROC convex hull, a set picked with the membership labels. Here the default
-(``bonferroni="all"``) divides by a count fixed before the labels are seen (the number of
-canaries for one run; one per order statistic for Clopper-Pearson, which makes the bounds
-hold for every threshold at once), so the confidence statement is exact;
-``bonferroni="hull"`` reproduces JAX Privacy.
+Follows JAX Privacy's ``auditing.CanaryScoreAuditor``; ``tests/audit`` reproduces its
+published test values. One difference: for a threshold chosen from the data, JAX Privacy
+divides the significance by the number of ROC convex-hull thresholds, a set picked with
+the membership labels. The defaults here correct for a set fixed before the labels are
+seen (every order statistic for Clopper-Pearson, a grid of guess counts for one run), so
+the stated confidence holds; ``bonferroni="hull"`` reproduces JAX Privacy.
 """
 from __future__ import annotations
 
@@ -36,7 +34,6 @@ __all__ = ["CanaryScoreAuditor", "clopper_pearson_upper", "clopper_pearson_lower
 
 _CP_RULES = ("all", "hull")
 _ONE_RUN_RULES = ("grid", "all", "hull")
-_GRID_PER_DOUBLING = 8
 
 
 def _counts(k, n) -> tuple:
@@ -223,12 +220,6 @@ class CanaryScoreAuditor:
         fpr, tpr = self.roc_curve(convex_hull)
         return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2)
 
-    def _hull_for_interpolation(self) -> tuple:
-        """Hull vertices with one point per false-positive count (the highest)."""
-        fp, tp = self._fp[self._hull], self._tp[self._hull]
-        last = np.concatenate((fp[1:] != fp[:-1], [True]))
-        return fp[last], tp[last]
-
     def tpr_at_fpr(self, fpr):
         """The highest true-positive rate at a false-positive rate ``fpr`` in [0, 1]
         (scalar or array), allowing a random choice between two thresholds (linear
@@ -236,8 +227,7 @@ class CanaryScoreAuditor:
         rates = np.asarray(fpr, dtype=np.float64)
         if not np.all(np.isfinite(rates)) or np.any(rates < 0) or np.any(rates > 1):
             raise AuditInputError(f"fpr must be in [0, 1]; got {fpr!r}.")
-        fp, tp = self._hull_for_interpolation()
-        tpr = np.interp(rates * self.n_out, fp, tp) / self.n_in
+        tpr = _interpolate(self._fp[self._hull], self._tp[self._hull], rates * self.n_out) / self.n_in
         return _scalar_or_array(tpr, fpr)
 
     def max_accuracy(self, prevalence: "float | None" = None) -> float:
@@ -245,8 +235,8 @@ class CanaryScoreAuditor:
         are members (default: the fraction given, ``n_in / (n_in + n_out)``)."""
         if prevalence is None:
             prevalence = self.n_in / (self.n_in + self.n_out)
-        elif not (0.0 <= float(prevalence) <= 1.0):
-            raise AuditInputError(f"prevalence must be in [0, 1]; got {prevalence!r}.")
+        elif not isinstance(prevalence, (int, float, np.number)) or not 0.0 <= prevalence <= 1.0:
+            raise AuditInputError(f"prevalence must be a number in [0, 1]; got {prevalence!r}.")
         tpr, tnr = self._tp / self.n_in, 1.0 - self._fp / self.n_out
         return float(np.max(prevalence * tpr + (1.0 - prevalence) * tnr))
 
@@ -258,7 +248,7 @@ class CanaryScoreAuditor:
         biased estimate; too large biases it toward 0. ``one_sided=False`` also tries the
         complementary DP inequality ``log((TNR - delta) / FNR)`` (then ``min_count``
         counts false negatives), as JAX Privacy does."""
-        if isinstance(min_count, bool) or not float(min_count).is_integer() or min_count < 1:
+        if not isinstance(min_count, (int, np.integer)) or isinstance(min_count, bool) or min_count < 1:
             raise AuditInputError(f"min_count must be a positive whole number; got {min_count!r}.")
         delta = _validate.delta(delta)
         eps = _raw_counts_epsilon(self._tp[self._hull], self._fp[self._hull], int(min_count), delta)
@@ -275,17 +265,12 @@ class CanaryScoreAuditor:
         """Epsilon lower bound from two-run membership tests (Jagielski et al. 2020).
 
         Members and non-members must come from separate experiments (each canary's
-        membership fixed, e.g. models trained with and without it). With probability at
-        least ``1 - significance``, an (epsilon, delta)-DP training has epsilon at least
-        the returned value (0 when nothing is shown).
+        membership fixed). With probability at least ``1 - significance`` (split evenly
+        between the TPR and FPR bounds), an (epsilon, delta)-DP training has epsilon at
+        least the returned value (0 when nothing is shown). ``delta`` is in [0, 1).
 
         Parameters
         ----------
-        significance : float in (0, 1), default 0.05
-            Probability that the bound is wrong, split evenly between the TPR and FPR
-            bounds.
-        delta : float in [0, 1), default 0
-            The delta of the claim being tested.
         one_sided : bool, default True
             False also uses the complementary DP inequality ``epsilon >= log((TNR -
             delta) / FNR)``, from the same confidence bounds (no extra correction).
@@ -316,8 +301,8 @@ class CanaryScoreAuditor:
         non-member (``sig_out``) rates; all bounds hold together with probability
         ``1 - significance`` (see :meth:`epsilon_clopper_pearson`)."""
         if threshold is not None:
-            cuts = np.array([threshold], dtype=np.float64)
-            tp, fp = np.sum(self._in >= threshold, keepdims=True), np.sum(self._out >= threshold, keepdims=True)
+            cuts = _threshold(threshold)
+            tp, fp = np.sum(self._in >= cuts, keepdims=True), np.sum(self._out >= cuts, keepdims=True)
             return cuts, tp, fp, significance / 2, significance / 2
         if _bonferroni(bonferroni, _CP_RULES) == "hull":
             tests = significance / (2 * len(self._hull))
@@ -338,7 +323,6 @@ class CanaryScoreAuditor:
 
         Parameters
         ----------
-        significance : float in (0, 1), default 0.05
         delta : float in [0, 1), default 1e-5
             The delta of the claim tested: give the delta the accountant reports.
         threshold : float, optional
@@ -347,7 +331,7 @@ class CanaryScoreAuditor:
             Correction when ``threshold`` is None. ``"grid"``: guess the top ``k``
             canaries for ``k`` on a geometric grid fixed in advance (8 per doubling, 97
             values for 20,000 canaries) at ``significance / len(grid)``. ``"all"``:
-            every threshold at ``significance / m``; exact too, but the delta term of
+            every threshold at ``significance / m``; valid too, but the delta term of
             the p-value (about ``2 m delta / guesses``) then swamps the corrected
             significance unless ``m**2 delta`` is small. ``"hull"``: JAX Privacy's
             ``significance / h`` over the ``h`` ROC convex-hull thresholds, a set chosen
@@ -381,7 +365,7 @@ class CanaryScoreAuditor:
     def _one_run(self, search, significance, delta, threshold, bonferroni) -> float:
         m = self.n_in + self.n_out
         if threshold is not None:
-            cuts = np.array([threshold], dtype=np.float64)
+            cuts = _threshold(threshold)
         else:
             rule = _bonferroni(bonferroni, _ONE_RUN_RULES)
             cuts = self._one_run_thresholds(rule)
@@ -396,7 +380,14 @@ class CanaryScoreAuditor:
         if rule == "all":
             return self._thresholds
         pooled = np.sort(np.concatenate((self._in, self._out)))[::-1]
-        return pooled[_guess_grid(len(pooled)) - 1]  # score of the k-th highest, k on the grid
+        return pooled[_one_run.guess_grid(len(pooled)) - 1]  # k-th highest score, k on the grid
+
+
+def _threshold(value) -> np.ndarray:
+    if not isinstance(value, (int, float, np.number)) or np.isnan(value):
+        raise AuditInputError(f"threshold must be one number (a score); got {value!r}.")
+    return np.array([float(value)])
+
 
 def _bonferroni(value: str, allowed: tuple) -> str:
     if value not in allowed:
@@ -406,11 +397,10 @@ def _bonferroni(value: str, allowed: tuple) -> str:
     return value
 
 
-def _guess_grid(m: int) -> np.ndarray:
-    """The numbers of guesses tried by the one-run bounds (``bonferroni="grid"``): about
-    ``_GRID_PER_DOUBLING`` per doubling from 1 to ``m``, fixed before any score is seen."""
-    steps = np.arange(int(np.floor(np.log2(m) * _GRID_PER_DOUBLING)) + 1)
-    return np.unique(np.round(2.0 ** (steps / _GRID_PER_DOUBLING)).astype(np.int64).clip(1, m))
+def _interpolate(fp: np.ndarray, tp: np.ndarray, at):
+    """TP count on the hull ``(fp, tp)`` at FP count ``at`` (the top of a vertical edge)."""
+    last = np.concatenate((fp[1:] != fp[:-1], [True]))
+    return np.interp(at, fp[last], tp[last])
 
 
 def _raw_counts_epsilon(tp: np.ndarray, fp: np.ndarray, min_count: int, delta: float) -> float:
@@ -420,9 +410,8 @@ def _raw_counts_epsilon(tp: np.ndarray, fp: np.ndarray, min_count: int, delta: f
     n_pos, n_neg = tp[-1], fp[-1]
     if min_count >= n_neg:
         return 0.0
-    last = np.concatenate((fp[1:] != fp[:-1], [True]))
     min_fpr = min_count / n_neg
-    tpr_at_min = np.interp(min_count, fp[last], tp[last]) / n_pos
+    tpr_at_min = _interpolate(fp, tp, min_count) / n_pos
     tpr = np.append(tp[fp >= min_count] / n_pos, tpr_at_min)
     fpr = np.append(fp[fp >= min_count] / n_neg, min_fpr)
     with np.errstate(invalid="ignore", divide="ignore"):

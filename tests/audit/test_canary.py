@@ -393,8 +393,14 @@ def test_bad_settings_are_refused(kwargs, match):
 
 def test_bad_metric_settings_are_refused():
     auditor = CanaryScoreAuditor([1, 2, 3], [0, 1, 2])
-    for bad in (0, -1, 2.5, True):
+    for bad in (0, -1, 2.5, True, "50"):
         with pytest.raises(AuditInputError, match="min_count"):
             auditor.epsilon_raw_counts(bad)
-    with pytest.raises(AuditInputError, match="prevalence"):
-        auditor.max_accuracy(1.5)
+    for bad in (1.5, np.nan, "0.5"):
+        with pytest.raises(AuditInputError, match="prevalence"):
+            auditor.max_accuracy(bad)
+    for bad in (np.nan, "high", [1, 2]):
+        with pytest.raises(AuditInputError, match="threshold"):
+            auditor.epsilon_clopper_pearson(threshold=bad)
+        with pytest.raises(AuditInputError, match="threshold"):
+            auditor.epsilon_one_run(threshold=bad)

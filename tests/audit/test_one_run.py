@@ -14,7 +14,7 @@ from scipy import special, stats
 
 from mxprivacy.accounting.gdp import gdp_epsilon
 from mxprivacy.audit import _one_run
-from mxprivacy.audit.canary import CanaryScoreAuditor, _guess_grid, clopper_pearson_lower
+from mxprivacy.audit.canary import CanaryScoreAuditor, clopper_pearson_lower
 from mxprivacy.errors import AuditInputError
 
 
@@ -107,7 +107,7 @@ def test_explicit_threshold_is_the_root_of_the_p_value():
 
 
 def test_guess_grid_is_fixed_and_ignores_labels():
-    grid = _guess_grid(20_000)
+    grid = _one_run.guess_grid(20_000)
     np.testing.assert_array_equal(grid[:8], np.arange(1, 9))
     assert np.all(np.diff(grid) > 0) and grid[-1] <= 20_000
     assert 90 <= len(grid) <= 8 * np.log2(20_000) + 1
