@@ -21,12 +21,14 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Optional
 
 import numpy as np
+from scipy import special
 
 from . import _validate
 from ..errors import AuditInputError
+from .lira import logit_scaled_confidence
 
 __all__ = ["KINDS", "SCORES", "CanarySet", "make_canaries", "canary_scores", "check_labels",
-           "numeric_array", "audit_scores", "AuditReport"]
+           "numeric_array", "canary_bounds", "AuditReport"]
 
 KINDS = ("mislabeled", "ood", "ood_pattern")
 SCORES = ("log_prob", "logit")
@@ -181,12 +183,6 @@ def make_canaries(x, y, m: int, kind: str = "mislabeled", *, num_classes: Option
                      kind=kind, source_index=source)
 
 
-def _logsumexp(values: np.ndarray) -> np.ndarray:
-    top = np.max(values, axis=1, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0.0)
-    return (top + np.log(np.sum(np.exp(values - top), axis=1, keepdims=True)))[:, 0]
-
-
 def canary_scores(logits, labels, score: str = "log_prob") -> np.ndarray:
     """One membership score per example from its logits; higher means "member".
 
@@ -204,16 +200,13 @@ def canary_scores(logits, labels, score: str = "log_prob") -> np.ndarray:
         raise AuditInputError("logits have non-finite values; the net diverged.")
     labels, _ = check_labels(labels, z.shape[1])
     _validate.same_length(logits=z, labels=labels)
+    if score == "logit":
+        return logit_scaled_confidence(z, labels.astype(np.int64))
     rows = np.arange(len(z))
-    target = z[rows, labels.astype(np.int64)]
-    if score == "log_prob":
-        return target - _logsumexp(z)
-    others = z.copy()
-    others[rows, labels.astype(np.int64)] = -np.inf
-    return target - _logsumexp(others)
+    return special.log_softmax(z, axis=1)[rows, labels.astype(np.int64)]
 
 
-def audit_scores(scores, included, *, significance: float = 0.05, delta: float = 1e-5) -> dict:
+def canary_bounds(scores, included, *, significance: float = 0.05, delta: float = 1e-5) -> dict:
     """Epsilon lower bounds from one score per canary and the inclusion mask.
 
     Uses :class:`mxprivacy.audit.canary.CanaryScoreAuditor` on the scores of the included
@@ -257,7 +250,7 @@ class AuditReport:
 
     ``epsilon_lower_bound`` (one run), ``epsilon_lower_bound_fdp`` (one run, against
     DP-SGD's Gaussian curve) and ``epsilon_clopper_pearson`` (an approximation in one
-    run) are explained in :func:`audit_scores`; they hold with probability ``1 -
+    run) are explained in :func:`canary_bounds`; they hold with probability ``1 -
     significance``. ``epsilon`` is the accountant's upper bound at ``delta`` (None for
     the non-private baseline). A lower bound above ``epsilon`` means a privacy bug (or,
     with probability ``significance``, bad luck). Lower bounds are usually far below

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import _validate
-from .canaries import (SCORES, AuditReport, CanarySet, audit_scores, canary_scores, check_labels,
+from .canaries import (SCORES, AuditReport, CanarySet, canary_bounds, canary_scores, check_labels,
                        make_canaries, numeric_array)
 from ..errors import AuditInputError
 
@@ -149,7 +149,7 @@ def audit_training(train, test=None, *, canaries: Optional[CanarySet] = None,
     like any other: it counts in the accountant's ``dataset_size``, is sampled with the
     same rate and clipped to the same bound. Each canary is then scored (``score``:
     ``"log_prob"`` or ``"logit"`` of its label, higher = member) and the scores of
-    included and excluded canaries give epsilon lower bounds (:func:`audit_scores`).
+    included and excluded canaries give epsilon lower bounds (:func:`canary_bounds`).
 
     Parameters
     ----------
@@ -205,7 +205,7 @@ def audit_training(train, test=None, *, canaries: Optional[CanarySet] = None,
     net, facts = (_train_private if private else _train_baseline)(net, x_all, y_all,
                                                                    settings, ctx)
     scores = canary_scores(model_logits(net, canaries.x, ctx=ctx), canaries.y, score)
-    bounds = audit_scores(scores, canaries.included, significance=significance, delta=delta)
+    bounds = canary_bounds(scores, canaries.included, significance=significance, delta=delta)
     return AuditReport(
         **bounds, epsilon=facts["epsilon"], delta=delta, significance=significance,
         test_accuracy=None if test is None else _accuracy(net, test, ctx),

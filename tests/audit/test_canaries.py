@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from mxprivacy.audit.canaries import AuditReport, CanarySet, audit_scores, canary_scores, make_canaries
+from mxprivacy.audit.canaries import AuditReport, CanarySet, canary_bounds, canary_scores, make_canaries
 from mxprivacy.audit.canary import CanaryScoreAuditor
 from mxprivacy.errors import AuditInputError
 
@@ -138,11 +138,11 @@ def test_scores_refuse_bad_input():
         canary_scores(np.array([[0.0, np.inf]]), [0])
 
 
-def test_audit_scores_split_the_scores_by_the_mask_for_the_auditor():
+def test_canary_bounds_split_the_scores_by_the_mask_for_the_auditor():
     rng = np.random.default_rng(0)
     included = rng.random(400) < 0.5
     scores = rng.normal(size=400) + 3.0 * included  # members score higher
-    result = audit_scores(scores, included, significance=0.05, delta=1e-5)
+    result = canary_bounds(scores, included, significance=0.05, delta=1e-5)
     auditor = CanaryScoreAuditor(scores[included], scores[~included])
     assert result == {
         "epsilon_lower_bound": auditor.epsilon_one_run(significance=0.05, delta=1e-5),
@@ -151,20 +151,20 @@ def test_audit_scores_split_the_scores_by_the_mask_for_the_auditor():
                                                                    delta=1e-5),
         "auroc": auditor.auroc()}
     assert result["epsilon_lower_bound"] > 0.5 and result["auroc"] > 0.95
-    flipped = audit_scores(scores, ~included)  # members would score lower: nothing shown
+    flipped = canary_bounds(scores, ~included)  # members would score lower: nothing shown
     assert flipped["epsilon_lower_bound"] == 0.0 and flipped["auroc"] < 0.05
 
 
-def test_audit_scores_refuse_one_sided_or_non_boolean_masks():
+def test_canary_bounds_refuse_one_sided_or_non_boolean_masks():
     scores = np.arange(4.0)
     with pytest.raises(AuditInputError, match="one side"):
-        audit_scores(scores, np.ones(4, bool))
+        canary_bounds(scores, np.ones(4, bool))
     with pytest.raises(AuditInputError, match="boolean"):
-        audit_scores(scores, np.array([1, 0, 1, 0]))
+        canary_bounds(scores, np.array([1, 0, 1, 0]))
     with pytest.raises(AuditInputError, match="lengths differ"):
-        audit_scores(scores, np.array([True, False]))
+        canary_bounds(scores, np.array([True, False]))
     with pytest.raises(AuditInputError, match="delta"):
-        audit_scores(scores, np.array([True, False, True, False]), delta=0.0)
+        canary_bounds(scores, np.array([True, False, True, False]), delta=0.0)
 
 
 def _report(**changes):
