@@ -1,7 +1,7 @@
 """One-run auditing: epsilon lower bounds from guesses about canaries each included in a
 single training run with probability 1/2.
 
-An auditor guesses "member" for ``r`` of the ``m`` canaries (those scoring above a
+An auditor guesses "member" for ``r`` of the ``m`` canaries (those scoring at least a
 threshold) and ``v`` guesses are right.
 
 - Steinke, Nasr & Jagielski 2023 ("Privacy auditing with one (1) training run",
