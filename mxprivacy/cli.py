@@ -414,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     from .audit.cli import add_audit_parser  # scikit-learn only when `audit` runs
     add_audit_parser(sub)
+    from .distributed.cli import add_launch_parser  # no MXNet import
+    add_launch_parser(sub)
     return parser
 
 
@@ -424,6 +426,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (_UsageError, MXPrivacyError) as exc:
         print("mxprivacy: error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
+    if isinstance(result, int):  # `launch` returns its job's exit code
+        return result
     if args.json:
         print(json.dumps({key: _json_safe(value) for key, value in result.items()}))
     return 0

@@ -138,7 +138,7 @@ def stop(*_):
     time.sleep(float(sys.argv[1]))
     kill(signal.SIGKILL)
 def watch():
-    while sys.stdin.buffer.read(4096):
+    while os.read(0, 4096):
         pass
     stop()
 threading.Thread(target=watch, daemon=True).start()
@@ -146,7 +146,7 @@ for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
     signal.signal(sig, lambda *_: threading.Thread(target=stop, daemon=True).start())
 code = child.wait()
 kill(signal.SIGKILL)
-sys.exit(code if code >= 0 else 128 - code)
+os._exit(code if code >= 0 else 128 - code)
 """
 
 

@@ -262,7 +262,7 @@ def _check_job(command, num_workers, num_servers, timeout, grace, port, env) -> 
     if port is not None and (isinstance(port, bool) or not isinstance(port, int)
                              or not 1 <= port <= 65535):
         raise InvalidParameterError(f"port must be an integer in [1, 65535], got {port!r}.")
-    clash = sorted(set(env or {}) & (set(DMLC_VARIABLES) | {"DMLC_NODE_HOST"}))
+    clash = sorted(set(env or {}) & set(DMLC_VARIABLES))
     if clash:
         raise InvalidParameterError(
             f"env sets {', '.join(clash)}, which the launcher sets for every process; "
@@ -290,14 +290,15 @@ def launch_local(command: Sequence[str], num_workers: int, num_servers: int = 1,
     and ``num_workers`` copies of ``command`` with ``DMLC_ROLE`` set, all with this
     process's environment plus ``env`` and ``DMLC_PS_ROOT_URI=127.0.0.1``,
     ``DMLC_PS_ROOT_PORT=port`` (a free port by default), ``DMLC_NUM_SERVER``,
-    ``DMLC_NUM_WORKER`` and ``DMLC_NODE_HOST=127.0.0.1``. Supervision, signals and the
-    exit code follow the module docstring: 0 when every worker exits 0; otherwise the
-    failing process's code (128 + N for signal N), 124 after ``timeout`` seconds, 128 + N
-    when the launcher gets signal N. ``grace`` is the time between SIGTERM and SIGKILL.
+    ``DMLC_NUM_WORKER`` and ``DMLC_NODE_HOST=127.0.0.1`` (unless ``env`` sets it).
+    Supervision, signals and the exit code follow the module docstring: 0 when every
+    worker exits 0; otherwise the failing process's code (128 + N for signal N), 124
+    after ``timeout`` seconds, 128 + N when the launcher gets signal N. ``grace`` is the
+    time between SIGTERM and SIGKILL.
     """
     command = _check_job(command, num_workers, num_servers, timeout, grace, port, env)
     port = free_port() if port is None else port
-    base = {**os.environ, **(env or {}), "DMLC_NODE_HOST": "127.0.0.1"}
+    base = {**os.environ, "DMLC_NODE_HOST": "127.0.0.1", **(env or {})}
     server = [sys.executable, "-c", "import mxnet"]
     children = [_Child(role, index, command if role == "worker" else server,
                        {**base, **_dmlc(role, "127.0.0.1", port, num_workers, num_servers)})
