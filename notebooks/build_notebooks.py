@@ -5,6 +5,8 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+from audit_notebook import AUDIT  # notebooks/ is sys.path[0] when run as a script
+
 HERE = Path(__file__).resolve().parent
 
 QUICKSTART = [
@@ -341,6 +343,7 @@ if __name__ == "__main__":
                             ("02_privacy_accounting.ipynb", ACCOUNTING),
                             ("03_fast_dp_training.ipynb", FAST_TRAINING),
                             ("04_anonymization.ipynb", ANONYMIZATION),
-                            ("05_output_noise.ipynb", OUTPUT_NOISE)]:
+                            ("05_output_noise.ipynb", OUTPUT_NOISE),
+                            ("06_privacy_audit.ipynb", AUDIT)]:
         if not wanted or any(w in filename for w in wanted):
             build(filename, cells, execute=execute)

@@ -7,14 +7,18 @@ nbformat = pytest.importorskip("nbformat")
 from nbclient import NotebookClient  # noqa: E402
 
 # Run first in every executed notebook: each figure shown must have a title and labelled
-# axes on every subplot (plt.show() raises otherwise, which fails the cell).
+# axes on every subplot, and a legend on every subplot that draws more than one line or
+# collection (its own or the figure's); plt.show() raises otherwise, which fails the cell.
 LABEL_CHECK = """
 import matplotlib.pyplot as _plt
 _show = _plt.show
 def _labelled_show(*args, **kwargs):
-    for _ax in _plt.gcf().axes:
+    _fig = _plt.gcf()
+    for _ax in _fig.axes:
         _missing = [k for k, v in (("title", _ax.get_title()), ("x label", _ax.get_xlabel()),
                                    ("y label", _ax.get_ylabel())) if not v]
+        if len(_ax.lines) + len(_ax.collections) > 1 and not (_ax.get_legend() or _fig.legends):
+            _missing.append("legend")
         if _missing:
             raise AssertionError(f"a plot lacks its {', '.join(_missing)}")
     return _show(*args, **kwargs)
@@ -29,7 +33,7 @@ def test_notebooks_exist():
     names = {p.name for p in NOTEBOOKS}
     assert {"01_dp_sgd_quickstart.ipynb", "02_privacy_accounting.ipynb",
             "03_fast_dp_training.ipynb", "04_anonymization.ipynb",
-            "05_output_noise.ipynb"} <= names
+            "05_output_noise.ipynb", "06_privacy_audit.ipynb"} <= names
 
 
 @pytest.mark.slow
