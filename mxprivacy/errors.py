@@ -148,3 +148,12 @@ class UnknownChannelsError(MXPrivacyError, RuntimeError):
 class AuditInputError(InvalidParameterError):
     """Scores, labels or settings given to ``mxprivacy.audit`` are unusable: empty, not
     finite, of mismatched lengths, or a significance or delta outside (0, 1)."""
+
+
+class WorkerMismatchError(MXPrivacyError, RuntimeError):
+    """The workers of a distributed DPTrainer (``kvstore="dist_sync"``) run different
+    DP-SGD settings (noise, clipping, sampling rate, batch size, optimizer...). Raised on
+    every worker at the same step, before any gradient is pushed."""
+
+
+__all__.append("WorkerMismatchError")

@@ -39,6 +39,13 @@ Pending steps
     ``load_states`` between ``allreduce_grads()`` and ``update()`` is refused: the
     privatized gradient waiting for ``update()`` belongs to the current ledger.
 
+Distributed training (``kvstore="dist_sync"``)
+    Every worker holds the same weights, optimizer states, ledger and run id, so one file
+    describes them all: ``save_states`` runs its checks on every worker and only rank 0
+    writes (the other ranks write nothing, not even to a shared path). To resume, every
+    worker calls ``load_states`` on that file (copied to each host without a shared file
+    system); every worker then takes the same decision on the ledger.
+
 The ledger never decreases
     ``load_states`` merges the saved ledger with the trainer's current one
     (see :mod:`mxprivacy._ledger`): an older checkpoint of this run keeps the current,
@@ -202,7 +209,9 @@ class CheckpointMixin:
     """``save_states`` / ``load_states`` for DPTrainer (Gluon's names and signatures)."""
 
     def save_states(self, fname: str) -> None:
-        """Write optimizer states, privacy ledger and step count atomically to ``fname``."""
+        """Write optimizer states, privacy ledger and step count atomically to ``fname``.
+
+        With a dist kvstore only rank 0 writes; the other ranks check and return."""
         if not self._kv_initialized:
             self._init_kvstore()
         if self._params_to_init:
@@ -214,6 +223,8 @@ class CheckpointMixin:
                 "privatized gradient is waiting for update(). Call update() (or step()) "
                 "before save_states.")
         optimizer, arrays = _optstate.capture(self)
+        if self.rank != 0:
+            return  # rank 0 writes the one checkpoint (every worker holds the same state)
         meta = {"format": _FORMAT, "privacy": self.accountant.state_dict(),
                 "steps": self.steps, "nonfinite_count": self.nonfinite_count,
                 "config": {"noise_multiplier": self.noise_multiplier,

@@ -57,21 +57,30 @@ def owning_block(trainable):
 
 _SINGLE_MACHINE = (None, "local", "device", "nccl", "local_update_cpu",
                    "local_allreduce_cpu", "local_allreduce_device")
+_DISTRIBUTED = ("dist_sync", "dist_device_sync")  # see mxprivacy.gluon.distributed
 
 
 def check_kvstore(kvstore) -> None:
-    """Allow only single-machine kvstores, given by name or as a ``KVStore`` object.
+    """Allow single-machine kvstores and the synchronous parameter server (``dist_sync``,
+    ``dist_device_sync``), given by name or as a ``KVStore`` object.
 
-    Distributed ones (``dist_*``, Horovod, BytePS) would sample and add noise per
-    worker, which the accountant does not count.
+    Refused: ``dist_async`` (the server applies each worker's push alone, so each push
+    is a release with 1/sqrt(W) of the noise), Horovod and BytePS (their all-reduce does
+    not go through the noise-once protocol of :mod:`mxprivacy.gluon.distributed`).
     """
     kind = kvstore if kvstore is None or isinstance(kvstore, str) \
         else getattr(kvstore, "type", repr(kvstore))
-    if kind not in _SINGLE_MACHINE:
-        raise InvalidParameterError(
-            f"kvstore {kind!r} is not supported: distributed training would sample and "
-            "add noise on every worker, which the accountant does not count. Use one of "
-            f"{[k for k in _SINGLE_MACHINE if k]} (several devices on one machine).")
+    if kind in _SINGLE_MACHINE or kind in _DISTRIBUTED:
+        return
+    why = ("the server would apply each worker's push on its own, as it arrives, so the "
+           "noise would not be counted once per step"
+           if isinstance(kind, str) and "async" in kind else
+           "its reduction does not follow DPTrainer's protocol (each worker adds its "
+           "share of the noise, the sum carries it once)")
+    raise InvalidParameterError(
+        f"kvstore {kind!r} is not supported: {why}. Use one of "
+        f"{[k for k in _SINGLE_MACHINE if k]} on one machine, or "
+        f"{list(_DISTRIBUTED)} on several (see mxprivacy.gluon.distributed).")
 
 
 def check_compression(compression_params) -> None:

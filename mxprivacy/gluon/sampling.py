@@ -23,6 +23,13 @@ every draw comes from ``os.urandom``: an exact Bernoulli(q) per inclusion (see
 :func:`mxprivacy.mechanisms.secure.bernoulli`), or exactly uniform integers for the
 fixed-size subset (:func:`mxprivacy.mechanisms.secure.uniform_below`); a seed is then an
 error.
+
+Several workers (a ``dist_sync`` trainer): every worker gives :class:`DPDataLoader` the
+same whole data set; the loader keeps its rank's contiguous block of it
+(:func:`shard_bounds`) and Poisson-samples that block at the trainer's (global) rate q,
+so the union over workers is a Poisson sample of the whole data set. Every worker's
+epoch has the same number of batches (ceil(1/q)), and an empty local batch still steps.
+An explicit seed is combined with the rank, so ranks never share a sampling stream.
 """
 from __future__ import annotations
 
@@ -38,6 +45,7 @@ from ..accounting.step_sampling import RATE_TOLERANCE, StepSampling, check_sampl
 from ..errors import EmptyBatchError, InvalidParameterError, PrivacyWarning
 from ..mechanisms import secure as _secure
 from .devices import as_context_list, split_and_load, split_indices
+from .distributed import resolve_shard, shard_bounds
 
 __all__ = ["PoissonBatchSampler", "FixedSizeBatchSampler", "DPDataLoader"]
 
@@ -300,6 +308,14 @@ class DPDataLoader:
         ``for xs, ys in loader``, with at least two rows per slice (one slice for a
         batch of one).
     num_batches, seed : see :class:`PoissonBatchSampler` and :class:`FixedSizeBatchSampler`.
+        With several workers a seed is combined with the rank (ranks never share a stream).
+    num_workers, rank : int, optional
+        Shard the data set over W workers: this loader keeps block ``rank`` of
+        :func:`shard_bounds` and samples it at rate q = expected_batch_size / N, N being
+        the *whole* data set's size (every worker passes the whole data set; a Dataset
+        is only read in its block). Default: the trainer's (a ``dist_sync``
+        :class:`~mxprivacy.DPTrainer` knows both), else one worker. Poisson sampling
+        only.
     secure_mode : bool, optional
         Sample from the OS CSPRNG. None (default) follows ``trainer.secure_mode``
         (False without a trainer); False with a secure trainer is an error.
@@ -308,7 +324,8 @@ class DPDataLoader:
     def __init__(self, arrays, sample_rate: Optional[float] = None, *,
                  expected_batch_size: Optional[int] = None, trainer=None, ctx=None,
                  num_batches: Optional[int] = None, seed: Optional[int] = None,
-                 secure_mode: Optional[bool] = None, sampling: Optional[str] = None) -> None:
+                 secure_mode: Optional[bool] = None, sampling: Optional[str] = None,
+                 num_workers: Optional[int] = None, rank: Optional[int] = None) -> None:
         self._dataset = arrays if isinstance(arrays, gluon.data.Dataset) else None
         self._arrays = None if self._dataset is not None else [
             a.asnumpy() if isinstance(a, nd.NDArray) else np.asarray(a) for a in arrays]
@@ -316,6 +333,11 @@ class DPDataLoader:
         if self._arrays is not None and any(len(a) != size for a in self._arrays):
             raise InvalidParameterError("All arrays must have the same first dimension.")
         self.sampling = _resolve_sampling(sampling, trainer)
+        self.num_workers, self.rank = resolve_shard(num_workers, rank, trainer,
+                                                     self.sampling, size)
+        self.shard = shard_bounds(size, self.num_workers, self.rank)
+        if self.num_workers > 1 and seed is not None:
+            seed = np.random.SeedSequence(seed, spawn_key=(self.rank,))
         if self.sampling == "fixed":
             scheme = StepSampling.fixed(size, _fixed_batch_size(sample_rate,
                                                                 expected_batch_size, size))
@@ -327,8 +349,11 @@ class DPDataLoader:
                 _check_trainer_rate(rate, trainer, expected_batch_size, size)
         self.secure_mode = _resolve_secure(secure_mode, trainer)
         options = dict(num_batches=num_batches, seed=seed, secure=self.secure_mode)
+        start, stop = self.shard
+        if self._arrays is not None:
+            self._arrays = [a[start:stop] for a in self._arrays]
         self.sampler = FixedSizeBatchSampler(size, scheme.sample_size, **options) \
-            if self.sampling == "fixed" else PoissonBatchSampler(size, rate, **options)
+            if self.sampling == "fixed" else PoissonBatchSampler(stop - start, rate, **options)
         self.sample_rate = self.sampler.sample_rate
         self.trainer = trainer
         self.ctx = ctx
@@ -343,12 +368,18 @@ class DPDataLoader:
             return self._split_batch(indices)
         if self._arrays is not None:
             return tuple(nd.array(a[indices], ctx=self.ctx, dtype=a.dtype) for a in self._arrays)
-        batch = gluon.data.dataloader.default_batchify_fn([self._dataset[i] for i in indices])
+        batch = self._read_dataset(indices)
         if self.ctx is None:
             return batch
         items = batch if isinstance(batch, (list, tuple)) else [batch]
         moved = [b.as_in_context(self.ctx) if isinstance(b, nd.NDArray) else b for b in items]
         return type(batch)(moved) if isinstance(batch, (list, tuple)) else moved[0]
+
+    def _read_dataset(self, indices: List[int]):
+        """Items of the shard (local ``indices``) batched as Gluon does."""
+        start = self.shard[0]
+        return gluon.data.dataloader.default_batchify_fn([self._dataset[start + i]
+                                                          for i in indices])
 
     def _split_batch(self, indices: List[int]):
         """Each array as a list of per-device slices."""
@@ -356,7 +387,7 @@ class DPDataLoader:
             chunks = split_indices(indices, len(self._contexts))
             return tuple([nd.array(a[chunk], ctx=c, dtype=a.dtype)
                           for chunk, c in zip(chunks, self._contexts)] for a in self._arrays)
-        batch = gluon.data.dataloader.default_batchify_fn([self._dataset[i] for i in indices])
+        batch = self._read_dataset(indices)
         items = batch if isinstance(batch, (list, tuple)) else [batch]
         split = [split_and_load(b, self._contexts) for b in items]
         return tuple(split) if isinstance(batch, (list, tuple)) else split[0]

@@ -12,6 +12,10 @@ pipeline of four stages, each in its own module:
 4. account: record the step's event (:meth:`step_event`: Poisson-sampled, or a
    fixed-size batch drawn without replacement, see :mod:`mxprivacy.accounting.step_sampling`).
 
+With ``kvstore="dist_sync"`` the workers first check that they agree on the settings,
+and stage 3 adds each worker's share of the noise before the kvstore sums the workers'
+pushes (see :mod:`.distributed`).
+
 Nothing changes state before stage 3, so a step that raises can be retried. ``update``
 divides by the *expected* batch size, never the actual one (the size of a Poisson batch
 is itself private).
@@ -30,6 +34,7 @@ from .averaging import AveragingMixin
 from .capture_stage import CaptureStageMixin
 from .checkpoint import CheckpointMixin
 from .clipping import ClipStageMixin, make_clipping
+from .distributed import DistributedMixin, check_options
 from .noise_writer import NoiseWriterMixin
 from .planning import PlanningMixin, resolve_noise
 
@@ -37,16 +42,29 @@ __all__ = ["DPTrainer"]
 
 
 class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointMixin,
-                AveragingMixin, PlanningMixin, gluon.Trainer):
+                AveragingMixin, PlanningMixin, DistributedMixin, gluon.Trainer):
     """DP-SGD with Gluon's Trainer interface.
 
     Parameters
     ----------
-    params, optimizer, optimizer_params, kvstore, compression_params
+    params, optimizer, optimizer_params, compression_params
         As in :class:`mxnet.gluon.Trainer`. The parameters must belong to a
         :class:`~mxprivacy.PrivateBlock`.
+    kvstore : str or KVStore
+        A single-machine kvstore, or ``"dist_sync"`` / ``"dist_device_sync"`` (or such a
+        ``KVStore``) for W workers started by ``mxprivacy launch``: each worker samples
+        its shard at rate q and adds noise of std sigma C / sqrt(W), the kvstore sums
+        the pushes, and the noise (std sigma C) is counted once (see
+        :mod:`mxprivacy.gluon.distributed`). ``expected_batch_size`` and
+        ``dataset_size`` are then *global* (q N for the whole data set); only rank 0
+        writes checkpoints. ``dist_async`` is refused.
     update_on_kvstore : None or False
-        Forced to False: noise must be added between reduction and update.
+        Forced to False: noise must be added between reduction and update (with a dist
+        kvstore the server would otherwise apply the raw sums).
+    dist_timeout : float, optional
+        With a dist kvstore: seconds any wait for the other workers may last before this
+        worker exits with code 75 and one line on stderr (a dead peer otherwise blocks it
+        forever). Default ``$MXPRIVACY_DIST_TIMEOUT``, else 600; ``inf`` disables it.
     noise_multiplier : float
         sigma: noise std divided by the sensitivity (``max_grad_norm``, or twice it for
         microbatches of several samples). Or give a target instead:
@@ -119,11 +137,9 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
                  loss_reduction: str = "sum", ema_decay: Optional[float] = None,
                  target_epsilon: Optional[float] = None, target_delta: Optional[float] = None,
                  epochs: Optional[float] = None, total_steps: Optional[int] = None,
-                 sampling: str = "poisson") -> None:
-        if update_on_kvstore:
-            raise InvalidParameterError(
-                "DPTrainer adds noise between reduction and update, so it needs "
-                "update_on_kvstore=False (leave it None).")
+                 sampling: str = "poisson", dist_timeout: Optional[float] = None) -> None:
+        check_options(kvstore, update_on_kvstore=update_on_kvstore, sampling=sampling,
+                      clipping=clipping)
         guards.check_kvstore(kvstore)
         guards.check_compression(compression_params)
         self.expected_batch_size = guards.positive("expected_batch_size", expected_batch_size)
@@ -139,7 +155,10 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
             warn_epsilon, warn_delta, dataset_size)
         self.secure_mode = guards.check_secure_options(secure_mode, noise_seed, clipping_options)
         self.loss_reduction = guards.check_loss_reduction(loss_reduction)
-        self._size_check = guards.size_check(self.step_sampling, self.expected_batch_size)
+        kvstore = self._setup_distributed(kvstore, dist_timeout)
+        # Local batches are Poisson samples of the local shard: q N / W expected.
+        self._size_check = guards.size_check(self.step_sampling,
+                                             self.expected_batch_size / self.num_workers)
         super().__init__(params, optimizer, optimizer_params, kvstore, compression_params,
                          update_on_kvstore=False)
         self._block = guards.owning_block(self._trainable())
@@ -166,6 +185,7 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
         self._privatized_batch: Optional[int] = None
         self._loader_examples: Optional[int] = None
         self._warned = False
+        self._start_distributed()  # rank 0's weights and run id to every worker
 
     # -- privatization -----------------------------------------------------------------
     @property
@@ -214,6 +234,7 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
         units, captured = self._capture_stage(batch_size, example_ids)   # 1. capture
         sums = self._merge(self._accumulated, self._clip_stage(units))   # 2. clip and sum
         self._size_check.observe(captured)
+        self._check_workers_agree()  # dist kvstore: the same settings on every worker
         self._block.take_shards()  # from here on nothing raises: the step happens
         self._commit_clip()
         self._loader_examples = None
@@ -254,8 +275,9 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
 
     # -- update ------------------------------------------------------------------------
     def update(self, batch_size: int, ignore_stale_grad: bool = False) -> None:
-        """Apply the privatized gradient, divided by the expected batch size (and fold
-        the new weights into the average, with ``ema_decay``)."""
+        """Apply the privatized gradient, divided by the expected batch size (the
+        global q N with a dist kvstore), and fold the new weights into the average,
+        with ``ema_decay``."""
         self._refuse_while_averaged()
         if self._privatized_batch is None:
             raise StaleGradientError(
