@@ -15,6 +15,14 @@ from ..errors import InvalidParameterError
 
 __all__ = ["add_launch_parser"]
 
+_DESCRIPTION = (
+    "Start a scheduler, SERVERS servers and WORKERS copies of COMMAND with the DMLC_* "
+    "variables of an MXNet dist_sync job: on this machine, or over ssh on the hosts of "
+    "--hostfile. Output passes through unchanged. If a process fails, the others are "
+    "stopped (SIGTERM, then SIGKILL after --grace). Exit code: 0 when every worker exits "
+    "0; otherwise the failing process's code (128+N for signal N, 255 when ssh failed); "
+    "124 after --timeout; 128+N when this launcher gets signal N (forwarded to the job).")
+
 
 def _positive(kind, wanted: str, minimum=0, strict=True):
     def parse(text: str):
@@ -40,12 +48,14 @@ def add_launch_parser(sub) -> None:
     """Register ``launch`` on the subparsers ``sub`` of the ``mxprivacy`` parser."""
     launch = sub.add_parser(
         "launch", help="run a command as the workers of a dist_sync (parameter-server) job",
-        description=__doc__.split("\n\n")[1],
+        description=_DESCRIPTION,
         usage="mxprivacy launch -n WORKERS [-s SERVERS] [--hostfile FILE] [options] "
               "-- COMMAND ...")
     launch.add_argument("-n", "--num-workers", type=_positive(int, "an integer >= 1"),
+                        metavar="WORKERS",
                         required=True, help="number of workers (copies of COMMAND)")
     launch.add_argument("-s", "--num-servers", type=_positive(int, "an integer >= 1"),
+                        metavar="SERVERS",
                         default=1, help="number of servers (default 1)")
     launch.add_argument("--hostfile", metavar="FILE",
                         help="run over ssh on these hosts: one per line, user@host:slots, "
@@ -62,9 +72,11 @@ def add_launch_parser(sub) -> None:
     launch.add_argument("--env", type=_assignment, action="append", default=[],
                         metavar="NAME=VALUE", help="set in every process (repeatable)")
     launch.add_argument("--timeout", type=_positive(float, "a number of seconds > 0"),
+                        metavar="SECONDS",
                         help="stop the whole job after this many seconds (exit code 124)")
     launch.add_argument("--grace", type=_positive(float, "a number of seconds >= 0",
                                                   strict=False), default=10.0,
+                        metavar="SECONDS",
                         help="seconds between SIGTERM and SIGKILL when stopping (default 10)")
     launch.add_argument("--port", type=_positive(int, "a port in [1, 65535]"),
                         help="the scheduler's port (default: a free port)")

@@ -18,8 +18,10 @@ Supervision (both paths)
       A process group is also swept with SIGKILL as soon as its leader has exited.
     * When every worker has exited 0, the scheduler and servers get ``grace`` seconds to
       exit by themselves (they normally do at once) and are then stopped.
-    * SIGINT and SIGTERM received by the launcher are forwarded to every child, which are
-      then stopped as above; a second signal kills them at once.
+    * SIGINT, SIGTERM and SIGHUP received by the launcher are forwarded to every child,
+      which are then stopped as above; a second signal kills them at once. If the launcher
+      itself is killed with SIGKILL, local children are orphaned (remote ones stop: their
+      ssh connection closes).
     * ``timeout`` bounds the job's wall time: when it passes, everything is stopped.
     * A worker blocked in a kvstore call whose peer died never returns by itself (ps-lite
       has no failure detection): these rules are what ends such a job.
@@ -57,6 +59,7 @@ TIMEOUT_EXIT_CODE = 124
 SSH = ("ssh", "-o", "BatchMode=yes")
 _PREFIX = "mxprivacy launch: "
 _POLL = 0.05
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -226,12 +229,13 @@ class _Supervisor:
 
 @contextlib.contextmanager
 def _forwarding(supervisor: _Supervisor):
-    """Route SIGINT and SIGTERM to the supervisor (main thread only; restored after)."""
+    """Route SIGINT, SIGTERM and SIGHUP to the supervisor (main thread only; restored
+    after)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {sig: signal.signal(sig, supervisor.on_signal)
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+                for sig in _FORWARDED}
     try:
         yield
     finally:

@@ -23,13 +23,15 @@ LAUNCH = [PY, "-m", "mxprivacy.cli", "launch"]
 # A dist_sync worker: rank r pushes (r + 1) * [1, 2, 3]; every worker pulls the sum.
 # mode "die": rank 1 SIGKILLs itself after init, so rank 0 blocks in its pull forever.
 KV_WORKER = """\
-import json, os, signal, sys
+import json, os, signal, sys, time
 out, mode = sys.argv[1], sys.argv[2]
 open(os.path.join(out, "pid-%d" % os.getpid()), "w").close()
 import mxnet as mx
 kv = mx.kv.create("dist_sync")
 kv.init(7, mx.nd.zeros((3,)))
 if mode == "die" and kv.rank == 1:
+    with open(os.path.join(out, "killed-at"), "w") as f:
+        f.write(repr(time.time()))
     os.kill(os.getpid(), signal.SIGKILL)
 kv.push(7, mx.nd.array([1, 2, 3]) * (kv.rank + 1))
 total = mx.nd.zeros((3,))
@@ -39,6 +41,7 @@ result = {"rank": kv.rank, "workers": kv.num_workers, "sum": total.asnumpy().tol
           "env": {k: v for k, v in os.environ.items() if k.startswith(("DMLC_", "EXTRA"))}}
 with open(os.path.join(out, "result-%d.json" % kv.rank), "w") as f:
     json.dump(result, f)
+print(json.dumps(result))
 """
 
 # A plain worker (no MXNet): records its pid, then acts by its DMLC-free index file.
@@ -176,14 +179,13 @@ def test_worker_exit_code_is_the_jobs_and_the_rest_is_stopped(tmp_path, out, cap
 
 def test_sigkilled_worker_stops_a_worker_blocked_in_pull(tmp_path, out, capfd):
     """Rank 1 dies by SIGKILL after kv.init; rank 0 would wait in pull forever. The job
-    ends with 137 within grace + 5 s of the kill (plus MXNet's start-up), leaving nothing."""
+    ends with 137 within grace + 5 s of the kill, leaving nothing."""
     port, grace = free_port(), 2.0
     worker = _script(tmp_path, "kv.py", KV_WORKER)
-    start = time.monotonic()
     code = launch_local([PY, worker, str(out), "die"], 2, port=port, grace=grace, timeout=60)
-    elapsed = time.monotonic() - start
+    ended = time.time()
     assert code == 128 + signal.SIGKILL
-    assert elapsed < 15 + grace + 5  # start-up of 4 MXNet processes on 2 cores included
+    assert 0 < ended - float((out / "killed-at").read_text()) < grace + 5
     err = capfd.readouterr().err
     assert "was killed by SIGKILL; stopping the other 3 processes" in err
     assert not list(out.glob("result-*"))
@@ -226,7 +228,7 @@ def test_scheduler_and_servers_are_stopped_after_the_workers_succeed(tmp_path, o
     _assert_nothing_survives(out, port, within=0)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signal_to_the_launcher_stops_the_job(tmp_path, out, sig):
     port = free_port()
     worker = _script(tmp_path, "plain.py", PLAIN_WORKER)
@@ -271,6 +273,8 @@ def test_ssh_job_runs_through_ssh_with_exact_quoting(tmp_path, out):
                           env=env, cwd=str(tmp_path), capture_output=True, text=True,
                           timeout=90)
     assert proc.returncode == 0, proc.stderr
+    printed = [json.loads(line) for line in proc.stdout.splitlines()]  # passed through
+    assert sorted(r["rank"] for r in printed) == [0, 1]
     placed = []  # (role, ssh options and host), in any order: the ssh calls race
     for call in (json.loads(line) for line in log.read_text().splitlines()):
         assert len(call) == 4
