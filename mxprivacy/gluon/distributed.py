@@ -258,6 +258,14 @@ class DistributedMixin:
         job = self._dist
         if job is None:
             return
+        deferred = [p.name for p in self._params if p._deferred_init]
+        if deferred:
+            raise InvalidParameterError(
+                f"With kvstore {job.kvstore.type!r} every worker must start from rank 0's "
+                f"weights, which are broadcast when the trainer is built, but "
+                f"{deferred[:3]} have no shape yet (deferred initialization). Give the "
+                "layers their input sizes (in_units=, in_channels=) or run one forward "
+                "pass before building the DPTrainer.")
         with job.watchdog.watch("the other workers to start (weight broadcast)"):
             self._init_kvstore()
             self._init_params()
@@ -352,8 +360,6 @@ class DistributedMixin:
         """Push the noisy local sums, pull their sum over the workers, and wait for it."""
         job = self._dist
         with job.watchdog.watch("the other workers' gradients"):
-            if self._params_to_init:  # deferred-shape parameters: broadcast now
-                self._init_params()
             self._allreduce_grads()
             for param in self._trainable():
                 for grad in param.list_grad():

@@ -10,6 +10,7 @@ single-machine references in the test.
 """
 import json
 import os
+import signal
 import sys
 import time
 import warnings
@@ -119,8 +120,20 @@ def scenario_noise(out):
               "empty_batches": loader.empty_batches, "shard": list(loader.shard),
               "run_id": trainer.run_id}
     save_arrays(os.path.join(out, f"pulled-{rank}.npz"), pulled)
-    with open(os.path.join(out, f"report-{rank}.json"), "w") as handle:
-        json.dump(report, handle)
+    write_json(os.path.join(out, f"report-{rank}.json"), report)
+
+
+def write_json(path, value):
+    """Whole or absent: a peer polls for the file, and the job may be stopped at once."""
+    with open(path + ".tmp", "w") as handle:
+        json.dump(value, handle)
+    os.replace(path + ".tmp", path)
+
+
+def wait_for(path, seconds=20):
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def scenario_mismatch(out, what):
@@ -136,19 +149,15 @@ def scenario_mismatch(out, what):
     try:
         one_step(block, trainer, x[rows], y[rows])
     except WorkerMismatchError as error:
-        with open(os.path.join(out, f"error-{rank}.txt"), "w") as handle:
-            handle.write(str(error))
-        deadline = time.monotonic() + 20  # both files exist before either worker exits
-        while not all(os.path.exists(os.path.join(out, f"error-{r}.txt")) for r in (0, 1)):
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        write_json(os.path.join(out, f"error-{rank}.txt"), str(error))
+        for other in (0, 1):  # both files exist before either worker exits
+            wait_for(os.path.join(out, f"error-{other}.txt"))
         raise
     with open(os.path.join(out, f"stepped-{rank}.txt"), "w") as handle:
         handle.write(str(trainer.steps))
 
 
-def scenario_stuck(out):
+def scenario_stuck(out, how):
     block = exact_net()
     trainer = DPTrainer(block.collect_params(), *EXACT_OPT, kvstore="dist_sync",
                         dist_timeout=3, **dict(EXACT, noise_multiplier=1.0))
@@ -156,8 +165,10 @@ def scenario_stuck(out):
     x, y = exact_batch(0)
     one_step(block, trainer, x[local_rows(0, rank)], y[local_rows(0, rank)])
     trainer.save_states(os.path.join(out, "ckpt"))
-    with open(os.path.join(out, f"epsilon-{rank}.json"), "w") as handle:
-        json.dump(trainer.epsilon(1e-5), handle)
+    write_json(os.path.join(out, f"epsilon-{rank}.json"), trainer.epsilon(1e-5))
+    if rank == 1 and how == "killed":
+        wait_for(os.path.join(out, "epsilon-0.json"))  # rank 0 has saved its checkpoint
+        os.kill(os.getpid(), signal.SIGKILL)
     if rank == 1:
         time.sleep(120)  # a hung peer: alive, never pushes again
     one_step(block, trainer, x[local_rows(0, rank)], y[local_rows(0, rank)])
@@ -171,8 +182,8 @@ def main(scenario, out):
         scenario_noise(out)
     elif scenario.startswith("mismatch-"):
         scenario_mismatch(out, scenario.split("-", 1)[1])
-    elif scenario == "stuck":
-        scenario_stuck(out)
+    elif scenario in ("stuck", "killed"):
+        scenario_stuck(out, scenario)
     else:
         raise SystemExit(f"unknown scenario {scenario!r}")
 

@@ -10,12 +10,14 @@ import sys
 import time
 import warnings
 
+import mxnet as mx
 import numpy as np
 import pytest
-from mxnet import nd
+from mxnet import gluon, nd
 from scipy import stats
 
-from mxprivacy import DPDataLoader, DPTrainer, InvalidParameterError, WorkerMismatchError
+from mxprivacy import (DPDataLoader, DPTrainer, InvalidParameterError, PrivateBlock,
+                       WorkerMismatchError)
 from mxprivacy.accounting import RDPAccountant
 from mxprivacy.accounting.events import GaussianEvent, PoissonSampledEvent
 from mxprivacy.distributed.launch import launch_local
@@ -182,7 +184,7 @@ def test_workers_that_disagree_stop_at_the_first_step(tmp_path, what, setting):
     code, seconds = run_job(f"mismatch-{what}", tmp_path)
     assert code != 0 and seconds < 45
     for rank in (0, 1):
-        message = (tmp_path / f"error-{rank}.txt").read_text()
+        message = json.load(open(tmp_path / f"error-{rank}.txt"))
         assert "disagree on " + setting in message and f"rank {rank}" in message
         assert not (tmp_path / f"stepped-{rank}.txt").exists()
 
@@ -220,6 +222,24 @@ def test_a_dist_kvstore_outside_a_launched_job_says_how_to_launch(monkeypatch):
                   **worker.EXACT)
 
 
+def one_worker_dist_kvstore():
+    """A local kvstore presented as dist_sync: a one-worker job, in this process."""
+    class OneWorker(mx.kvstore.KVStore):
+        type = "dist_sync"
+
+    store = mx.kv.create("local")
+    store.__class__ = OneWorker
+    return store
+
+
+def test_deferred_shapes_are_refused_because_rank_0_weights_are_broadcast_at_build():
+    net = gluon.nn.Dense(3)
+    net.initialize()
+    with pytest.raises(InvalidParameterError, match="deferred initialization"):
+        DPTrainer(PrivateBlock(net).collect_params(), "sgd", kvstore=one_worker_dist_kvstore(),
+                  **worker.EXACT)
+
+
 # -- the agreement check, by hand ------------------------------------------------------
 def pushed_sums(digests):
     return np.concatenate([sum(digests), sum(d * d for d in digests)]).astype(np.float32)
@@ -241,19 +261,24 @@ def test_disagreements_finds_exactly_the_settings_that_differ():
 
 
 # -- bounded waits --------------------------------------------------------------------
-def test_a_hung_peer_ends_the_job_within_the_timeout_and_the_checkpoint_loads(tmp_path, capfd):
-    """Rank 1 stops answering after one step; rank 0 (dist_timeout=3) exits with code 75
-    and one line, the launcher stops the rest, and rank 0's checkpoint loads with the
-    epsilon it had (not lower)."""
-    code, seconds = run_job("stuck", tmp_path)
-    assert code == TIMEOUT_EXIT_CODE and seconds < 30
-    assert "waited more than 3 s for the other workers' settings" in capfd.readouterr().err
+@pytest.mark.parametrize("how", ["stuck", "killed"])
+def test_a_dead_or_hung_peer_ends_the_job_and_the_checkpoint_loads(tmp_path, capfd, how):
+    """After one step and rank 0's checkpoint, rank 1 hangs (rank 0, dist_timeout=3, exits
+    with code 75 and one line; the launcher stops the rest) or is killed with SIGKILL (the
+    launcher stops the job: 128 + 9). The checkpoint loads with the epsilon it had."""
+    code, seconds = run_job(how, tmp_path)
+    assert seconds < 30
+    if how == "stuck":
+        assert code == TIMEOUT_EXIT_CODE
+        assert "waited more than 3 s for the other workers' settings" in capfd.readouterr().err
+    else:
+        assert code == 128 + 9
     block = worker.exact_net()
     trainer = DPTrainer(block.collect_params(), *worker.EXACT_OPT,
                         **dict(worker.EXACT, noise_multiplier=1.0))
     trainer.load_states(str(tmp_path / "ckpt"))
     assert trainer.steps == 1
-    assert trainer.epsilon(1e-5) >= json.load(open(tmp_path / "epsilon-0.json"))
+    assert trainer.epsilon(1e-5) >= json.load(open(tmp_path / "epsilon-0.json")) > 0
 
 
 def test_watchdog_exits_after_the_timeout_and_not_before():
