@@ -100,6 +100,9 @@ SETTINGS_KEY = 2 ** 31 - 2  # far above Gluon's parameter keys 0 .. P-1
 RUN_ID_KEY = 2 ** 31 - 3
 _DIGITS = 8  # 4-bit digits per setting: 32 bits of its SHA-256
 _OPTIMIZER_COUNTERS = {"num_update", "begin_num_update", "rescale_grad"}
+# Hyper-parameters are the optimizer's scalars; its dicts are keyed by parameter names,
+# which may differ between processes (per-parameter multipliers are checked by shape).
+_SCALARS = (int, float, str, bool, type(None))
 _ENV = ("DMLC_NUM_WORKER", "DMLC_NUM_SERVER", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT")
 
 
@@ -311,12 +314,10 @@ class DistributedMixin:
         """What every worker must agree on, as strings (see the module docstring)."""
         opt = self._optimizer
         hyper = {k: v for k, v in sorted(vars(opt).items()) if not k.startswith("_")
-                 and k not in _OPTIMIZER_COUNTERS
-                 and isinstance(v, (int, float, str, bool, type(None), dict))}
+                 and k not in _OPTIMIZER_COUNTERS and isinstance(v, _SCALARS)}
         schedule = opt.lr_scheduler
         hyper["lr_scheduler"] = None if schedule is None else [type(schedule).__name__, {
-            k: v for k, v in sorted(vars(schedule).items())
-            if isinstance(v, (int, float, str, bool, type(None)))}]
+            k: v for k, v in sorted(vars(schedule).items()) if isinstance(v, _SCALARS)}]
         params = [[list(p.shape), str(np.dtype(p.dtype)), p.lr_mult, p.wd_mult]
                   for p in self._trainable()]
         bounds = getattr(self._clipping, "bounds", None)
