@@ -64,8 +64,9 @@ def load_params(block, arrays):
 # -- exactness ------------------------------------------------------------------------
 def test_two_workers_update_as_one_process_on_the_union_of_their_batches(exact_job):
     """sigma = 0: two dist_device_sync steps (local batches of 5 + 3, then 2 + 5) equal
-    two single-process steps on the 8 and 7 rows, to 1e-5 (momentum included). Mutation
-    checked: dividing by the local expected batch size (q N / W) fails it."""
+    two single-process steps on the 8 and 7 rows, to 1e-5 (momentum included). Rank 1's
+    parameters have other names (the agreement check compares shapes, not names).
+    Mutation checked: dividing by the local expected batch size (q N / W) fails it."""
     init = [np.load(exact_job / f"init-{rank}.npz") for rank in (0, 1)]
     final = [np.load(exact_job / f"final-{rank}.npz") for rank in (0, 1)]
     for key in init[0]:  # rank 0's weights were broadcast; the updates are identical
