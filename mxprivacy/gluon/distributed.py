@@ -51,8 +51,9 @@ Agreement check (every step)
     ``W * sum(d^2) == sum(d)^2`` (the variance is zero); sums of small integers are
     exact in float32 for W < 74,000. Every worker reads the same sums and so takes the
     same decision: all raise :class:`~mxprivacy.WorkerMismatchError`, naming the
-    settings, before any gradient is pushed. It costs one round trip per step (0.6 ms
-    on loopback).
+    settings, before any gradient is pushed. It costs one more round trip (a second
+    barrier) per step: 0.6 ms alone on loopback; a 784-256-10 MLP step went from 15.6
+    to 18.1 ms with 2 workers sharing 2 cores.
 
 Bounded waits
     ps-lite never notices a dead peer: a worker waits forever in a round trip. Every wait
