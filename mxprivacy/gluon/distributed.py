@@ -73,8 +73,9 @@ Bounded waits
 Refused: ``dist_async`` (each push would be applied alone by the server, with 1/sqrt(W)
 of the noise), ``update_on_kvstore=True`` (the server would apply the raw sums: noise
 must come between reduction and update), fixed-size sampling (the union of local
-fixed-size draws is not a uniform draw of B of N) and adaptive clipping (its private
-count would be local, and the workers' bounds would drift apart).
+fixed-size draws is not a uniform draw of B of N), adaptive clipping (its private
+count would be local, and the workers' bounds would drift apart) and parameters whose
+shapes are still deferred (rank 0's weights are broadcast when the trainer is built).
 """
 from __future__ import annotations
 
