@@ -175,43 +175,6 @@ def _cmd_calibrate(args) -> dict:
             "steps": steps, "target_epsilon": args.target_epsilon}
 
 
-_SEED_NOTE = ("mxprivacy: note: --sampling-seed makes the batches and the noise "
-              "reproducible; the privacy guarantee assumes a secret sample, so keep the seed "
-              "secret or report this run as non-private.")
-
-
-def _train_config(args):
-    """The TrainConfig of ``mxprivacy train``: options not given take the model's recipe."""
-    from .train import TrainConfig
-
-    return TrainConfig(dataset=args.dataset, data_dir=args.data_dir, model=args.model,
-                       epochs=args.epochs, batch_size=args.batch_size,
-                       noise_multiplier=args.noise_multiplier,
-                       target_epsilon=args.target_epsilon, delta=args.delta,
-                       max_grad_norm=args.max_grad_norm, lr=args.lr, momentum=args.momentum,
-                       activation=args.activation, inputs=args.inputs,
-                       ema_decay=args.ema_decay, mode=args.mode,
-                       seed=args.seed, sampling_seed=args.sampling_seed,
-                       accountant=args.accountant, progress=not args.no_progress,
-                       show_loss=not args.hide_loss)
-
-
-def _cmd_train(args) -> dict:
-    from .train import run_training
-
-    cfg = _train_config(args)
-    with warnings.catch_warnings():
-        if cfg.sampling_seed is not None:  # one line here instead of one warning per object
-            print(_SEED_NOTE, file=sys.stderr)
-            warnings.filterwarnings("ignore", ".*seed.*", PrivacyWarning)
-        result = run_training(cfg)
-    print(f"test accuracy {result.test_accuracy:.4f} at ({result.epsilon:.3f}, "
-          f"{result.delta:g})-DP after {result.steps} steps "
-          f"(sigma={result.noise_multiplier:.3f}, C={result.max_grad_norm:g}, "
-          f"q={result.sample_rate:.5f}, {result.seconds:.1f} s)")
-    return result.to_dict()
-
-
 def _same_file(a: str, b: str) -> bool:
     if os.path.realpath(a) == os.path.realpath(b):
         return True
@@ -335,64 +298,6 @@ def _anonymize_parser(sub) -> None:
     anon.set_defaults(func=_cmd_anonymize)
 
 
-def _recipe_help(name: str, flag: str = "") -> str:
-    """``"default: cnn X, mlp Y"``, read from train.RECIPES (their one source)."""
-    from .train import RECIPES
-
-    values = ", ".join(f"{model} {getattr(recipe, name):g}" if isinstance(
-        getattr(recipe, name), (int, float)) else f"{model} {getattr(recipe, name)}"
-        for model, recipe in sorted(RECIPES.items()))
-    return f"{flag}default from the model's recipe: {values}"
-
-
-def _train_parser(sub) -> None:
-    from .train import RECIPES
-
-    train = sub.add_parser(
-        "train", help="train a classifier with DP-SGD",
-        description="Train with DP-SGD. Options not given take the model's recipe "
-                    "(mxprivacy.train.RECIPES). " + " ".join(
-                        f"{model}: {recipe.source}." for model, recipe in RECIPES.items()))
-    train.add_argument("--dataset", choices=["digits", "mnist"], default="mnist")
-    train.add_argument("--data-dir", help="directory with MNIST IDX files (or MXPRIVACY_DATA)")
-    train.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
-    train.add_argument("--epochs", type=_POS_FLOAT, help=_recipe_help("epochs"))
-    train.add_argument("--batch-size", type=_POS_INT,
-                       help=_recipe_help("batch_size", "expected batch size; "))
-    noise = train.add_mutually_exclusive_group()
-    noise.add_argument("--noise-multiplier", type=_NONNEG_FLOAT,
-                       help=_recipe_help("noise_multiplier"))
-    noise.add_argument("--target-epsilon", type=_POS_FLOAT,
-                       help="calibrate the noise multiplier to reach this epsilon")
-    train.add_argument("--delta", type=_DELTA, default=1e-5)
-    train.add_argument("--max-grad-norm", type=_POS_FLOAT, help=_recipe_help("max_grad_norm"))
-    train.add_argument("--lr", type=_POS_FLOAT, help=_recipe_help("lr"))
-    train.add_argument("--momentum", type=_FRACTION, help=_recipe_help("momentum"))
-    train.add_argument("--activation", choices=["relu", "tanh"],
-                       help=_recipe_help("activation"))
-    train.add_argument("--inputs", choices=["standardized", "unit"],
-                       help=_recipe_help("inputs", "pixel scaling (unit: [0, 1]); "))
-    train.add_argument("--ema-decay", type=_number(float, lambda v: 0 < v < 1,
-                                                   "a number in (0, 1)"),
-                       help="evaluate an exponential moving average of the weights with this "
-                            "decay, e.g. 0.999 (post-processing: free in privacy)")
-    train.add_argument("--mode", choices=["auto", "vectorized", "microbatch"], default="auto")
-    train.add_argument("--seed", type=_NONNEG_INT,
-                       help="seed of the model initialization only (default: OS entropy)")
-    train.add_argument("--sampling-seed", type=_NONNEG_INT,
-                       help="seed of Poisson sampling and noise, for reproducible "
-                            "experiments; the guarantee assumes it stays secret")
-    _add_accountant_option(train)
-    train.add_argument("--no-progress", action="store_true",
-                       help="no progress output (default: a bar on a terminal, a line per "
-                            "tenth of the run otherwise)")
-    train.add_argument("--hide-loss", action="store_true",
-                       help="do not show the (un-noised) training loss in the progress "
-                            "output or the curve")
-    train.add_argument("--json", action="store_true", help="print one JSON object last")
-    train.set_defaults(func=_cmd_train)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mxprivacy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -411,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal.set_defaults(func=_cmd_calibrate)
 
     _anonymize_parser(sub)
-    _train_parser(sub)
+    from .train_cli import add_train_parser  # after this module's helpers exist
+    add_train_parser(sub)
     from .audit.cli import add_audit_parser  # scikit-learn only when `audit` runs
     add_audit_parser(sub)
     from .distributed.cli import add_launch_parser  # no MXNet import

@@ -8,14 +8,15 @@ data (those would be an unaccounted release).
 from __future__ import annotations
 
 import math
-import sys
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from . import datasets
+from ._progress import _Progress
 from .accounting import calibrate_noise_multiplier
 from .errors import InvalidParameterError
 
@@ -24,6 +25,8 @@ __all__ = ["TrainConfig", "TrainResult", "Recipe", "RECIPES", "run_training", "b
 
 ACTIVATIONS = ("relu", "tanh")
 INPUT_SCALINGS = ("standardized", "unit")
+DIST_KVSTORES = ("dist_sync", "dist_device_sync")
+KVSTORES = ("local",) + DIST_KVSTORES
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,14 @@ class TrainConfig:
     a terminal and a few plain lines otherwise (logs, CI, ``nohup``). ``ema_decay``
     (for example 0.999) evaluates an exponential moving average of the weights
     (``DPTrainer(ema_decay=...)``): post-processing, free in privacy.
+
+    ``kvstore="dist_sync"`` (or ``"dist_device_sync"``) trains on the W workers of a job
+    started by ``mxprivacy launch`` (see :mod:`mxprivacy.gluon.distributed`): every worker
+    loads the whole data set and samples its block at the same rate q, ``batch_size`` is
+    the expected *global* batch, and the epsilon is that of one machine with the same q,
+    sigma and steps. Only rank 0 shows progress. ``dist_timeout``: seconds a worker waits
+    for the others before it exits with code 75 (default ``$MXPRIVACY_DIST_TIMEOUT``,
+    else 600; ``inf``: no limit).
     """
 
     dataset: str = "mnist"
@@ -102,6 +113,8 @@ class TrainConfig:
     progress: bool = True
     history: bool = False
     show_loss: bool = True
+    kvstore: str = "local"
+    dist_timeout: Optional[float] = None
 
     def resolved(self) -> "TrainConfig":
         """A copy with every option left at None taken from ``RECIPES[model]``."""
@@ -140,16 +153,29 @@ class TrainConfig:
             raise InvalidParameterError(
                 "The CNN is built for 28x28 MNIST images; the 8x8 digits are smaller than "
                 "its kernels. Use model='mlp' (--model mlp) for digits.")
-        for name, allowed in (("activation", ACTIVATIONS), ("inputs", INPUT_SCALINGS)):
+        for name, allowed in (("activation", ACTIVATIONS), ("inputs", INPUT_SCALINGS),
+                              ("kvstore", KVSTORES)):
             if getattr(self, name) is not None and getattr(self, name) not in allowed:
                 raise InvalidParameterError(
                     f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}.")
+        self._validate_dist_timeout()
         return self
 
+    def _validate_dist_timeout(self) -> None:
+        if self.dist_timeout is None:
+            return
+        if self.kvstore not in DIST_KVSTORES:
+            raise InvalidParameterError(
+                "dist_timeout (--dist-timeout) only applies to kvstore 'dist_sync' or "
+                "'dist_device_sync'.")
+        _check(self.dist_timeout, "dist_timeout", lambda v: v > 0,
+               "a number of seconds > 0 (inf: no limit)", finite=False)
 
-def _check(value, name: str, test, wanted: str) -> None:
+
+def _check(value, name: str, test, wanted: str, finite: bool = True) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not (ok and math.isfinite(value) and test(value)):
+    if not (ok and not math.isnan(value) and (math.isfinite(value) or not finite)
+            and test(value)):
         raise InvalidParameterError(f"{name} must be {wanted}, got {value!r}.")
 
 
@@ -163,7 +189,10 @@ class TrainResult:
     """What a run reached (``test_accuracy``, ``epsilon`` at ``delta``) and its settings.
 
     With ``ema_decay``, ``test_accuracy`` is that of the averaged weights and
-    ``test_accuracy_last`` that of the last iterate."""
+    ``test_accuracy_last`` that of the last iterate. With a dist kvstore,
+    ``server_epsilon`` is the epsilon against the parameter server, which sees each
+    worker's push (:meth:`DPTrainer.server_epsilon`; None on one machine), and ``rank``
+    is this worker's (not in ``to_dict``)."""
 
     test_accuracy: float
     epsilon: float
@@ -184,10 +213,15 @@ class TrainResult:
     inputs: str = "standardized"
     ema_decay: Optional[float] = None
     test_accuracy_last: Optional[float] = None
+    kvstore: str = "local"
+    num_workers: int = 1
+    server_epsilon: Optional[float] = None
+    rank: int = 0
     curve: List[Dict[str, float]] = field(default_factory=list)
 
     def to_dict(self, with_curve: bool = False) -> Dict:
         data = asdict(self)
+        data.pop("rank")
         if not with_curve:
             data.pop("curve")
         return data
@@ -258,57 +292,6 @@ def _accuracy(net, x: np.ndarray, y: np.ndarray, ctx) -> float:
     return correct / len(x)
 
 
-class _Progress:
-    """A tqdm bar on a terminal; on any other stream (logs, CI, nohup) plain lines.
-
-    Plain lines come at every tenth of the run and at least every ``interval`` seconds,
-    each with the step, the epoch and ``status()`` (for example the loss and live epsilon).
-    The bar shows ``status()`` once per epoch.
-    """
-
-    def __init__(self, total: int, per_epoch: int, desc: str, enabled: bool = True,
-                 stream=None, interval: float = 300.0) -> None:
-        self.total, self.per_epoch, self.desc, self.interval = total, per_epoch, desc, interval
-        self.stream = sys.stderr if stream is None else stream
-        self.bar = None
-        self.enabled = enabled
-        if enabled and _is_tty(self.stream):
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="step", desc=desc, file=self.stream)
-        self.start = self.last = time.perf_counter()
-        self.next_mark = 1
-
-    def update(self, done: int, status: Callable[[], Dict[str, str]]) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            if done % self.per_epoch == 0 or done >= self.total:
-                self.bar.set_postfix(**status())
-            self.bar.update(done - self.bar.n)
-            return
-        now = time.perf_counter()
-        mark = done * 10 >= self.next_mark * self.total
-        if mark or now - self.last >= self.interval or done >= self.total:
-            shown = ", ".join(f"{key}={value}" for key, value in status().items())
-            print(f"{self.desc}: step {done}/{self.total} ({100 * done / self.total:.0f}%), "
-                  f"epoch {done / self.per_epoch:.1f}, {shown}, {now - self.start:.0f} s",
-                  file=self.stream, flush=True)
-            self.last = now
-            self.next_mark = done * 10 // self.total + 1
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _is_tty(stream) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
-        return False
-
-
 def _resolve_sigma(cfg: TrainConfig, rate: float, steps: int) -> float:
     if cfg.target_epsilon is not None:
         return calibrate_noise_multiplier(cfg.target_epsilon, cfg.delta, rate, steps=steps,
@@ -318,11 +301,25 @@ def _resolve_sigma(cfg: TrainConfig, rate: float, steps: int) -> float:
     return cfg.noise_multiplier
 
 
+def _check_launched(kvstore: str) -> None:
+    """A dist kvstore needs the DMLC_* variables that ``mxprivacy launch`` sets."""
+    from .distributed.launch import DMLC_VARIABLES
+
+    missing = [name for name in DMLC_VARIABLES if name not in os.environ]
+    if kvstore in DIST_KVSTORES and missing:
+        raise InvalidParameterError(
+            f"kvstore {kvstore!r} trains on the workers of a parameter-server job, but "
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set. Start it with the launcher, e.g. mxprivacy "
+            f"launch -n 2 -s 1 -- mxprivacy train --kvstore {kvstore} ... (or use "
+            "--kvstore local on one machine).")
+
+
 def run_training(cfg: TrainConfig) -> TrainResult:
     """Train with DP-SGD and return test accuracy and (epsilon, delta).
 
     Options left at None take the model's recipe (``RECIPES``); the result records the
-    values used.
+    values used. With a dist kvstore every worker of the job calls it with the same
+    configuration, and every worker returns the same epsilon and test accuracy.
     """
     import mxnet as mx
     from mxnet import autograd, gluon
@@ -330,6 +327,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     from .gluon import DPDataLoader, DPTrainer, PrivateBlock
 
     cfg = cfg.resolved().validate()
+    _check_launched(cfg.kvstore)
     if cfg.seed is not None:
         mx.random.seed(cfg.seed)  # model initialization only; never the sampling
     ctx = mx.cpu()
@@ -344,9 +342,11 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     sigma = _resolve_sigma(cfg, rate, total_steps)
     net = build_model(cfg.model, activation=cfg.activation)
     net.initialize(mx.init.Xavier(), ctx=ctx)
+    net(mx.nd.zeros((1,) + xtr.shape[1:], ctx=ctx))  # shapes now: rank 0's are broadcast
     net = PrivateBlock(net, mode=cfg.mode)
     trainer = DPTrainer(net.collect_params(), "sgd",
                         {"learning_rate": cfg.lr, "momentum": cfg.momentum},
+                        kvstore=cfg.kvstore, dist_timeout=cfg.dist_timeout,
                         noise_multiplier=sigma, max_grad_norm=cfg.max_grad_norm,
                         expected_batch_size=cfg.batch_size, sample_rate=rate,
                         warn_delta=cfg.delta, accountant=cfg.accountant,
@@ -357,7 +357,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     curve: List[Dict[str, float]] = []
     start = time.perf_counter()
     progress = _Progress(total_steps, per_epoch, f"DP-SGD {cfg.dataset}/{cfg.model}",
-                         enabled=cfg.progress)
+                         enabled=cfg.progress and trainer.rank == 0)
 
     def evaluate() -> float:
         if cfg.ema_decay is None:
@@ -391,4 +391,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         max_grad_norm=cfg.max_grad_norm, epochs=cfg.epochs, batch_size=cfg.batch_size,
         lr=cfg.lr, mode=net.mode, seconds=time.perf_counter() - start, curve=curve,
         accountant=cfg.accountant, model=cfg.model, momentum=cfg.momentum,
-        activation=cfg.activation, inputs=cfg.inputs, ema_decay=cfg.ema_decay)
+        activation=cfg.activation, inputs=cfg.inputs, ema_decay=cfg.ema_decay,
+        kvstore=cfg.kvstore, num_workers=trainer.num_workers, rank=trainer.rank,
+        server_epsilon=trainer.server_epsilon(cfg.delta) if cfg.kvstore in DIST_KVSTORES
+        else None)
