@@ -14,6 +14,7 @@ from mxprivacy import (BatchSizeMismatchError, DPTrainer, InvalidParameterError,
                        PerSampleGradientError, PrivacyWarning, PrivateBlock, SamplingError,
                        TiedParameterError, UnsupportedLayerError, fix, per_sample_grad_norms,
                        validate)
+from mxprivacy.distributed.launch import DMLC_VARIABLES
 from mxprivacy.gluon.guards import FixedSizeDetector
 
 from .helpers import LOSS, allow_fixed_batches, batch, mlp, reference_grads
@@ -151,16 +152,54 @@ def test_path5_compression_refused():
         make(compression_params={"type": "2bit", "threshold": 0.5})
 
 
-def test_path10_distributed_kvstore_object_refused():
-    class FakeDist(mx.kvstore.KVStore):
-        type = "dist_sync"
+def kvstore_of_type(kind):
+    """A real local KVStore that reports ``type == kind`` (no job needed)."""
+    class Typed(mx.kvstore.KVStore):
+        type = kind
 
     store = mx.kv.create("local")
-    store.__class__ = FakeDist
-    with pytest.raises(InvalidParameterError, match="dist_sync"):
-        make(kvstore=store)
-    with pytest.raises(InvalidParameterError, match="dist_device_sync"):
-        make(kvstore="dist_device_sync")
+    store.__class__ = Typed
+    return store
+
+
+class DuckStore:
+    """A KVStore-like object: only its ``type`` says what it is."""
+    type = "dist_async"
+
+
+@pytest.fixture
+def not_launched(monkeypatch):
+    for name in DMLC_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("kvstore", [lambda: "dist_async", lambda: kvstore_of_type("dist_async"),
+                                     DuckStore], ids=["name", "KVStore", "duck"])
+def test_path10_dist_async_is_refused_with_its_reason(not_launched, kvstore):
+    """dist_async (a name, a KVStore, or any object whose type says so): the server would
+    apply each worker's push alone, with 1/sqrt(W) of the noise. Refused when the trainer
+    is built, before any kvstore is contacted."""
+    with pytest.raises(InvalidParameterError,
+                       match=r"'dist_async' is not supported: .*push on its own.*counted "
+                             r"once.*dist_sync"):
+        make(kvstore=kvstore())
+
+
+@pytest.mark.parametrize("kvstore", ["horovod", "byteps"])
+def test_path10_other_reductions_are_refused(not_launched, kvstore):
+    with pytest.raises(InvalidParameterError, match="not supported: its reduction does not "
+                                                    "follow DPTrainer's protocol"):
+        make(kvstore=kvstore)
+
+
+@pytest.mark.parametrize("kvstore", ["dist_sync", "dist_device_sync"])
+def test_path10_dist_sync_outside_a_launched_job_says_how_to_launch(not_launched, kvstore):
+    """Supported, but only on the workers of a job: outside one, a clear error that names
+    the missing DMLC_* variables and the launcher (MXNet would fail with a ps-lite check)."""
+    with pytest.raises(InvalidParameterError,
+                       match=rf"kvstore '{kvstore}' needs a parameter-server job, but "
+                             r"DMLC_NUM_WORKER.* not set.*mxprivacy launch -n WORKERS"):
+        make(mlp(), kvstore=kvstore)
 
 
 # -- path 6: one example forwarded more than once ---------------------------------------
@@ -478,12 +517,6 @@ def test_path11_a_batch_of_one_takes_either_reduction():
         loss.backward()
         trainer.step(1)
         assert trainer.steps == 1
-
-
-@pytest.mark.parametrize("kvstore", ["horovod", "byteps", "dist_async"])
-def test_path10_only_single_machine_kvstores(kvstore):
-    with pytest.raises(InvalidParameterError, match="not supported"):
-        make(kvstore=kvstore)
 
 
 def sizes_refused(detector, sizes):
