@@ -5,8 +5,12 @@ Format
     A sealed file (see :mod:`mxprivacy._io`): a header line with a SHA-256 over the
     whole content, then a ``.npz`` archive read with ``allow_pickle=False``. It holds the
     optimizer's state arrays and ``meta``, a UTF-8 JSON document with the ledger (the
-    accountant's ``state_dict``), the step count and the optimizer's counters and scalar
-    hyperparameters. Nothing in it can run code when it is loaded.
+    accountant's ``state_dict``), the step count, the number of workers of every step
+    (``workers``: run lengths ``[[W, steps], ...]``, see
+    :attr:`~mxprivacy.gluon.DPTrainer.worker_counts`) and the optimizer's counters and
+    scalar hyperparameters. Nothing in it can run code when it is loaded. Files of the
+    previous format (``-2``, written before distributed training) have no ``workers``:
+    their steps count as single-machine steps (W = 1).
 
 What the checksum protects against
     Accidents (a flipped bit, a truncated copy, a crash of an older writer) and casual
@@ -44,14 +48,18 @@ Distributed training (``kvstore="dist_sync"``)
     describes them all: ``save_states`` runs its checks on every worker and only rank 0
     writes (the other ranks write nothing, not even to a shared path). To resume, every
     worker calls ``load_states`` on that file (copied to each host without a shared file
-    system); every worker then takes the same decision on the ledger.
+    system); every worker then takes the same decision on the ledger. A checkpoint loaded
+    on some workers only is caught at the next step (the agreement check compares the
+    steps, run ids and ledgers). A run may resume with another number of workers: the
+    worker counts keep each step's W (``server_epsilon`` composes each at its own).
 
 The ledger never decreases
     ``load_states`` merges the saved ledger with the trainer's current one
     (see :mod:`mxprivacy._ledger`): an older checkpoint of this run keeps the current,
     longer ledger (the weights already carry those steps); the usual resume takes the
     saved one; divergent histories are composed, with a
-    :class:`~mxprivacy.PrivacyWarning`. ``steps`` follows the kept ledger.
+    :class:`~mxprivacy.PrivacyWarning`. ``steps`` and the worker counts follow the kept
+    ledger.
 """
 from __future__ import annotations
 
@@ -70,12 +78,14 @@ from ..accounting.base import ADD_REMOVE, ledger_neighboring, parse_ledger
 from ..accounting.events import GaussianEvent, PoissonSampledEvent, SampledWithoutReplacementEvent
 from ..errors import CheckpointError
 from . import _optstate
+from .distributed import add_steps
 
 __all__ = ["CheckpointMixin"]
 
 _KIND = "dptrainer-checkpoint"
-_FORMAT = "mxprivacy-dptrainer-2"
-_KEYS = {"format", "privacy", "steps", "nonfinite_count", "config", "optimizer", "run_id"}
+_FORMAT, _FORMAT_2 = "mxprivacy-dptrainer-3", "mxprivacy-dptrainer-2"
+_KEYS_2 = {"format", "privacy", "steps", "nonfinite_count", "config", "optimizer", "run_id"}
+_KEYS = _KEYS_2 | {"workers"}
 _CONFIG = {"noise_multiplier", "max_grad_norm", "expected_batch_size", "sample_rate",
            "clipping"}
 _MAX_COUNT = 1 << 53  # steps, counts: far beyond any run, and exact in a float
@@ -205,6 +215,22 @@ def _check_dp_ledger(entries, config, neighboring: str) -> None:
     _number(config["noise_multiplier"], "config noise_multiplier")
 
 
+def _worker_counts(value, steps: int) -> list:
+    """``[[W, count], ...]`` with W >= 1 and count >= 1 integers, covering ``steps``."""
+    if not isinstance(value, list) or not all(isinstance(p, list) and len(p) == 2
+                                              for p in value):
+        raise ValueError(f"workers {str(value)[:80]} is not a list of [W, steps] pairs")
+    counts: list = []
+    for workers, count in value:
+        if _count(workers, "a number of workers") < 1 or _count(count, "a step count") < 1:
+            raise ValueError("a worker count entry holds 0 workers or 0 steps")
+        counts = add_steps(counts, workers, count)
+    if sum(count for _, count in counts) != steps:
+        raise ValueError(f"the worker counts cover {sum(c for _, c in counts)} steps, the "
+                         f"ledger {steps}")
+    return counts
+
+
 class CheckpointMixin:
     """``save_states`` / ``load_states`` for DPTrainer (Gluon's names and signatures)."""
 
@@ -231,7 +257,8 @@ class CheckpointMixin:
                            "max_grad_norm": self.max_grad_norm,
                            "expected_batch_size": self.expected_batch_size,
                            "sample_rate": self.sample_rate, "clipping": self.clipping},
-                "optimizer": optimizer, "run_id": self.run_id}
+                "optimizer": optimizer, "run_id": self.run_id,
+                "workers": self.worker_counts}
         atomic_write(fname, _pack(meta, arrays))
 
     def load_states(self, fname: str) -> None:
@@ -247,7 +274,7 @@ class CheckpointMixin:
         body = read_sealed(_KIND, fname)
         try:
             meta, arrays = _unpack(body)
-            loaded, bound = self._check_meta(meta)
+            loaded, bound, workers = self._check_meta(meta)
             plan = _optstate.plan_restore(self, meta["optimizer"], arrays)
             run_id = meta["run_id"]
             decision, ledger = merge_ledgers(self.accountant.ledger, loaded[0],
@@ -266,11 +293,11 @@ class CheckpointMixin:
         if self._params_to_init:
             self._init_params()
         _optstate.apply_restore(self, plan)
-        self._adopt(decision, accountant, loaded[1], bound)
+        self._adopt(decision, accountant, loaded[1], bound, workers)
         if decision == TAKE:
             self.run_id = run_id  # a resume continues the saved run's lineage
 
-    def _adopt(self, decision: str, accountant, nonfinite: int, bound) -> None:
+    def _adopt(self, decision: str, accountant, nonfinite: int, bound, workers) -> None:
         # Seeded noise after a load gets fresh OS entropy in its key: two trainers resumed
         # from one checkpoint must not draw the same noise (a resumed seeded run is
         # therefore not bit-reproducible).
@@ -280,9 +307,11 @@ class CheckpointMixin:
         self.accountant = accountant
         self.steps = sum(count for _, count in accountant.ledger)
         if decision == TAKE:
-            self.nonfinite_count = nonfinite
-        elif decision == COMPOSE:  # KEEP keeps the current count
+            self.nonfinite_count, self._worker_counts = nonfinite, workers
+        elif decision == COMPOSE:  # KEEP keeps the current counts
             self.nonfinite_count += nonfinite
+            for count_workers, count in workers:
+                self._worker_counts = add_steps(self._worker_counts, count_workers, count)
         if bound is not None:  # the adapted bound is part of the optimizer's state
             self._clipping.max_grad_norm = bound
 
@@ -300,12 +329,14 @@ class CheckpointMixin:
                 "guarantees are of different relations and cannot be composed: resume it "
                 f"with DPTrainer(..., sampling={saved!r}). The trainer is unchanged.")
 
-    def _check_meta(self, meta) -> Tuple[Tuple[list, int], Any]:
-        """((ledger, nonfinite_count), adaptive bound or None), all validated."""
-        if not isinstance(meta, dict) or set(meta) != _KEYS:
+    def _check_meta(self, meta) -> Tuple[Tuple[list, int], Any, list]:
+        """((ledger, nonfinite_count), adaptive bound or None, worker counts), all
+        validated."""
+        keys = _KEYS_2 if isinstance(meta, dict) and meta.get("format") == _FORMAT_2 else _KEYS
+        if not isinstance(meta, dict) or set(meta) != keys:
             raise ValueError(f"fields {sorted(meta) if isinstance(meta, dict) else meta!r} "
-                             f"are not {sorted(_KEYS)}")
-        if meta["format"] != _FORMAT:
+                             f"are not {sorted(keys)}")
+        if meta["format"] not in (_FORMAT, _FORMAT_2):
             raise ValueError(f"format {meta['format']!r}, expected {_FORMAT!r}")
         if not isinstance(meta["run_id"], str) or not 8 <= len(meta["run_id"]) <= 64:
             raise ValueError(f"run_id {meta['run_id']!r} is not a run identifier")
@@ -319,6 +350,7 @@ class CheckpointMixin:
             raise ValueError(f"steps={steps} but the ledger holds "
                              f"{sum(count for _, count in entries)} events")
         nonfinite = _count(meta["nonfinite_count"], "nonfinite_count")
+        workers = _worker_counts(meta.get("workers", [[1, steps]] if steps else []), steps)
         config = meta["config"]
         if not isinstance(config, dict) or set(config) != _CONFIG:
             raise ValueError("the config section has missing or unknown fields")
@@ -330,4 +362,4 @@ class CheckpointMixin:
                     not math.isfinite(bound) or bound <= 0:
                 raise ValueError(f"adaptive max_grad_norm {bound!r} is not a number > 0")
             bound = float(bound)
-        return (entries, nonfinite), bound
+        return (entries, nonfinite), bound, workers

@@ -3,7 +3,8 @@
 W workers (``dist_sync`` or ``dist_device_sync``, ps-lite) train one model. One step:
 
 1. every worker Poisson-samples *its own shard* of the data set with the trainer's rate
-   q (:class:`~mxprivacy.DPDataLoader` shards deterministically by rank). The shards
+   q (:class:`~mxprivacy.DPDataLoader` with ``trainer=`` assigns each record to one
+   worker by a hash of its content, see :mod:`mxprivacy.gluon.dist_data`). The shards
    partition the data set and every record is included independently with probability
    q, so the union of the local batches is a Poisson sample of the whole data set;
 2. every worker clips its per-sample gradients to C and sums them (an empty local batch
@@ -29,31 +30,33 @@ Why split the noise rather than let one rank add it all
     sums. Split, every push carries noise of standard deviation sigma C / sqrt(W).
 
 What a curious server sees
-    Each worker's push: its shard's clipped sum plus sigma C / sqrt(W) of noise. Against
-    the server, a record is therefore protected by a Poisson-sampled Gaussian with noise
-    multiplier sigma / sqrt(W) per step (:attr:`DPTrainer.server_noise_multiplier`,
-    :meth:`DPTrainer.server_epsilon`, same accountant and events). This also bounds any
-    party that learns other workers' noise (a curious worker knows its own share; the
-    sum then keeps sigma C sqrt((W-1)/W) >= sigma C / sqrt(W)), and any coalition that
-    does not include the worker holding the record. The statement is about adding or
-    removing one record of one shard, the other shards unchanged (shards by owner, or
-    by a stable record index). Parties that only see pulled sums, models and
-    checkpoints get the full epsilon. ``server_epsilon`` assumes every step of the
-    ledger ran with the current number of workers.
+    Each worker's push: its shard's clipped sum plus sigma C / sqrt(W) of noise. A record
+    belongs to one shard by its own content, so adding or removing it changes one push
+    only (the others keep their distribution): against the server it is protected by a
+    Poisson-sampled Gaussian with noise multiplier sigma / sqrt(W) per step
+    (:attr:`DPTrainer.server_noise_multiplier`, :meth:`DPTrainer.server_epsilon`, same
+    accountant and events). This also bounds any party that learns other workers'
+    noise (a curious worker knows its own share; the sum then keeps sigma C
+    sqrt((W-1)/W) >= sigma C / sqrt(W)), and any coalition that does not include the
+    worker holding the record. Parties that only see pulled sums, models and
+    checkpoints get the full epsilon.
 
-Agreement check (every step)
-    Before the gradients are pushed, each worker pushes a digest of its settings (sigma,
-    C and the clipping mode, q, the expected batch size, N, the sampling, the loss
-    reduction, the sensitivity, the accountant, secure mode, the optimizer's name and
-    hyper-parameters, the parameters' shapes and learning-rate multipliers). Each setting
-    is 32 bits of its SHA-256 in 4-bit digits d; the workers push (d, d^2) under a
-    dedicated key and pull the sums. All workers agree on a digit iff
-    ``W * sum(d^2) == sum(d)^2`` (the variance is zero); sums of small integers are
-    exact in float32 for W < 74,000. Every worker reads the same sums and so takes the
-    same decision: all raise :class:`~mxprivacy.WorkerMismatchError`, naming the
-    settings, before any gradient is pushed. It costs one more round trip (a second
-    barrier) per step: 0.6 ms alone on loopback; a 784-256-10 MLP step went from 15.6
-    to 18.1 ms with 2 workers sharing 2 cores.
+The number of workers of every step
+    :attr:`DPTrainer.worker_counts` records W with the steps (run lengths ``[W, steps]``,
+    kept in checkpoints and merged like the ledger), and ``server_epsilon`` composes each
+    stretch at its own sigma / sqrt(W). A run may so resume with another number of
+    workers (a host lost, or scaled out) and both numbers stay true; refusing such a
+    resume would be simpler but would strand a run whose host died.
+
+Agreement check (every step): see :mod:`mxprivacy.gluon.dist_agreement`. The settings,
+the ledger (steps, run id, a SHA-256 of the accountant's state), the data digest and the
+source of the batches must be the same on every worker, else every worker raises
+:class:`~mxprivacy.WorkerMismatchError` before any gradient is pushed. Steps whose
+examples were not announced by a sharded loader are refused on every worker, unless
+``DPTrainer(..., dist_own_sampler=True)``: then the user guarantees that every worker
+Poisson-samples, at rate ``trainer.sample_rate``, its part of a partition of the N
+records, that the part of a record depends on that record only (for ``server_epsilon``),
+and that the sample is secret.
 
 Bounded waits
     ps-lite never notices a dead peer: a worker waits forever in a round trip. Every wait
@@ -72,40 +75,39 @@ Bounded waits
 
 Refused: ``dist_async`` (each push would be applied alone by the server, with 1/sqrt(W)
 of the noise), ``update_on_kvstore=True`` (the server would apply the raw sums: noise
-must come between reduction and update), fixed-size sampling (the union of local
-fixed-size draws is not a uniform draw of B of N), adaptive clipping (its private
-count would be local, and the workers' bounds would drift apart) and parameters whose
-shapes are still deferred (rank 0's weights are broadcast when the trainer is built).
+must come between reduction and update), a kvstore with an optimizer of its own
+(``KVStore.set_optimizer``: its server would not return sums; a probe push when the
+trainer is built finds it) or with gradient compression, fixed-size sampling (the union
+of local fixed-size draws is not a uniform draw of B of N), adaptive clipping (its
+private count would be local, and the workers' bounds would drift apart), parameters
+whose shapes are still deferred (rank 0's weights are broadcast when the trainer is
+built), and a second distributed DPTrainer in one process (ps-lite starts once per
+process, and the first trainer's kvstore keys hold its parameters).
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-import os
-from typing import Dict, List, Optional
+import threading
+from typing import List, Optional
 
 import numpy as np
-from mxnet import kv as _kv
 from mxnet import nd
 
 from ..accounting.events import GaussianEvent
-from ..errors import InvalidParameterError, WorkerMismatchError
+from ..errors import InvalidParameterError
+from . import guards
+from .dist_agreement import check_workers_agree, dist_settings, settings_digest
+from .dist_kvstore import (PROBE_KEY, create_kvstore, mark_started, probe_sums,
+                           refuse_second_trainer)
 from .watchdog import TIMEOUT_EXIT_CODE, Watchdog, install_exit_guard, resolve_timeout
 
-__all__ = ["DIST_KVSTORES", "TIMEOUT_EXIT_CODE", "settings_digest", "disagreements",
-           "shard_bounds", "resolve_shard", "DistributedMixin"]
+__all__ = ["DIST_KVSTORES", "TIMEOUT_EXIT_CODE", "DistributedMixin", "server_events",
+           "add_steps"]
 
 DIST_KVSTORES = ("dist_sync", "dist_device_sync")
 SETTINGS_KEY = 2 ** 31 - 2  # far above Gluon's parameter keys 0 .. P-1
 RUN_ID_KEY = 2 ** 31 - 3
-_DIGITS = 8  # 4-bit digits per setting: 32 bits of its SHA-256
-_OPTIMIZER_COUNTERS = {"num_update", "begin_num_update", "rescale_grad"}
-# Hyper-parameters are the optimizer's scalars; its dicts are keyed by parameter names,
-# which may differ between processes (per-parameter multipliers are checked by shape).
-_SCALARS = (int, float, str, bool, type(None))
-_ENV = ("DMLC_NUM_WORKER", "DMLC_NUM_SERVER", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT")
 
 
 def kvstore_kind(kvstore) -> Optional[str]:
@@ -143,75 +145,31 @@ def check_options(kvstore, *, update_on_kvstore, sampling: str, clipping: str) -
             "bounds would drift apart. Use clipping='flat' or 'per_layer'.")
 
 
-def create_kvstore(name: str, watchdog: "Watchdog"):
-    """``mx.kv.create(name)`` of a job started by a launcher (it waits for every node)."""
-    missing = [variable for variable in _ENV if variable not in os.environ]
-    if missing:
-        raise InvalidParameterError(
-            f"kvstore {name!r} needs a parameter-server job, but {', '.join(missing)} "
-            "is not set. Start the script with the launcher: mxprivacy launch -n WORKERS "
-            "-s SERVERS -- python script.py (it sets the DMLC_* variables).")
-    with watchdog.watch("every node of the job to join (kvstore creation)"):
-        return _kv.create(name)
+def _uncounted(how: str) -> InvalidParameterError:
+    return InvalidParameterError(
+        f"The worker counts hold {how} steps than the ledger, so the number of workers of "
+        "every step is not known (was trainer.accountant replaced?). Load the run's "
+        "checkpoint with load_states instead.")
 
 
-def shard_bounds(size: int, num_workers: int, rank: int):
-    """``(start, stop)`` of worker ``rank``'s contiguous block of ``size`` examples:
-    ``[rank N // W, (rank + 1) N // W)``. The blocks partition the data set and differ in
-    size by at most one; every worker computes the same split."""
-    return rank * size // num_workers, (rank + 1) * size // num_workers
-
-
-def resolve_shard(num_workers, rank, trainer, sampling: str, size: int):
-    """``(W, rank)``: given, or the trainer's; they must match a distributed trainer's."""
-    have = (getattr(trainer, "num_workers", 1), getattr(trainer, "rank", 0)) \
-        if trainer is not None else (1, 0)
-    workers = have[0] if num_workers is None else num_workers
-    rank = have[1] if rank is None else rank
-    for name, value, low in (("num_workers", workers, 1), ("rank", rank, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise InvalidParameterError(f"{name} must be an integer >= {low}, got {value!r}.")
-    workers, rank = int(workers), int(rank)
-    if rank >= workers:
-        raise InvalidParameterError(f"rank must lie in [0, num_workers), got rank {rank} of "
-                                    f"{workers} workers.")
-    if trainer is not None and (workers, rank) != have:
-        raise InvalidParameterError(
-            f"DPDataLoader(num_workers={workers}, rank={rank}) but the trainer is worker "
-            f"{have[1]} of {have[0]}: the shards would overlap or leave records out. Leave "
-            "num_workers and rank unset; the loader reads them from the trainer.")
-    if workers > 1 and sampling != "poisson":
-        raise InvalidParameterError(
-            "sampling='fixed' cannot be sharded over workers: the union of fixed-size "
-            "draws from each shard is not a uniform draw from the whole data set. Use "
-            "sampling='poisson'.")
-    if workers > size:
-        raise InvalidParameterError(
-            f"{workers} workers need at least as many examples, got N = {size}.")
-    return workers, rank
-
-
-def settings_digest(settings: Dict[str, str]) -> np.ndarray:
-    """``[1, digits of setting 1, digits of setting 2, ...]``: 8 4-bit digits (32 bits of
-    SHA-256) per setting, in the dict's order; the leading 1 counts the workers."""
-    digits = [1.0]
-    for name, value in settings.items():
-        digest = hashlib.sha256(f"{name}\0{value}".encode("utf-8")).digest()
-        for byte in digest[:_DIGITS // 2]:
-            digits += [float(byte >> 4), float(byte & 15)]
-    return np.asarray(digits, dtype=np.float32)
-
-
-def disagreements(sums: np.ndarray, num_workers: int, names: List[str]) -> List[str]:
-    """The settings on which the workers differ, from the pulled sums of
-    ``[digest, digest**2]`` (the same on every worker, so is the answer)."""
-    total = np.asarray(sums, dtype=np.float64)
-    first, second = np.split(total, 2)
-    if first[0] != num_workers:
-        return ["the number of workers"]
-    spread = num_workers * second[1:] - first[1:] ** 2
-    return [name for number, name in enumerate(names)
-            if np.any(spread[number * _DIGITS:(number + 1) * _DIGITS] != 0)]
+def server_events(ledger, worker_counts):
+    """``(event with sigma / sqrt(W), count)`` for each stretch of steps of one event and
+    one number of workers W, in step order."""
+    segments = [[workers, count] for workers, count in worker_counts]
+    events, position = [], 0
+    for event, count in ledger:
+        while count:
+            if position == len(segments):
+                raise _uncounted("fewer")
+            workers, left = segments[position]
+            taken = min(count, left)
+            events.append((_scaled(event, 1.0 / math.sqrt(workers)), taken))
+            count -= taken
+            segments[position][1] -= taken
+            position += segments[position][1] == 0
+    if position != len(segments):
+        raise _uncounted("more")
+    return events
 
 
 def _scaled(event, factor: float):
@@ -219,6 +177,27 @@ def _scaled(event, factor: float):
     if isinstance(event, GaussianEvent):
         return GaussianEvent(event.noise_multiplier * factor)
     return dataclasses.replace(event, event=_scaled(event.event, factor))
+
+
+def add_steps(counts: List[List[int]], workers: int, steps: int) -> List[List[int]]:
+    """Run-length ``[[W, steps], ...]`` with ``steps`` more steps of ``workers``."""
+    counts = [list(pair) for pair in counts]
+    if counts and counts[-1][0] == workers:
+        counts[-1][1] += steps
+    elif steps:
+        counts.append([workers, steps])
+    return counts
+
+
+def _off_main_thread(build):
+    """``build()`` in a helper thread. scipy can leave errno = ERANGE in its thread, and
+    MXNet's parser (dmlc::stod) then refuses the scalar inf of that thread's next
+    ``nd.contrib.isfinite`` (the clip stage's): errno is per thread."""
+    result = []
+    helper = threading.Thread(target=lambda: result.append(build()))
+    helper.start()
+    helper.join()
+    return result[0]
 
 
 def _hex_digits(run_id: str) -> np.ndarray:
@@ -238,15 +217,23 @@ class DistributedMixin:
 
     _dist: Optional[_Job] = None
 
-    def _setup_distributed(self, kvstore, dist_timeout):
+    def _setup_distributed(self, kvstore, dist_timeout, own_sampler: bool):
         """The kvstore to give Gluon: a dist one is created (or taken) here, so that the
         rank and the number of workers are known from the start."""
+        self._worker_counts: List[List[int]] = []
+        self._data_digest: Optional[str] = None
+        self._local_expected: Optional[float] = None
         kind = kvstore_kind(kvstore)
         if kind not in DIST_KVSTORES:
-            if dist_timeout is not None:
-                raise InvalidParameterError(
-                    "dist_timeout= only applies to a dist_sync or dist_device_sync kvstore.")
+            for name, value in (("dist_timeout", dist_timeout),
+                                ("dist_own_sampler", own_sampler or None)):
+                if value is not None:
+                    raise InvalidParameterError(
+                        f"{name}= only applies to a dist_sync or dist_device_sync kvstore.")
+            self._own_sampler = False
             return kvstore
+        self._own_sampler = bool(own_sampler)
+        refuse_second_trainer()
         timeout = resolve_timeout(dist_timeout)
         watchdog = Watchdog(timeout, "this worker")
         if isinstance(kvstore, str):
@@ -259,7 +246,7 @@ class DistributedMixin:
 
     def _start_distributed(self) -> None:
         """Collective start (every worker, same order): rank 0's weights and run id to
-        all, and the key of the agreement check."""
+        all, the probe of the server's sums, and the key of the agreement check."""
         job = self._dist
         if job is None:
             return
@@ -271,13 +258,15 @@ class DistributedMixin:
                 f"{deferred[:3]} have no shape yet (deferred initialization). Give the "
                 "layers their input sizes (in_units=, in_channels=) or run one forward "
                 "pass before building the DPTrainer.")
+        mark_started(job.rank, job.num_workers)  # its keys are in use from here
         with job.watchdog.watch("the other workers to start (weight broadcast)"):
+            probe_sums(job.kvstore, job.num_workers, PROBE_KEY)
             self._init_kvstore()
             self._init_params()
             run_id = nd.array(_hex_digits(self.run_id))
             job.kvstore.broadcast(RUN_ID_KEY, run_id, out=run_id)
             self.run_id = "".join("%x" % int(d) for d in run_id.asnumpy())
-            size = 2 * len(settings_digest(self._dist_settings()))
+            size = 2 * len(settings_digest(dist_settings(self)))
             job.kvstore.init(SETTINGS_KEY, nd.zeros((size,)))
 
     @property
@@ -291,6 +280,17 @@ class DistributedMixin:
         return 0 if self._dist is None else self._dist.rank
 
     @property
+    def distributed(self) -> bool:
+        """Whether the trainer runs on a dist kvstore (``dist_sync``...)."""
+        return self._dist is not None
+
+    @property
+    def worker_counts(self) -> List[List[int]]:
+        """The number of workers of every step so far, run-length: ``[[W, steps], ...]``
+        in step order (kept in checkpoints; see :meth:`server_epsilon`)."""
+        return [list(pair) for pair in self._worker_counts]
+
+    @property
     def server_noise_multiplier(self) -> float:
         """sigma / sqrt(W): the noise multiplier of one worker's push, which is what a
         curious parameter server sees (sigma on one machine)."""
@@ -298,66 +298,41 @@ class DistributedMixin:
 
     def server_epsilon(self, delta: float) -> float:
         """Epsilon at ``delta`` against the parameter server (or anyone who knows the
-        noise of all workers but the record's): the ledger's events with every noise
-        multiplier divided by sqrt(W), in the same accountant. Assumes every step of the
-        ledger ran with the current W. Equals :meth:`epsilon` on one machine."""
+        noise of all workers but the record's): each step of the ledger with its noise
+        multiplier divided by sqrt(W), W the number of workers of that step
+        (:attr:`worker_counts`), in the same accountant. Equals :meth:`epsilon` for a
+        ledger of single-machine steps."""
         accountant = self.accountant.empty_like()
-        factor = 1.0 / math.sqrt(self.num_workers)
-        for event, count in self.accountant.ledger:
-            accountant.compose(_scaled(event, factor), count)
+        for event, count in server_events(self.accountant.ledger, self._worker_counts):
+            accountant.compose(event, count)
         return accountant.get_epsilon(delta)
+
+    def _count_step_workers(self) -> None:
+        """Record W with the step just composed into the ledger."""
+        self._worker_counts = add_steps(self._worker_counts, self.num_workers, 1)
 
     def _noise_share(self, std: float) -> float:
         """This worker's part of the noise std: std / sqrt(W), so the W shares sum to
         std."""
         return std / math.sqrt(self.num_workers)
 
-    def _dist_settings(self) -> Dict[str, str]:
-        """What every worker must agree on, as strings (see the module docstring)."""
-        opt = self._optimizer
-        hyper = {k: v for k, v in sorted(vars(opt).items()) if not k.startswith("_")
-                 and k not in _OPTIMIZER_COUNTERS and isinstance(v, _SCALARS)}
-        schedule = opt.lr_scheduler
-        hyper["lr_scheduler"] = None if schedule is None else [type(schedule).__name__, {
-            k: v for k, v in sorted(vars(schedule).items()) if isinstance(v, _SCALARS)}]
-        params = [[list(p.shape), str(np.dtype(p.dtype)), p.lr_mult, p.wd_mult]
-                  for p in self._trainable()]
-        bounds = getattr(self._clipping, "bounds", None)
-        clip = list(bounds.values()) if bounds else self._clipping.bound
-        return {"noise_multiplier": repr(float(self.noise_multiplier)),
-                "max_grad_norm": json.dumps([self.clipping, clip]),
-                "sensitivity": repr(float(self.sensitivity)),
-                "sample_rate": repr(float(self.sample_rate)),
-                "expected_batch_size": repr(float(self.expected_batch_size)),
-                "dataset_size": repr(self.dataset_size),
-                "sampling": self.sampling, "loss_reduction": self.loss_reduction,
-                "accountant": type(self.accountant).__name__,
-                "secure_mode": repr(self.secure_mode),
-                "optimizer": json.dumps([type(opt).__name__, hyper, repr(self._scale)],
-                                        sort_keys=True, default=repr),
-                "parameters": json.dumps(params, default=repr)}
+    def _register_loader(self, digest: str, shard_size: int) -> None:
+        """Called by a DPDataLoader built with ``trainer=``: the data digest (checked at
+        every step) and its shard's size (the Poisson check then expects q |shard|)."""
+        if self._dist is None:
+            return
+        self._data_digest = digest
+        expected = self.sample_rate * shard_size
+        if expected != self._local_expected:
+            self._local_expected = expected
+            self._size_check = _off_main_thread(lambda: guards.size_check(
+                self.step_sampling, max(expected, self.sample_rate)))
+            self._size_check.enabled &= shard_size > 0
 
     def _check_workers_agree(self) -> None:
-        """The agreement check (one round trip); raises on every worker at once."""
-        job = self._dist
-        if job is None:
-            return
-        settings = self._dist_settings()
-        digest = settings_digest(settings)
-        pushed = nd.array(np.concatenate([digest, digest * digest]))
-        with job.watchdog.watch("the other workers' settings (agreement check)"):
-            job.kvstore.pushpull(SETTINGS_KEY, pushed, out=pushed)
-            sums = pushed.asnumpy()
-        differ = disagreements(sums, job.num_workers, list(settings))
-        if differ:
-            mine = "; ".join(f"{name}={settings.get(name, job.num_workers)}"
-                             for name in differ)
-            raise WorkerMismatchError(
-                f"The {job.num_workers} workers disagree on {', '.join(differ)} (worker "
-                f"rank {job.rank} has {mine}). Every worker must run the same DP-SGD "
-                "settings, or the noise, the update and the reported epsilon do not "
-                "describe the step. Start every worker with the same arguments. No "
-                "gradient of this step was pushed.")
+        """The agreement check (see :mod:`.dist_agreement`); raises on every worker."""
+        if self._dist is not None:
+            check_workers_agree(self, SETTINGS_KEY)
 
     def _dist_round_trip(self) -> None:
         """Push the noisy local sums, pull their sum over the workers, and wait for it."""

@@ -25,15 +25,14 @@ fixed-size subset (:func:`mxprivacy.mechanisms.secure.uniform_below`); a seed is
 error.
 
 Several workers (a ``dist_sync`` trainer): every worker gives :class:`DPDataLoader` the
-same whole data set; the loader keeps its rank's contiguous block of it
-(:func:`shard_bounds`) and Poisson-samples that block at the trainer's (global) rate q,
-so the union over workers is a Poisson sample of the whole data set. Every worker's
-epoch has the same number of batches (ceil(1/q)), and an empty local batch still steps.
-An explicit seed is combined with the rank, so ranks never share a sampling stream.
+same whole data set; the loader keeps the records its rank owns (by a hash of each
+record, see :mod:`mxprivacy.gluon.dist_data`) and Poisson-samples them at the trainer's
+(global) rate q, so the union over workers is a Poisson sample of the whole data set.
+Every worker's epoch has the same number of batches (ceil(1/q)), and an empty local batch
+still steps. An explicit seed is combined with the rank, so ranks never share a stream.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Iterator, List, Optional
 
@@ -41,11 +40,13 @@ import numpy as np
 from mxnet import gluon, nd
 
 from ..accounting.calibration import batches_per_epoch
-from ..accounting.step_sampling import RATE_TOLERANCE, StepSampling, check_sampling
+from ..accounting.step_sampling import StepSampling
 from ..errors import EmptyBatchError, InvalidParameterError, PrivacyWarning
 from ..mechanisms import secure as _secure
 from .devices import as_context_list, split_and_load, split_indices
-from .distributed import resolve_shard, shard_bounds
+from .dist_data import plan_shard
+from .loader_checks import (check_rate, check_trainer_fixed, check_trainer_rate, fixed_batch_size,
+                            loader_rate, resolve_secure, resolve_sampling)
 
 __all__ = ["PoissonBatchSampler", "FixedSizeBatchSampler", "DPDataLoader"]
 
@@ -62,13 +63,6 @@ def _check_num_batches(num_batches) -> Optional[int]:
         raise InvalidParameterError(
             f"num_batches must be a positive integer or None, got {num_batches!r}.")
     return None if num_batches is None else int(num_batches)
-
-
-def _check_rate(sample_rate) -> float:
-    rate = float(sample_rate)
-    if not 0.0 < rate <= 1.0:
-        raise InvalidParameterError(f"sample_rate must lie in (0, 1], got {sample_rate!r}.")
-    return rate
 
 
 def _sampling_rng(seed, secure: bool):
@@ -91,7 +85,7 @@ class PoissonBatchSampler(gluon.data.Sampler):
     Parameters
     ----------
     num_examples : int
-        Size of the data set, N.
+        Size of the data set, N (0 yields empty batches: a worker's empty shard).
     sample_rate : float
         q in (0, 1]; the expected batch size is q N.
     num_batches : int, optional
@@ -106,10 +100,11 @@ class PoissonBatchSampler(gluon.data.Sampler):
     def __init__(self, num_examples: int, sample_rate: float, *,
                  num_batches: Optional[int] = None, seed: Optional[int] = None,
                  secure: bool = False) -> None:
-        if int(num_examples) != num_examples or num_examples < 1:
-            raise InvalidParameterError(f"num_examples must be a positive integer, got {num_examples!r}.")
+        if int(num_examples) != num_examples or num_examples < 0:  # 0: an empty shard
+            raise InvalidParameterError(
+                f"num_examples must be a non-negative integer, got {num_examples!r}.")
         self.num_examples = int(num_examples)
-        self.sample_rate = _check_rate(sample_rate)
+        self.sample_rate = check_rate(sample_rate)
         self.num_batches = _check_num_batches(num_batches) or batches_per_epoch(self.sample_rate)
         self.secure = bool(secure)
         self._rng = _sampling_rng(seed, self.secure)
@@ -185,99 +180,6 @@ class FixedSizeBatchSampler(gluon.data.Sampler):
         return self.num_batches
 
 
-def _loader_rate(sample_rate, expected_batch_size, size: int) -> float:
-    if (sample_rate is None) == (expected_batch_size is None):
-        raise InvalidParameterError("Give exactly one of sample_rate= or expected_batch_size=.")
-    if sample_rate is not None:
-        return _check_rate(sample_rate)
-    try:
-        batch = float(expected_batch_size)
-    except (TypeError, ValueError):
-        batch = math.nan
-    if not 0 < batch <= size:
-        raise InvalidParameterError(
-            f"expected_batch_size must lie in (0, N] with N = {size}, "
-            f"got {expected_batch_size!r}.")
-    return batch / size
-
-
-def _check_trainer_rate(rate: float, trainer, expected_batch_size, size: int) -> None:
-    """The accountant charges the trainer's q: the loader must sample at that q."""
-    trainer_rate = getattr(trainer, "sample_rate", None)
-    if trainer_rate is None or math.isclose(rate, trainer_rate, rel_tol=RATE_TOLERANCE):
-        return
-    given = (f"q = expected_batch_size / N = {expected_batch_size} / {size} = {rate!r}"
-             if expected_batch_size is not None else f"sample_rate {rate!r}")
-    raise InvalidParameterError(
-        f"DPDataLoader samples at {given}, but the trainer accounts for "
-        f"sample_rate {trainer_rate!r}: the reported epsilon would not match the sampling "
-        f"actually done. Give the loader the trainer's rate "
-        f"(DPDataLoader(..., sample_rate=trainer.sample_rate)), or build the trainer with "
-        f"the loader's rate.")
-
-
-def _resolve_sampling(sampling, trainer) -> str:
-    """The loader's sampling: the trainer's when not given; a different one is refused."""
-    trainer_sampling = None if trainer is None else getattr(trainer, "sampling", "poisson")
-    if sampling is None:
-        return trainer_sampling or "poisson"
-    sampling = check_sampling(sampling)
-    if trainer_sampling is not None and sampling != trainer_sampling:
-        raise InvalidParameterError(
-            f"DPDataLoader(sampling={sampling!r}) but the trainer accounts for "
-            f"sampling={trainer_sampling!r}: the reported epsilon would describe another "
-            "sampling than the batches actually drawn. Build the trainer and the loader "
-            "with the same sampling= (or leave the loader's unset: it follows the "
-            "trainer).")
-    return sampling
-
-
-def _fixed_batch_size(sample_rate, expected_batch_size, size: int) -> int:
-    """B of a fixed-size loader: ``expected_batch_size``, or ``sample_rate * N`` when that
-    is a whole number."""
-    if (sample_rate is None) == (expected_batch_size is None):
-        raise InvalidParameterError("Give exactly one of sample_rate= or expected_batch_size=.")
-    if sample_rate is not None:
-        rate = _check_rate(sample_rate)
-        batch = int(round(rate * size))
-        if batch < 1 or not math.isclose(batch / size, rate, rel_tol=RATE_TOLERANCE):
-            raise InvalidParameterError(
-                f"sampling='fixed' draws a whole number of examples, but sample_rate * N = "
-                f"{rate!r} * {size} is not one. Pass expected_batch_size=B.")
-        return batch
-    if isinstance(expected_batch_size, bool) or not isinstance(
-            expected_batch_size, (int, np.integer, float)) or \
-            int(expected_batch_size) != expected_batch_size or not 1 <= expected_batch_size <= size:
-        raise InvalidParameterError(
-            f"sampling='fixed' draws exactly B examples per batch: expected_batch_size "
-            f"must be an integer in [1, N] with N = {size}, got {expected_batch_size!r}.")
-    return int(expected_batch_size)
-
-
-def _check_trainer_fixed(scheme: StepSampling, trainer) -> None:
-    """The accountant charges the trainer's (N, B): the loader must draw B of N."""
-    want = (getattr(trainer, "dataset_size", None), getattr(trainer, "expected_batch_size", None))
-    if want == (scheme.dataset_size, scheme.sample_size):
-        return
-    raise InvalidParameterError(
-        f"DPDataLoader draws {scheme.describe()}, but the trainer accounts for "
-        f"B = {want[1]} of N = {want[0]}: the reported epsilon would not match the "
-        "sampling actually done. Build the trainer with dataset_size=len(data) and "
-        "expected_batch_size=B, and give the loader the same data and B.")
-
-
-def _resolve_secure(secure_mode, trainer) -> bool:
-    trainer_secure = bool(getattr(trainer, "secure_mode", False))
-    if secure_mode is None:
-        return trainer_secure
-    if not secure_mode and trainer_secure:
-        raise InvalidParameterError(
-            "The trainer runs in secure mode but DPDataLoader was given secure_mode=False: "
-            "the sample would come from a non-cryptographic generator. Leave secure_mode "
-            "unset (it follows the trainer) or pass secure_mode=True.")
-    return bool(secure_mode)
-
-
 class DPDataLoader:
     """Iterate Poisson-sampled or fixed-size batches of ``arrays`` as NDArrays.
 
@@ -310,12 +212,18 @@ class DPDataLoader:
     num_batches, seed : see :class:`PoissonBatchSampler` and :class:`FixedSizeBatchSampler`.
         With several workers a seed is combined with the rank (ranks never share a stream).
     num_workers, rank : int, optional
-        Shard the data set over W workers: this loader keeps block ``rank`` of
-        :func:`shard_bounds` and samples it at rate q = expected_batch_size / N, N being
-        the *whole* data set's size (every worker passes the whole data set; a Dataset
-        is only read in its block). Default: the trainer's (a ``dist_sync``
-        :class:`~mxprivacy.DPTrainer` knows both), else one worker. Poisson sampling
-        only.
+        Shard the data set over W workers: this loader keeps the records that rank owns
+        (by a hash of each record's content, see :mod:`mxprivacy.gluon.dist_data`) and
+        samples them at rate q = expected_batch_size / N, N being the *whole* data set's
+        size (every worker passes the whole data set, in any order). Default: the
+        trainer's (a ``dist_sync`` :class:`~mxprivacy.DPTrainer` knows both), else one
+        worker; in a worker of a multi-worker job, a loader with neither is refused.
+        Poisson sampling only. With a dist trainer, the loader registers a digest of
+        the data, which every worker must share (checked at every step).
+    record_ids : sequence of int or str, optional
+        With several workers: one id per record, the same on every worker, used instead
+        of the records' content to assign them to workers (a ``Dataset`` is then not
+        read in full when the loader is built).
     secure_mode : bool, optional
         Sample from the OS CSPRNG. None (default) follows ``trainer.secure_mode``
         (False without a trainer); False with a secure trainer is an error.
@@ -325,35 +233,37 @@ class DPDataLoader:
                  expected_batch_size: Optional[int] = None, trainer=None, ctx=None,
                  num_batches: Optional[int] = None, seed: Optional[int] = None,
                  secure_mode: Optional[bool] = None, sampling: Optional[str] = None,
-                 num_workers: Optional[int] = None, rank: Optional[int] = None) -> None:
+                 num_workers: Optional[int] = None, rank: Optional[int] = None,
+                 record_ids=None) -> None:
         self._dataset = arrays if isinstance(arrays, gluon.data.Dataset) else None
         self._arrays = None if self._dataset is not None else [
             a.asnumpy() if isinstance(a, nd.NDArray) else np.asarray(a) for a in arrays]
         size = len(self._dataset) if self._dataset is not None else len(self._arrays[0])
         if self._arrays is not None and any(len(a) != size for a in self._arrays):
             raise InvalidParameterError("All arrays must have the same first dimension.")
-        self.sampling = _resolve_sampling(sampling, trainer)
-        self.num_workers, self.rank = resolve_shard(num_workers, rank, trainer,
-                                                     self.sampling, size)
-        self.shard = shard_bounds(size, self.num_workers, self.rank)
+        self.sampling = resolve_sampling(sampling, trainer)
+        shard = plan_shard(size, arrays=self._arrays, dataset=self._dataset,
+                           record_ids=record_ids, trainer=trainer, num_workers=num_workers,
+                           rank=rank, sampling=self.sampling)
+        self.num_workers, self.rank, self.shard = shard.num_workers, shard.rank, shard.indices
         if self.num_workers > 1 and seed is not None:
             seed = np.random.SeedSequence(seed, spawn_key=(self.rank,))
         if self.sampling == "fixed":
-            scheme = StepSampling.fixed(size, _fixed_batch_size(sample_rate,
+            scheme = StepSampling.fixed(size, fixed_batch_size(sample_rate,
                                                                 expected_batch_size, size))
             if trainer is not None:
-                _check_trainer_fixed(scheme, trainer)
+                check_trainer_fixed(scheme, trainer)
         else:
-            rate = _loader_rate(sample_rate, expected_batch_size, size)
+            rate = loader_rate(sample_rate, expected_batch_size, size)
             if trainer is not None:
-                _check_trainer_rate(rate, trainer, expected_batch_size, size)
-        self.secure_mode = _resolve_secure(secure_mode, trainer)
+                check_trainer_rate(rate, trainer, expected_batch_size, size)
+        self.secure_mode = resolve_secure(secure_mode, trainer)
         options = dict(num_batches=num_batches, seed=seed, secure=self.secure_mode)
-        start, stop = self.shard
-        if self._arrays is not None:
-            self._arrays = [a[start:stop] for a in self._arrays]
         self.sampler = FixedSizeBatchSampler(size, scheme.sample_size, **options) \
-            if self.sampling == "fixed" else PoissonBatchSampler(stop - start, rate, **options)
+            if self.sampling == "fixed" else PoissonBatchSampler(len(self.shard), rate, **options)
+        register = getattr(trainer, "_register_loader", None)
+        if register is not None:  # its Poisson check expects q |shard|; data agreement
+            register(shard.digest, len(self.shard))
         self.sample_rate = self.sampler.sample_rate
         self.trainer = trainer
         self.ctx = ctx
@@ -366,6 +276,7 @@ class DPDataLoader:
     def _batch(self, indices: List[int]):
         if self._contexts is not None:
             return self._split_batch(indices)
+        indices = self._global(indices)
         if self._arrays is not None:
             return tuple(nd.array(a[indices], ctx=self.ctx, dtype=a.dtype) for a in self._arrays)
         batch = self._read_dataset(indices)
@@ -375,14 +286,18 @@ class DPDataLoader:
         moved = [b.as_in_context(self.ctx) if isinstance(b, nd.NDArray) else b for b in items]
         return type(batch)(moved) if isinstance(batch, (list, tuple)) else moved[0]
 
-    def _read_dataset(self, indices: List[int]):
-        """Items of the shard (local ``indices``) batched as Gluon does."""
-        start = self.shard[0]
-        return gluon.data.dataloader.default_batchify_fn([self._dataset[start + i]
+    def _global(self, indices: List[int]) -> np.ndarray:
+        """Indices into the whole data set of the shard's ``indices``."""
+        return self.shard[np.asarray(indices, dtype=np.int64)]
+
+    def _read_dataset(self, indices):
+        """Items at (global) ``indices`` batched as Gluon does."""
+        return gluon.data.dataloader.default_batchify_fn([self._dataset[int(i)]
                                                           for i in indices])
 
     def _split_batch(self, indices: List[int]):
         """Each array as a list of per-device slices."""
+        indices = self._global(indices)
         if self._arrays is not None:
             chunks = split_indices(indices, len(self._contexts))
             return tuple([nd.array(a[chunk], ctx=c, dtype=a.dtype)

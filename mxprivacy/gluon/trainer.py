@@ -65,6 +65,15 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
         With a dist kvstore: seconds any wait for the other workers may last before this
         worker exits with code 75 and one line on stderr (a dead peer otherwise blocks it
         forever). Default ``$MXPRIVACY_DIST_TIMEOUT``, else 600; ``inf`` disables it.
+    dist_own_sampler : bool, default False
+        With a dist kvstore every step's examples must come from
+        ``DPDataLoader(..., trainer=trainer)``, which shards the data set and announces
+        each batch; other steps are refused on every worker. True opts out, for a
+        sampler of your own. You must then guarantee, or epsilon is wrong: every worker
+        Poisson-samples, at rate ``sample_rate``, its part of a partition of the N
+        records (each record on exactly one worker, every worker on the same N); the
+        part of a record depends on that record alone, never on its position (else
+        :meth:`server_epsilon` does not hold); the sample is secret.
     noise_multiplier : float
         sigma: noise std divided by the sensitivity (``max_grad_norm``, or twice it for
         microbatches of several samples). Or give a target instead:
@@ -137,7 +146,8 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
                  loss_reduction: str = "sum", ema_decay: Optional[float] = None,
                  target_epsilon: Optional[float] = None, target_delta: Optional[float] = None,
                  epochs: Optional[float] = None, total_steps: Optional[int] = None,
-                 sampling: str = "poisson", dist_timeout: Optional[float] = None) -> None:
+                 sampling: str = "poisson", dist_timeout: Optional[float] = None,
+                 dist_own_sampler: bool = False) -> None:
         check_options(kvstore, update_on_kvstore=update_on_kvstore, sampling=sampling,
                       clipping=clipping)
         guards.check_kvstore(kvstore)
@@ -155,7 +165,7 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
             warn_epsilon, warn_delta, dataset_size)
         self.secure_mode = guards.check_secure_options(secure_mode, noise_seed, clipping_options)
         self.loss_reduction = guards.check_loss_reduction(loss_reduction)
-        kvstore = self._setup_distributed(kvstore, dist_timeout)
+        kvstore = self._setup_distributed(kvstore, dist_timeout, dist_own_sampler)
         # Local batches are Poisson samples of the local shard: q N / W expected.
         self._size_check = guards.size_check(self.step_sampling,
                                              self.expected_batch_size / self.num_workers)
@@ -248,6 +258,7 @@ class DPTrainer(CaptureStageMixin, ClipStageMixin, NoiseWriterMixin, CheckpointM
         if hasattr(self._clipping, "update"):
             self._clipping.update(self.expected_batch_size)
         self.accountant.compose(self.step_event())
+        self._count_step_workers()  # W of this step, for server_epsilon
 
     def accumulate(self, *, example_ids=None) -> None:
         """Virtual steps: clip the physical batch just processed and keep its sum.

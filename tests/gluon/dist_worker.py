@@ -5,7 +5,11 @@ Scenarios: ``exact`` (sigma = 0, two steps on given local batches), ``noise`` (z
 gradients, so each pulled gradient is the aggregated noise; an empty local batch; a
 DPDataLoader epoch; a checkpoint by rank 0 and a load on every worker), ``mismatch-sigma``
 and ``mismatch-lr`` (one worker differs), ``stuck`` (rank 1 stops answering after one
-step). Each worker writes its results to OUTDIR; helpers here also build the
+step), ``misuse`` (a loader without trainer=, second trainers, a step not drawn by a
+loader, other data on rank 1, then the same data in another order), ``server-optimizer``
+(a KVStore with set_optimizer), ``partial-resume CKPT`` (rank 0 alone loads a
+checkpoint). Steps on given local batches use ``dist_own_sampler=True`` (the documented
+opt-out). Each worker writes its results to OUTDIR; helpers here also build the
 single-machine references in the test.
 """
 import json
@@ -19,7 +23,8 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon, nd
 
-from mxprivacy import DPDataLoader, DPTrainer, PrivateBlock, WorkerMismatchError
+from mxprivacy import (DPDataLoader, DPTrainer, InvalidParameterError, PrivateBlock,
+                       SamplingError, WorkerMismatchError)
 
 LOSS = gluon.loss.SoftmaxCrossEntropyLoss()
 
@@ -83,7 +88,8 @@ def scenario_exact(out):
     if kvstore.rank == 1:  # other parameter names (dense2_...) must not matter
         gluon.nn.Dense(2, in_units=2).initialize()
     block = exact_net()
-    trainer = DPTrainer(block.collect_params(), *EXACT_OPT, kvstore=kvstore, **EXACT)
+    trainer = DPTrainer(block.collect_params(), *EXACT_OPT, kvstore=kvstore,
+                        dist_own_sampler=True, **EXACT)
     rank = trainer.rank
     save_arrays(os.path.join(out, f"init-{rank}.npz"), params_of(block))
     for step in range(len(EXACT_SPLITS)):
@@ -100,10 +106,11 @@ def noise_grads(block):
 def scenario_noise(out):
     block = noise_net()
     trainer = DPTrainer(block.collect_params(), "sgd", {"learning_rate": 1e-3},
-                        kvstore="dist_sync", noise_seed=1234, dist_timeout=30, **NOISE)
+                        kvstore="dist_sync", noise_seed=1234, dist_timeout=30,
+                        dist_own_sampler=True, **NOISE)
     rank = trainer.rank
     zeros = np.zeros((NOISE["dataset_size"], NOISE_INPUTS), dtype="float32")
-    labels = np.zeros(NOISE["dataset_size"], dtype="float32")
+    labels = np.arange(NOISE["dataset_size"], dtype="float32")  # distinct records
     pulled = {}
     for number, sizes in enumerate(NOISE_LOCAL):
         one_step(block, trainer, zeros[:sizes[rank]], labels[:sizes[rank]])
@@ -119,8 +126,8 @@ def scenario_noise(out):
     report = {"rank": rank, "num_workers": trainer.num_workers, "steps": trainer.steps,
               "saved": saved, "ledger": trainer.accountant.state_dict(),
               "epsilon": trainer.epsilon(1e-5), "server_epsilon": trainer.server_epsilon(1e-5),
-              "empty_batches": loader.empty_batches, "shard": list(loader.shard),
-              "run_id": trainer.run_id}
+              "empty_batches": loader.empty_batches, "shard": loader.shard.tolist(),
+              "run_id": trainer.run_id, "worker_counts": trainer.worker_counts}
     save_arrays(os.path.join(out, f"pulled-{rank}.npz"), pulled)
     write_json(os.path.join(out, f"report-{rank}.json"), report)
 
@@ -145,7 +152,7 @@ def scenario_mismatch(out, what):
     settings = dict(EXACT, noise_multiplier=1.0 + 0.5 * rank) if what == "sigma" else EXACT
     learning_rate = 0.1 * (1 + rank) if what == "lr" else 0.1
     trainer = DPTrainer(block.collect_params(), "sgd", {"learning_rate": learning_rate},
-                        kvstore=kvstore, dist_timeout=30, **settings)
+                        kvstore=kvstore, dist_timeout=30, dist_own_sampler=True, **settings)
     x, y = exact_batch(0)
     rows = local_rows(0, rank)
     try:
@@ -162,7 +169,8 @@ def scenario_mismatch(out, what):
 def scenario_stuck(out, how):
     block = exact_net()
     trainer = DPTrainer(block.collect_params(), *EXACT_OPT, kvstore="dist_sync",
-                        dist_timeout=3, **dict(EXACT, noise_multiplier=1.0))
+                        dist_timeout=3, dist_own_sampler=True,
+                        **dict(EXACT, noise_multiplier=1.0))
     rank = trainer.rank
     x, y = exact_batch(0)
     one_step(block, trainer, x[local_rows(0, rank)], y[local_rows(0, rank)])
@@ -176,6 +184,102 @@ def scenario_stuck(out, how):
     one_step(block, trainer, x[local_rows(0, rank)], y[local_rows(0, rank)])
 
 
+MISUSE_N = 12  # records; record i has label i, and only the canary has non-zero inputs
+
+
+def misuse_data(rank, how):
+    """Every worker's copy of the data set: zero inputs but for the canary (record 5,
+    inputs 10), labels 0 .. N-1 (distinct records). ``how`` changes rank 1's copy."""
+    x = np.zeros((MISUSE_N, 4), dtype="float32")
+    x[5] = 10.0
+    y = np.arange(MISUSE_N, dtype="float32")
+    if rank == 1 and how == "other":  # one record differs
+        x[2] = 1.0
+    elif rank == 1 and how == "shorter":  # the same file minus its last two rows
+        x, y = x[:-2], y[:-2]
+    elif rank == 1 and how == "reversed":  # the same records in another order
+        x, y = x[::-1].copy(), y[::-1].copy()
+    return x, y
+
+
+def misuse_net():
+    mx.random.seed(0)
+    net = gluon.nn.Dense(MISUSE_N, in_units=4, use_bias=False)
+    net.initialize(mx.init.Xavier())
+    return PrivateBlock(net)
+
+
+def refused(errors, name, error_type, call):
+    """Run ``call``; record the message of the expected error (anything else raises)."""
+    try:
+        call()
+    except error_type as error:
+        errors[name] = str(error)
+    else:
+        errors[name] = None
+
+
+def loader_step(block, trainer, data):
+    """One step on the first batch of a q = 1 DPDataLoader over ``data``."""
+    loader = DPDataLoader(data, sample_rate=1.0, trainer=trainer)
+    for x, y in loader:
+        one_step(block, trainer, x.asnumpy(), y.asnumpy())
+        return sorted(y.asnumpy().astype(int).tolist())
+
+
+def scenario_misuse(out):
+    """sigma = 0, q = 1, C = 1, learning rate 0 (the weights stay; gradients are read)."""
+    errors = {}
+    x, y = misuse_data(0, "same")
+    refused(errors, "no trainer", InvalidParameterError,
+            lambda: DPDataLoader((x, y), expected_batch_size=4))
+    block = misuse_net()
+    options = dict(noise_multiplier=0.0, max_grad_norm=1.0, expected_batch_size=MISUSE_N,
+                   sample_rate=1.0, dist_timeout=30)
+    trainer = DPTrainer(block.collect_params(), "sgd", {"learning_rate": 0.0},
+                        kvstore="dist_sync", **options)
+    rank = trainer.rank
+    for name, kvstore in (("second by name", "dist_sync"), ("second, shared", trainer._kvstore)):
+        refused(errors, name, InvalidParameterError, lambda: DPTrainer(
+            misuse_net().collect_params(), "sgd", kvstore=kvstore, **options))
+    refused(errors, "by hand", SamplingError, lambda: one_step(block, trainer, x, y))
+    block.discard_capture()
+    for how in ("other", "shorter"):
+        refused(errors, how, WorkerMismatchError,
+                lambda: loader_step(block, trainer, misuse_data(rank, how)))
+        block.discard_capture()
+    records = loader_step(block, trainer, misuse_data(rank, "reversed"))
+    pulled = block.collect_params()[list(block.collect_params().keys())[0]].grad().asnumpy()
+    write_json(os.path.join(out, f"misuse-{rank}.json"), {
+        "errors": errors, "records": records, "steps": trainer.steps,
+        "pulled_norm": float(np.linalg.norm(pulled))})
+
+
+def scenario_server_optimizer(out):
+    kvstore = mx.kv.create("dist_sync")
+    kvstore.set_optimizer(mx.optimizer.SGD(learning_rate=0.5))
+    errors = {}
+    refused(errors, "server optimizer", InvalidParameterError, lambda: DPTrainer(
+        exact_net().collect_params(), "sgd", kvstore=kvstore, dist_timeout=30, **EXACT))
+    write_json(os.path.join(out, f"server-optimizer-{kvstore.rank}.json"), errors)
+
+
+def scenario_partial_resume(out, checkpoint):
+    """Rank 0 alone loads ``checkpoint`` (of the noise scenario), then both step."""
+    block = noise_net()
+    trainer = DPTrainer(block.collect_params(), "sgd", {"learning_rate": 1e-3},
+                        kvstore="dist_sync", dist_timeout=30, dist_own_sampler=True, **NOISE)
+    rank = trainer.rank
+    if rank == 0:
+        trainer.load_states(checkpoint)
+    errors = {}
+    zeros = np.zeros((1, NOISE_INPUTS), dtype="float32")
+    refused(errors, "step", WorkerMismatchError,
+            lambda: one_step(block, trainer, zeros, np.zeros(1, dtype="float32")))
+    write_json(os.path.join(out, f"resume-{rank}.json"),
+               {"errors": errors, "steps": trainer.steps, "epsilon": trainer.epsilon(1e-5)})
+
+
 def main(scenario, out):
     warnings.simplefilter("ignore")
     if scenario == "exact":
@@ -186,6 +290,12 @@ def main(scenario, out):
         scenario_mismatch(out, scenario.split("-", 1)[1])
     elif scenario in ("stuck", "killed"):
         scenario_stuck(out, scenario)
+    elif scenario == "misuse":
+        scenario_misuse(out)
+    elif scenario == "server-optimizer":
+        scenario_server_optimizer(out)
+    elif scenario.startswith("partial-resume="):
+        scenario_partial_resume(out, scenario.split("=", 1)[1])
     else:
         raise SystemExit(f"unknown scenario {scenario!r}")
 

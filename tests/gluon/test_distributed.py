@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+import types
 import warnings
 
 import mxnet as mx
@@ -16,15 +17,19 @@ import pytest
 from mxnet import gluon, nd
 from scipy import stats
 
-from mxprivacy import (DPDataLoader, DPTrainer, InvalidParameterError, PrivateBlock,
-                       WorkerMismatchError)
+from mxprivacy import (CheckpointError, DPDataLoader, DPTrainer, InvalidParameterError,
+                       PrivateBlock, SamplingError, WorkerMismatchError)
 from mxprivacy.accounting import RDPAccountant
 from mxprivacy.accounting.events import GaussianEvent, PoissonSampledEvent
 from mxprivacy.distributed.launch import launch_local
+from mxprivacy.gluon import dist_kvstore
 from mxprivacy.gluon import watchdog as watchdog_module
-from mxprivacy.gluon.distributed import disagreements, settings_digest, shard_bounds
+from mxprivacy.gluon.dist_agreement import (SUMS, disagreements, dist_settings,
+                                            settings_digest)
+from mxprivacy.gluon.dist_data import owners, record_digests
 from mxprivacy.gluon.watchdog import TIMEOUT_EXIT_CODE, Watchdog
 from tests.gluon import dist_worker as worker
+from tests.gluon.ckpt_helpers import read_meta, write_meta
 from tests.gluon.helpers import allow_fixed_batches
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -131,7 +136,8 @@ def test_empty_local_batches_take_part_in_the_step(noise_job):
         assert report["steps"] == len(worker.NOISE_LOCAL) + batches + 1
         assert report["num_workers"] == 2
     assert reports[0]["empty_batches"] + reports[1]["empty_batches"] > 0
-    assert [reports[0]["shard"], reports[1]["shard"]] == [[0, 32], [32, 64]]
+    shards = [reports[0]["shard"], reports[1]["shard"]]
+    assert sorted(shards[0] + shards[1]) == list(range(worker.NOISE["dataset_size"]))
 
 
 def one_machine_epsilon(steps):
@@ -150,6 +156,7 @@ def test_epsilon_is_identical_on_every_worker_and_equals_one_machine(noise_job):
     epsilon, ledger = one_machine_epsilon(reports[0]["steps"])
     assert reports[0]["ledger"] == ledger
     assert reports[0]["epsilon"] == pytest.approx(epsilon, rel=1e-12)
+    assert reports[0]["worker_counts"] == reports[1]["worker_counts"] == [[2, reports[0]["steps"]]]
     q, sigma = worker.NOISE["expected_batch_size"] / worker.NOISE["dataset_size"], \
         worker.NOISE["noise_multiplier"]
     server = RDPAccountant().compose(PoissonSampledEvent(q, GaussianEvent(sigma / np.sqrt(2))),
@@ -223,6 +230,12 @@ def test_a_dist_kvstore_outside_a_launched_job_says_how_to_launch(monkeypatch):
                   **worker.EXACT)
 
 
+@pytest.fixture
+def fresh_process(monkeypatch):
+    """This test's distributed DPTrainer is the process's first (one per process)."""
+    monkeypatch.setattr(dist_kvstore, "_PROCESS", dist_kvstore._Process())
+
+
 def one_worker_dist_kvstore():
     """A local kvstore presented as dist_sync: a one-worker job, in this process."""
     class OneWorker(mx.kvstore.KVStore):
@@ -233,7 +246,8 @@ def one_worker_dist_kvstore():
     return store
 
 
-def test_deferred_shapes_are_refused_because_rank_0_weights_are_broadcast_at_build():
+def test_deferred_shapes_are_refused_because_rank_0_weights_are_broadcast_at_build(
+        fresh_process):
     net = gluon.nn.Dense(3)
     net.initialize()
     with pytest.raises(InvalidParameterError, match="deferred initialization"):
@@ -258,7 +272,7 @@ def test_disagreements_finds_exactly_the_settings_that_differ():
     for d in digits:
         d[0] = 1.0
     assert disagreements(pushed_sums(digits), 3, list(base)) == list(base)
-    assert disagreements(pushed_sums(same[:2]), 3, list(base)) == ["the number of workers"]
+    assert disagreements(pushed_sums(same[:2]), 3, list(base)) == [SUMS]
 
 
 # -- bounded waits --------------------------------------------------------------------
@@ -304,14 +318,37 @@ def test_an_uncaught_error_skips_the_shutdown_barrier_but_a_mismatch_does_not(mo
     assert exits == [1]
 
 
-# -- sharding -------------------------------------------------------------------------
-@pytest.mark.parametrize("size, workers", [(10, 3), (64, 2), (7, 7), (1000, 6)])
-def test_shards_partition_the_data_set(size, workers):
-    bounds = [shard_bounds(size, workers, rank) for rank in range(workers)]
-    assert bounds[0][0] == 0 and bounds[-1][1] == size
-    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
-    lengths = [stop - start for start, stop in bounds]
-    assert max(lengths) - min(lengths) <= 1
+# -- sharding by record ----------------------------------------------------------------
+def distinct_records(size=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(size, 3)).astype("float32"), np.arange(size, dtype="float32")
+
+
+def shard_records(data, workers, rank):
+    loader = DPDataLoader(data, sample_rate=1.0, num_workers=workers, rank=rank)
+    return set(data[1][loader.shard].tolist())
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_adding_a_record_moves_no_other_record_between_workers(workers):
+    """A record's worker is a function of its own bytes: the shards partition the data,
+    and adding a record (at the front, where positional blocks would shift every
+    boundary) changes its owner's shard only. With one-hot clipped gradients C e_i, the
+    tuple of pushes a server sees moves by exactly C (positional blocks: sqrt(3) C at
+    W = 2, measured by the review). Mutation checked: positional blocks fail it."""
+    x, y = distinct_records()
+    bigger = (np.concatenate([np.full((1, 3), 7.0, "float32"), x]),
+              np.concatenate([np.float32([99.0]), y]))
+    before = [shard_records((x, y), workers, rank) for rank in range(workers)]
+    after = [shard_records(bigger, workers, rank) for rank in range(workers)]
+    assert set().union(*before) == set(y.tolist()) and sum(map(len, before)) == len(y)
+    assert all(shard - {99.0} == old for shard, old in zip(after, before))
+    assert sum(99.0 in shard for shard in after) == 1
+
+    def pushes(shards):
+        return np.concatenate([np.isin(np.arange(100), list(shard)) for shard in shards])
+
+    assert np.linalg.norm(pushes(after) - pushes(before).astype(float)) == 1.0
 
 
 def test_loader_samples_only_its_shard_at_the_global_rate():
@@ -320,14 +357,16 @@ def test_loader_samples_only_its_shard_at_the_global_rate():
         warnings.simplefilter("ignore")
         loaders = [DPDataLoader((x, x[:, 0]), expected_batch_size=6, num_workers=3,
                                 rank=rank, seed=5) for rank in range(3)]
+    mine = owners(record_digests(30, [x, x[:, 0]]), 3)
+    assert sorted(np.concatenate([loader.shard for loader in loaders])) == list(range(30))
     seen = []
     for rank, loader in enumerate(loaders):
-        assert loader.shard == (10 * rank, 10 * rank + 10)
+        np.testing.assert_array_equal(loader.shard, np.flatnonzero(mine == rank))
         assert loader.sample_rate == pytest.approx(0.2) and len(loader) == 5
         drawn = [indices for indices in loader.sampler if indices]
-        assert drawn and all(max(indices) < 10 for indices in drawn)
-        rows = loader._batch(drawn[0])[0].asnumpy()[:, 0]  # the shard's rows
-        np.testing.assert_array_equal(rows, 10 * rank + np.asarray(drawn[0]))
+        assert drawn and all(max(indices) < len(loader.shard) for indices in drawn)
+        rows = loader._batch(drawn[0])[0].asnumpy()[:, 0]  # the shard's records
+        np.testing.assert_array_equal(rows, loader.shard[drawn[0]])
         seen.append([np.flatnonzero(loader.sampler._mask()).tolist() for _ in range(20)])
     assert seen[0] != seen[1]  # one seed, but each rank its own stream
 
@@ -342,3 +381,284 @@ def test_loader_refuses_a_shard_that_contradicts_the_trainer_or_fixed_sampling()
         DPDataLoader((x,), expected_batch_size=4, sampling="fixed", num_workers=2, rank=0)
     with pytest.raises(InvalidParameterError, match="rank must lie in"):
         DPDataLoader((x,), expected_batch_size=4, num_workers=2, rank=2)
+
+
+def dist_stub(dataset_size=None, rank=0):
+    """What DPDataLoader reads from a dist trainer (rank of 2 workers), and what the loader
+    registered with it."""
+    registered = []
+    stub = types.SimpleNamespace(
+        num_workers=2, rank=rank, sampling="poisson", sample_rate=0.25, secure_mode=False,
+        distributed=True, dataset_size=dataset_size, expect_examples=lambda count: None,
+        _register_loader=lambda digest, size: registered.append((digest, size)))
+    return stub, registered
+
+
+def test_the_loader_registers_a_digest_of_the_records_whatever_their_order():
+    """The digest (checked by every worker at every step) is N and a SHA-256 of the
+    multiset of records: equal for another order (the shards still partition), different
+    for one changed record or a shorter copy. Mutation checked: a constant digest fails."""
+    x, y = distinct_records(20)
+    other = x.copy()
+    other[3, 0] += 1.0
+    copies = {"same": (x, y), "reversed": (x[::-1], y[::-1]), "one other": (other, y),
+              "shorter": (x[:-1], y[:-1])}
+    digests = {}
+    for name, data in copies.items():
+        stub, registered = dist_stub()
+        loader = DPDataLoader(data, sample_rate=0.25, trainer=stub)
+        [(digests[name], size)] = registered
+        assert size == len(loader.shard)
+    assert digests["same"] == digests["reversed"]
+    assert len({digests["same"], digests["one other"], digests["shorter"]}) == 3
+    assert digests["shorter"].startswith("N=19;") and digests["same"].startswith("N=20;")
+
+
+def test_a_dist_loader_needs_the_whole_data_set_when_the_trainer_knows_n():
+    """Mutation checked: without the length check the shorter copy is accepted."""
+    x, y = distinct_records(20)
+    stub, _ = dist_stub(dataset_size=20)
+    DPDataLoader((x, y), sample_rate=0.25, trainer=stub)
+    with pytest.raises(InvalidParameterError, match="dataset_size=20, the size of the whole"):
+        DPDataLoader((x[:18], y[:18]), sample_rate=0.25, trainer=stub)
+
+
+def test_a_dataset_or_record_ids_shard_like_the_arrays():
+    """A gluon Dataset is hashed item by item; record_ids replace the contents."""
+    x, y = distinct_records(20)
+    arrays = DPDataLoader((x, y), sample_rate=0.5, num_workers=2, rank=1)
+    dataset = DPDataLoader(gluon.data.ArrayDataset(x, y), sample_rate=0.5, num_workers=2,
+                           rank=1)
+    assert 0 < len(dataset.shard) < 20
+    ids = [f"record-{i}" for i in range(20)]
+    by_id = [DPDataLoader((x, y), sample_rate=0.5, num_workers=2, rank=rank,
+                          record_ids=ids).shard for rank in (0, 1)]
+    assert sorted(np.concatenate(by_id)) == list(range(20))
+    assert len(arrays.shard) > 0
+    with pytest.raises(InvalidParameterError, match="record_ids has 3 entries"):
+        DPDataLoader((x, y), sample_rate=0.5, num_workers=2, rank=0, record_ids=ids[:3])
+
+
+def test_in_a_worker_of_a_multi_worker_job_a_loader_needs_trainer_or_shard(
+        monkeypatch, fresh_process):
+    """Without trainer= (and without num_workers/rank) each worker would sample the whole
+    data set: every record W times per step. Mutation checked: without the refusal the
+    loader is built."""
+    x, _ = distinct_records(20)
+    monkeypatch.setenv("DMLC_ROLE", "worker")
+    monkeypatch.setenv("DMLC_NUM_WORKER", "2")
+    with pytest.raises(InvalidParameterError, match="without trainer="):
+        DPDataLoader((x,), expected_batch_size=4)
+    assert len(DPDataLoader((x,), expected_batch_size=4, num_workers=2, rank=1).shard) < 20
+    monkeypatch.setenv("DMLC_NUM_WORKER", "1")  # a one-worker job
+    assert len(DPDataLoader((x,), expected_batch_size=4).shard) == 20
+    monkeypatch.delenv("DMLC_ROLE")
+    dist_kvstore._PROCESS.started = (0, 2)  # a started trainer of 2 workers, no variables
+    with pytest.raises(InvalidParameterError, match="without trainer="):
+        DPDataLoader((x,), expected_batch_size=4)
+
+
+# -- steps on a dist trainer: announced, one trainer per process (one-worker kvstore) ---
+def dist_data_64():
+    rng = np.random.default_rng(3)
+    return (rng.normal(size=(64, 5)).astype("float32"),
+            rng.integers(0, 3, size=64).astype("float32"))
+
+
+def test_a_dist_step_must_be_announced_by_a_sharded_loader_unless_opted_out(
+        monkeypatch, fresh_process):
+    """A step by hand is refused after the agreement check (on every worker), before any
+    gradient is pushed; the loader's steps pass; dist_own_sampler=True opts out.
+    Mutation checked: without the refusal the hand-made step is taken."""
+    block = worker.exact_net()
+    trainer = DPTrainer(block.collect_params(), "sgd", {"learning_rate": 0.1},
+                        kvstore=one_worker_dist_kvstore(), **worker.EXACT)
+    x, y = dist_data_64()
+    with pytest.raises(SamplingError, match="were not announced"):
+        worker.one_step(block, trainer, x[:8], y[:8])
+    assert trainer.steps == 0
+    block.discard_capture()
+    for xb, yb in DPDataLoader((x, y), expected_batch_size=8, trainer=trainer, num_batches=2):
+        worker.one_step(block, trainer, xb.asnumpy(), yb.asnumpy())
+    assert trainer.steps == 2 and trainer.worker_counts == [[1, 2]]
+    with pytest.raises(InvalidParameterError, match="already started a distributed DPTrainer"):
+        DPTrainer(worker.exact_net().collect_params(), "sgd",
+                  kvstore=one_worker_dist_kvstore(), **worker.EXACT)
+    monkeypatch.setattr(dist_kvstore, "_PROCESS", dist_kvstore._Process())
+    block = worker.exact_net()
+    own = DPTrainer(block.collect_params(), "sgd", {"learning_rate": 0.1},
+                    kvstore=one_worker_dist_kvstore(), dist_own_sampler=True, **worker.EXACT)
+    worker.one_step(block, own, x[:8], y[:8])
+    assert own.steps == 1
+    with pytest.raises(InvalidParameterError, match="dist_own_sampler= only applies"):
+        DPTrainer(worker.exact_net().collect_params(), "sgd", dist_own_sampler=True,
+                  **worker.EXACT)
+
+
+def test_the_agreement_covers_the_ledger_the_data_and_the_batch_source(fresh_process):
+    """Steps, run id, a SHA-256 of the ledger (with the worker counts), the data digest
+    and the batch source are settings every worker must share."""
+    block = worker.exact_net()
+    trainer = DPTrainer(block.collect_params(), "sgd", {"learning_rate": 0.1},
+                        kvstore=one_worker_dist_kvstore(), **worker.EXACT)
+    before = dist_settings(trainer)
+    trainer._worker_counts = [[2, 0]]  # the same ledger, another worker history
+    assert dist_settings(trainer)["ledger"] != before["ledger"]
+    trainer._worker_counts = []
+    trainer.accountant.compose(trainer.step_event())
+    after = dist_settings(trainer)
+    assert after["ledger"] != before["ledger"] and after["steps"] == before["steps"]
+    trainer._register_loader("N=64;abc", 64)
+    assert dist_settings(trainer)["data"] == "N=64;abc"
+    trainer.expect_examples(3)
+    assert dist_settings(trainer)["batches"] != before["batches"]
+
+
+# -- worker counts: server_epsilon composes each step at its own W -------------------------
+def test_server_epsilon_composes_every_stretch_at_its_own_number_of_workers(noise_job,
+                                                                             tmp_path):
+    """The noise job's checkpoint (2 workers) resumed on one machine for 3 steps: the
+    counts are [[2, n], [1, 3]] and server_epsilon composes n steps at sigma / sqrt(2)
+    and 3 at sigma (hand-computed). The counts survive a save and load. Mutation
+    checked: counting every step at the current W reports the smaller as_if_one."""
+    out, reports, _ = noise_job
+    block = worker.noise_net()
+    trainer = allow_fixed_batches(DPTrainer(block.collect_params(), "sgd",
+                                            {"learning_rate": 1e-3}, **worker.NOISE))
+    trainer.load_states(str(out / "ckpt-0"))
+    saved = trainer.steps
+    assert saved == reports[0]["saved"]["ledger"]["ledger"][0]["count"]
+    assert trainer.worker_counts == [[2, saved]]
+    for _ in range(3):
+        trainer.step(0)
+    assert trainer.worker_counts == [[2, saved], [1, 3]]
+    q = worker.NOISE["expected_batch_size"] / worker.NOISE["dataset_size"]
+    sigma = worker.NOISE["noise_multiplier"]
+
+    def event(noise):
+        return PoissonSampledEvent(q, GaussianEvent(noise))
+
+    expected = RDPAccountant().compose(event(sigma / np.sqrt(2)), saved).compose(
+        event(sigma), 3).get_epsilon(1e-5)
+    as_if_one = RDPAccountant().compose(event(sigma), saved + 3).get_epsilon(1e-5)
+    assert trainer.server_epsilon(1e-5) == pytest.approx(expected, rel=1e-12)
+    assert expected > 1.5 * as_if_one
+    trainer.save_states(str(tmp_path / "again"))
+    _, fresh = worker.noise_net(), DPTrainer(worker.noise_net().collect_params(), "sgd",
+                                             {"learning_rate": 1e-3}, **worker.NOISE)
+    fresh.load_states(str(tmp_path / "again"))
+    assert fresh.worker_counts == [[2, saved], [1, 3]]
+    assert fresh.server_epsilon(1e-5) == pytest.approx(expected, rel=1e-12)
+
+
+def saved_single_machine(tmp_path, steps=3):
+    from tests.gluon.ckpt_helpers import build, step
+    block, trainer = build("sgd")
+    for seed in range(steps):
+        step(block, trainer, seed)
+    path = str(tmp_path / "ckpt")
+    trainer.save_states(path)
+    return path
+
+
+def test_a_previous_format_checkpoint_counts_single_machine_steps(tmp_path):
+    from tests.gluon.ckpt_helpers import build
+    path = saved_single_machine(tmp_path)
+    meta, arrays = read_meta(path)
+    assert meta["format"] == "mxprivacy-dptrainer-3" and meta["workers"] == [[1, 3]]
+    del meta["workers"]
+    meta["format"] = "mxprivacy-dptrainer-2"
+    write_meta(path, meta, arrays)
+    _, trainer = build("sgd")
+    trainer.load_states(path)
+    assert trainer.worker_counts == [[1, 3]]
+    assert trainer.server_epsilon(1e-5) == trainer.epsilon(1e-5)
+
+
+@pytest.mark.parametrize("workers", [[[2, 2]], [[0, 3]], [[2, 3.0]], [[2, 1], [1]], "2",
+                                     [[2, 4]], [[True, 3]]])
+def test_worker_counts_that_do_not_cover_the_ledger_are_refused(tmp_path, workers):
+    from tests.gluon.ckpt_helpers import build
+    path = saved_single_machine(tmp_path)
+    meta, arrays = read_meta(path)
+    meta["workers"] = workers
+    write_meta(path, meta, arrays)
+    _, trainer = build("sgd")
+    with pytest.raises(CheckpointError):
+        trainer.load_states(path)
+    assert trainer.steps == 0 and trainer.worker_counts == []
+
+
+# -- misuse on a real job ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def misuse_job(tmp_path_factory):
+    out = tmp_path_factory.mktemp("misuse")
+    assert run_job("misuse", out)[0] == 0
+    return [json.load(open(out / f"misuse-{rank}.json")) for rank in (0, 1)]
+
+
+def test_in_a_dist_job_a_loader_without_trainer_is_refused(misuse_job):
+    for report in misuse_job:
+        assert "built without trainer=" in report["errors"]["no trainer"]
+
+
+def test_a_second_dist_trainer_is_refused_and_the_first_still_steps(misuse_job):
+    """By name (ps-lite would block: the review saw a dist_timeout blaming a dead peer)
+    and sharing the first one's kvstore (colliding keys crashed): both refused at once."""
+    for report in misuse_job:
+        for name in ("second by name", "second, shared"):
+            assert "already started a distributed DPTrainer" in report["errors"][name]
+        assert report["steps"] == 1
+
+
+def test_a_step_not_announced_by_a_sharded_loader_is_refused_on_every_worker(misuse_job):
+    for report in misuse_job:
+        assert "were not announced" in report["errors"]["by hand"]
+
+
+def test_workers_holding_other_data_stop_at_the_first_step(misuse_job):
+    """Rank 1 holds one other record, or two records fewer (the trainer has no
+    dataset_size here): every worker raises WorkerMismatchError naming the data, before
+    any gradient is pushed. Mutation checked: without the data digest both step."""
+    for rank, report in enumerate(misuse_job):
+        for how in ("other", "shorter"):
+            assert f"disagree on data (worker rank {rank}" in report["errors"][how]
+    assert "data=N=10," in misuse_job[1]["errors"]["shorter"]
+
+
+def test_shards_partition_the_data_set_whatever_each_workers_order(misuse_job):
+    """Rank 1 holds the records in reverse order. q = 1, sigma = 0, C = 1, only the
+    canary has a gradient: the pulled gradient has norm C (the canary counted once; the
+    review measured 2 C with positional blocks), and the workers' records are disjoint
+    and cover the data set. Mutation checked: positional blocks fail it."""
+    records = [report["records"] for report in misuse_job]
+    assert sorted(records[0] + records[1]) == list(range(worker.MISUSE_N))
+    for report in misuse_job:
+        assert report["pulled_norm"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_kvstore_with_its_own_optimizer_is_refused_with_the_reason(tmp_path):
+    """The review saw 'disagree on the number of workers'. A probe push when the trainer
+    is built finds that the server does not sum. Mutation checked: without the probe the
+    message is the agreement check's."""
+    assert run_job("server-optimizer", tmp_path)[0] == 0
+    for rank in (0, 1):
+        message = json.load(open(tmp_path / f"server-optimizer-{rank}.json"))
+        assert "does not sum the workers' pushes" in message["server optimizer"]
+        assert "set_optimizer" in message["server optimizer"]
+
+
+def test_a_checkpoint_loaded_on_one_worker_only_stops_every_worker(noise_job, tmp_path):
+    """Rank 0 loads the noise job's checkpoint, rank 1 does not (the review saw their
+    epsilons diverge, exit 0): both raise at the first step, naming the steps, the run id
+    and the ledger, and no step is taken. Mutation checked: without those three
+    settings both step."""
+    out, reports, _ = noise_job
+    code, _ = run_job(f"partial-resume={out / 'ckpt-0'}", tmp_path)
+    assert code == 0
+    saved = reports[0]["saved"]["ledger"]["ledger"][0]["count"]
+    results = [json.load(open(tmp_path / f"resume-{rank}.json")) for rank in (0, 1)]
+    assert [result["steps"] for result in results] == [saved, 0]
+    for result in results:
+        assert "disagree on steps, run_id, ledger" in result["errors"]["step"]
+        assert "load_states on the same file" in result["errors"]["step"]

@@ -1,0 +1,172 @@
+"""The per-step agreement check of a distributed :class:`~mxprivacy.gluon.DPTrainer`.
+
+Before the gradients are pushed, each worker pushes a digest of what every worker must
+share (:func:`dist_settings`):
+
+- the DP-SGD settings: sigma, C and the clipping mode, q, the expected batch size, N,
+  the sampling, the loss reduction, the sensitivity, the accountant, secure mode, the
+  optimizer's name and hyper-parameters, the parameters' shapes and learning-rate
+  multipliers;
+- the privacy state: the step count, the run id and a SHA-256 of the ledger (the
+  accountant's ``state_dict`` and the per-step worker counts). A checkpoint loaded on
+  some workers only, or different checkpoints, stop every worker at the next step;
+- the data: the digest the :class:`~mxprivacy.DPDataLoader` registered (N and a
+  SHA-256 of the multiset of records, see :mod:`mxprivacy.gluon.dist_data`), so
+  workers holding different data stop at the first step;
+- where the step's examples come from: announced by a sharded DPDataLoader, or the
+  documented opt-out ``DPTrainer(dist_own_sampler=True)``. Steps that are neither are
+  refused on every worker (a loader without ``trainer=`` samples the whole data set
+  on every worker).
+
+Each setting is 32 bits of its SHA-256 in 4-bit digits d; the workers push (d, d^2) under
+a dedicated key and pull the sums. All workers agree on a digit iff
+``W * sum(d^2) == sum(d)^2`` (the variance is zero); sums of small integers are exact in
+float32 for W < 74,000. Every worker reads the same sums and so takes the same decision:
+all raise :class:`~mxprivacy.WorkerMismatchError`, naming the settings, before any
+gradient is pushed. It costs one more round trip (a second barrier) per step: 0.6 ms
+alone on loopback; a 784-256-10 MLP step went from 15.6 to 18.1 ms with 2 workers
+sharing 2 cores. Hashing the ledger adds about 30 us per step.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Dict, List
+
+import numpy as np
+from mxnet import nd
+
+from ..errors import SamplingError, WorkerMismatchError
+
+__all__ = ["settings_digest", "disagreements", "dist_settings", "check_workers_agree",
+           "SUMS"]
+
+_DIGITS = 8  # 4-bit digits per setting: 32 bits of its SHA-256
+_OPTIMIZER_COUNTERS = {"num_update", "begin_num_update", "rescale_grad"}
+# Hyper-parameters are the optimizer's scalars; its dicts are keyed by parameter names,
+# which may differ between processes (per-parameter multipliers are checked by shape).
+_SCALARS = (int, float, str, bool, type(None))
+SUMS = "the kvstore's sums"  # the leading count digit: not W when the server alters pushes
+FROM_LOADER, OWN_SAMPLER = "DPDataLoader(..., trainer=trainer)", "own sampler"
+UNANNOUNCED = "not announced by a DPDataLoader(..., trainer=trainer)"
+_LEDGER_HINT = ("The workers' privacy ledgers differ: a checkpoint was loaded on some "
+                "workers only, or different checkpoints. Every worker must call "
+                "trainer.load_states on the same file (copy rank 0's to every host), or "
+                "none.")
+HINTS = {
+    SUMS: "The parameter server did not return the sum of the workers' pushes: the "
+          "kvstore has its own optimizer (KVStore.set_optimizer) or alters pushes. "
+          "Create the kvstore without set_optimizer.",
+    "steps": _LEDGER_HINT, "run_id": _LEDGER_HINT, "ledger": _LEDGER_HINT,
+    "data": "Every worker must give DPDataLoader the same data set: the same N records "
+            "(their order does not matter).",
+    "batches": f"Every worker must draw its batches from {FROM_LOADER}, or every worker "
+               "must opt out with DPTrainer(..., dist_own_sampler=True).",
+}
+
+
+def settings_digest(settings: Dict[str, str]) -> np.ndarray:
+    """``[1, digits of setting 1, digits of setting 2, ...]``: 8 4-bit digits (32 bits of
+    SHA-256) per setting, in the dict's order; the leading 1 counts the workers."""
+    digits = [1.0]
+    for name, value in settings.items():
+        digest = hashlib.sha256(f"{name}\0{value}".encode("utf-8")).digest()
+        for byte in digest[:_DIGITS // 2]:
+            digits += [float(byte >> 4), float(byte & 15)]
+    return np.asarray(digits, dtype=np.float32)
+
+
+def disagreements(sums: np.ndarray, num_workers: int, names: List[str]) -> List[str]:
+    """The settings on which the workers differ, from the pulled sums of
+    ``[digest, digest**2]`` (the same on every worker, so is the answer)."""
+    total = np.asarray(sums, dtype=np.float64)
+    first, second = np.split(total, 2)
+    if first[0] != num_workers:
+        return [SUMS]
+    spread = num_workers * second[1:] - first[1:] ** 2
+    return [name for number, name in enumerate(names)
+            if np.any(spread[number * _DIGITS:(number + 1) * _DIGITS] != 0)]
+
+
+def ledger_digest(trainer) -> str:
+    """SHA-256 of the accountant's state and the per-step worker counts."""
+    state = {"privacy": trainer.accountant.state_dict(), "workers": trainer.worker_counts}
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _batch_source(trainer) -> str:
+    if trainer._own_sampler:
+        return OWN_SAMPLER
+    announced = trainer._loader_examples is not None and trainer._data_digest is not None
+    return FROM_LOADER if announced else UNANNOUNCED
+
+
+def dist_settings(trainer) -> Dict[str, str]:
+    """What every worker must agree on, as strings (see the module docstring)."""
+    opt = trainer._optimizer
+    hyper = {k: v for k, v in sorted(vars(opt).items()) if not k.startswith("_")
+             and k not in _OPTIMIZER_COUNTERS and isinstance(v, _SCALARS)}
+    schedule = opt.lr_scheduler
+    hyper["lr_scheduler"] = None if schedule is None else [type(schedule).__name__, {
+        k: v for k, v in sorted(vars(schedule).items()) if isinstance(v, _SCALARS)}]
+    params = [[list(p.shape), str(np.dtype(p.dtype)), p.lr_mult, p.wd_mult]
+              for p in trainer._trainable()]
+    bounds = getattr(trainer._clipping, "bounds", None)
+    clip = list(bounds.values()) if bounds else trainer._clipping.bound
+    return {"noise_multiplier": repr(float(trainer.noise_multiplier)),
+            "max_grad_norm": json.dumps([trainer.clipping, clip]),
+            "sensitivity": repr(float(trainer.sensitivity)),
+            "sample_rate": repr(float(trainer.sample_rate)),
+            "expected_batch_size": repr(float(trainer.expected_batch_size)),
+            "dataset_size": repr(trainer.dataset_size),
+            "sampling": trainer.sampling, "loss_reduction": trainer.loss_reduction,
+            "accountant": type(trainer.accountant).__name__,
+            "secure_mode": repr(trainer.secure_mode),
+            "optimizer": json.dumps([type(opt).__name__, hyper, repr(trainer._scale)],
+                                    sort_keys=True, default=repr),
+            "parameters": json.dumps(params, default=repr),
+            "steps": repr(trainer.steps), "run_id": trainer.run_id,
+            "ledger": ledger_digest(trainer),
+            "data": trainer._data_digest or "no DPDataLoader(..., trainer=trainer)",
+            "batches": _batch_source(trainer)}
+
+
+def _shown(name: str, settings: Dict[str, str], num_workers: int) -> str:
+    value = settings.get(name, num_workers)
+    if name == "ledger":
+        return f"ledger=sha256:{str(value)[:12]}..."
+    if name == "data" and ";" in str(value):
+        size, digest = str(value).split(";", 1)
+        return f"data={size}, sha256:{digest[:12]}..."
+    return f"{name}={value}"
+
+
+def check_workers_agree(trainer, key: int) -> None:
+    """The agreement check (one round trip); raises on every worker at once."""
+    job = trainer._dist
+    settings = dist_settings(trainer)
+    digest = settings_digest(settings)
+    pushed = nd.array(np.concatenate([digest, digest * digest]))
+    with job.watchdog.watch("the other workers' settings (agreement check)"):
+        job.kvstore.pushpull(key, pushed, out=pushed)
+        sums = pushed.asnumpy()
+    differ = disagreements(sums, job.num_workers, list(settings))
+    if differ:
+        mine = "; ".join(_shown(name, settings, job.num_workers) for name in differ)
+        hints = " ".join(dict.fromkeys(HINTS[name] for name in differ if name in HINTS))
+        raise WorkerMismatchError(
+            f"The {job.num_workers} workers disagree on {', '.join(differ)} (worker "
+            f"rank {job.rank} has {mine}). {hints + ' ' if hints else ''}Every worker must "
+            "run the same DP-SGD settings, data and ledger, or the noise, the update and "
+            "the reported epsilon do not describe the step. No gradient of this step was "
+            "pushed.")
+    if settings["batches"] == UNANNOUNCED:
+        raise SamplingError(
+            f"With kvstore {job.kvstore.type!r} every step's examples must come from "
+            f"{FROM_LOADER}: it keeps this worker's shard of the data set and announces "
+            "each batch. This step's were not announced (a loader without trainer=, or "
+            "batches made by hand), so each worker may have sampled the whole data set and "
+            "a record could be counted W times. If you shard and Poisson-sample yourself, "
+            "build every worker's DPTrainer with dist_own_sampler=True (see its "
+            "docstring for what you must then guarantee). No gradient of this step was "
+            "pushed.")
