@@ -342,7 +342,8 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     sigma = _resolve_sigma(cfg, rate, total_steps)
     net = build_model(cfg.model, activation=cfg.activation)
     net.initialize(mx.init.Xavier(), ctx=ctx)
-    net(mx.nd.zeros((1,) + xtr.shape[1:], ctx=ctx))  # shapes now: rank 0's are broadcast
+    with autograd.train_mode():  # shapes now (rank 0's weights are broadcast); in predict
+        net(mx.nd.zeros((1,) + xtr.shape[1:], ctx=ctx))  # mode MKLDNN would reorder them
     net = PrivateBlock(net, mode=cfg.mode)
     trainer = DPTrainer(net.collect_params(), "sgd",
                         {"learning_rate": cfg.lr, "momentum": cfg.momentum},

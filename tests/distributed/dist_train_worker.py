@@ -3,6 +3,9 @@
 ``python -m tests.distributed.dist_train_worker train-killed STEP -- TRAIN ARGS``
     ``mxprivacy train TRAIN ARGS``, except that rank 1 kills itself with SIGKILL right
     after its step STEP (a test hook: nothing in mxprivacy knows about it).
+``python -m tests.distributed.dist_train_worker train-cnn OUTDIR DATA_DIR``
+    ``run_training`` of the CNN on 2048 MNIST images (4 steps); each rank writes its
+    result to ``result-RANK.json``.
 ``python -m tests.distributed.dist_train_worker run OUTDIR``
     DP-SGD on a small synthetic task; after every step rank 0 writes the checkpoint
     (``save_states``), then the weights, then ``saved.json`` (steps and epsilon of the
@@ -116,10 +119,20 @@ def train_killed(step, argv):
     return main(argv)
 
 
+def train_cnn(out, data_dir):
+    from mxprivacy.train import TrainConfig, run_training
+
+    result = run_training(TrainConfig(model="cnn", data_dir=data_dir, train_limit=2048,
+                                      epochs=1, kvstore="dist_sync", progress=False))
+    write_json(os.path.join(out, f"result-{result.rank}.json"), result.to_dict())
+
+
 def main(argv):
     warnings.simplefilter("ignore")
     if argv[0] == "train-killed":
         return train_killed(int(argv[1]), argv[argv.index("--") + 1:])
+    if argv[0] == "train-cnn":
+        return train_cnn(argv[1], argv[2])
     {"run": scenario_run, "resume": scenario_resume}[argv[0]](argv[1])
     return 0
 

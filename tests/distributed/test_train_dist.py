@@ -88,6 +88,23 @@ def test_a_sigkilled_worker_stops_the_train_job(capfd):
     assert json_lines(out) == [] and "test accuracy" not in out
 
 
+def test_the_cnn_trains_on_two_workers(data_dir, tmp_path):
+    """The CNN's weights are broadcast from rank 0 (its shapes come from a forward pass in
+    train mode: in predict mode MKLDNN reorders conv weights, which ps-lite cannot send).
+    Both ranks end with the same result, and the epsilon of 4 steps at q = 512 / 2048."""
+    code, _ = job([sys.executable, "-m", "tests.distributed.dist_train_worker", "train-cnn",
+                   str(tmp_path), data_dir])
+    assert code == 0
+    results = [json.loads((tmp_path / f"result-{rank}.json").read_text()) for rank in (0, 1)]
+    for result in results:
+        result.pop("seconds")
+    assert results[0] == results[1]
+    result = results[0]
+    assert (result["model"], result["steps"], result["num_workers"]) == ("cnn", 4, 2)
+    assert result["epsilon"] == pytest.approx(
+        epsilon_for(result["noise_multiplier"], 0.25, 4, 1e-5), rel=1e-12)
+
+
 # -- outside a launched job, options ---------------------------------------------------
 @pytest.fixture
 def not_launched(monkeypatch):
