@@ -86,7 +86,8 @@ class TrainConfig:
     started by ``mxprivacy launch`` (see :mod:`mxprivacy.gluon.distributed`): every worker
     loads the whole data set and samples its block at the same rate q, ``batch_size`` is
     the expected *global* batch, and the epsilon is that of one machine with the same q,
-    sigma and steps. Only rank 0 shows progress. ``dist_timeout``: seconds a worker waits
+    sigma and steps. Only rank 0 shows progress (its loss is that of rank 0's local
+    batch). ``dist_timeout``: seconds a worker waits
     for the others before it exits with code 75 (default ``$MXPRIVACY_DIST_TIMEOUT``,
     else 600; ``inf``: no limit).
     """
@@ -307,11 +308,12 @@ def _check_launched(kvstore: str) -> None:
 
     missing = [name for name in DMLC_VARIABLES if name not in os.environ]
     if kvstore in DIST_KVSTORES and missing:
+        verb = "is" if len(missing) == 1 else "are"
         raise InvalidParameterError(
             f"kvstore {kvstore!r} trains on the workers of a parameter-server job, but "
-            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set. Start it with the launcher, e.g. mxprivacy "
-            f"launch -n 2 -s 1 -- mxprivacy train --kvstore {kvstore} ... (or use "
-            "--kvstore local on one machine).")
+            f"{', '.join(missing)} {verb} not set. Start it with the launcher, e.g. "
+            f"mxprivacy launch -n 2 -s 1 -- mxprivacy train --kvstore {kvstore} ... (or "
+            "use --kvstore local on one machine).")
 
 
 def run_training(cfg: TrainConfig) -> TrainResult:
