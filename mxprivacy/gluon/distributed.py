@@ -49,7 +49,7 @@ The number of workers of every step
     resume would be simpler but would strand a run whose host died.
 
 Agreement check (every step): see :mod:`mxprivacy.gluon.dist_agreement`. The settings,
-the ledger (steps, run id, a SHA-256 of the accountant's state), the data digest and the
+the ledger (steps, run id, a SHA-256 of the accountant's state), the loaders' N and the
 source of the batches must be the same on every worker, else every worker raises
 :class:`~mxprivacy.WorkerMismatchError` before any gradient is pushed. Steps whose
 examples were not announced by a sharded loader are refused on every worker, unless
@@ -221,7 +221,7 @@ class DistributedMixin:
         """The kvstore to give Gluon: a dist one is created (or taken) here, so that the
         rank and the number of workers are known from the start."""
         self._worker_counts: List[List[int]] = []
-        self._data_digest: Optional[str] = None
+        self._loader_size: Optional[int] = None
         self._local_expected: Optional[float] = None
         kind = kvstore_kind(kvstore)
         if kind not in DIST_KVSTORES:
@@ -316,12 +316,13 @@ class DistributedMixin:
         std."""
         return std / math.sqrt(self.num_workers)
 
-    def _register_loader(self, digest: str, shard_size: int) -> None:
-        """Called by a DPDataLoader built with ``trainer=``: the data digest (checked at
-        every step) and its shard's size (the Poisson check then expects q |shard|)."""
+    def _register_loader(self, size: int, shard_size: int) -> None:
+        """Called by a DPDataLoader built with ``trainer=``: its N (the same on every
+        worker, checked at every step) and its shard's size (the Poisson check then
+        expects q |shard|)."""
         if self._dist is None:
             return
-        self._data_digest = digest
+        self._loader_size = int(size)
         expected = self.sample_rate * shard_size
         if expected != self._local_expected:
             self._local_expected = expected

@@ -218,8 +218,10 @@ class DPDataLoader:
         size (every worker passes the whole data set, in any order). Default: the
         trainer's (a ``dist_sync`` :class:`~mxprivacy.DPTrainer` knows both), else one
         worker; in a worker of a multi-worker job, a loader with neither is refused.
-        Poisson sampling only. With a dist trainer, the loader registers a digest of
-        the data, which every worker must share (checked at every step).
+        Poisson sampling only. With a dist trainer, every worker's N must be the same
+        (checked at every step). ``loader.shard`` holds the kept records' indices;
+        ``loader.data_digest`` (W > 1) is a SHA-256 of the multiset of records, to
+        compare the workers' copies out of band.
     record_ids : sequence of int or str, optional
         With several workers: one id per record, the same on every worker, used instead
         of the records' content to assign them to workers (a ``Dataset`` is then not
@@ -263,7 +265,8 @@ class DPDataLoader:
             if self.sampling == "fixed" else PoissonBatchSampler(len(self.shard), rate, **options)
         register = getattr(trainer, "_register_loader", None)
         if register is not None:  # its Poisson check expects q |shard|; data agreement
-            register(shard.digest, len(self.shard))
+            register(size, len(self.shard))
+        self.data_digest = shard.data_digest  # SHA-256 of the multiset of records (W > 1)
         self.sample_rate = self.sampler.sample_rate
         self.trainer = trainer
         self.ctx = ctx

@@ -394,10 +394,11 @@ def dist_stub(dataset_size=None, rank=0):
     return stub, registered
 
 
-def test_the_loader_registers_a_digest_of_the_records_whatever_their_order():
-    """The digest (checked by every worker at every step) is N and a SHA-256 of the
-    multiset of records: equal for another order (the shards still partition), different
-    for one changed record or a shorter copy. Mutation checked: a constant digest fails."""
+def test_the_loader_registers_n_and_digests_the_records_whatever_their_order():
+    """The trainer gets N (compared by every worker at every step) and the shard's size;
+    loader.data_digest (for out-of-band checks, never pushed to the server) is a SHA-256
+    of the multiset of records: equal for another order, different for one changed
+    record or a shorter copy. Mutation checked: a constant digest fails."""
     x, y = distinct_records(20)
     other = x.copy()
     other[3, 0] += 1.0
@@ -407,11 +408,29 @@ def test_the_loader_registers_a_digest_of_the_records_whatever_their_order():
     for name, data in copies.items():
         stub, registered = dist_stub()
         loader = DPDataLoader(data, sample_rate=0.25, trainer=stub)
-        [(digests[name], size)] = registered
-        assert size == len(loader.shard)
+        assert registered == [(len(data[0]), len(loader.shard))]
+        digests[name] = loader.data_digest
     assert digests["same"] == digests["reversed"]
     assert len({digests["same"], digests["one other"], digests["shorter"]}) == 3
     assert digests["shorter"].startswith("N=19;") and digests["same"].startswith("N=20;")
+
+
+def test_workers_with_different_copies_never_sample_one_record_twice():
+    """Rank 1's copy is in another order and has two other records: every record (by
+    content) is kept by one worker at most, and each common record by exactly one, so
+    the guarantee holds for the records trained on although the copies differ.
+    Mutation checked: positional blocks keep records twice."""
+    x, y = distinct_records(40)
+    other = x.copy()
+    other[[3, 7]] += 1.0
+    copies = [(x, y), (other[::-1].copy(), y[::-1].copy())]
+    kept = []
+    for rank, (cx, cy) in enumerate(copies):
+        loader = DPDataLoader((cx, cy), sample_rate=1.0, num_workers=2, rank=rank)
+        kept += [cx[i].tobytes() + cy[i].tobytes() for i in loader.shard]
+    assert len(kept) == len(set(kept))
+    common = {x[i].tobytes() + y[i].tobytes() for i in range(40) if i not in (3, 7)}
+    assert common <= set(kept)
 
 
 def test_a_dist_loader_needs_the_whole_data_set_when_the_trainer_knows_n():
@@ -496,7 +515,7 @@ def test_a_dist_step_must_be_announced_by_a_sharded_loader_unless_opted_out(
 
 
 def test_the_agreement_covers_the_ledger_the_data_and_the_batch_source(fresh_process):
-    """Steps, run id, a SHA-256 of the ledger (with the worker counts), the data digest
+    """Steps, run id, a SHA-256 of the ledger (with the worker counts), the loader's N
     and the batch source are settings every worker must share."""
     block = worker.exact_net()
     trainer = DPTrainer(block.collect_params(), "sgd", {"learning_rate": 0.1},
@@ -508,8 +527,8 @@ def test_the_agreement_covers_the_ledger_the_data_and_the_batch_source(fresh_pro
     trainer.accountant.compose(trainer.step_event())
     after = dist_settings(trainer)
     assert after["ledger"] != before["ledger"] and after["steps"] == before["steps"]
-    trainer._register_loader("N=64;abc", 64)
-    assert dist_settings(trainer)["data"] == "N=64;abc"
+    trainer._register_loader(64, 30)
+    assert dist_settings(trainer)["data"] == "N=64"
     trainer.expect_examples(3)
     assert dist_settings(trainer)["batches"] != before["batches"]
 
@@ -608,7 +627,7 @@ def test_a_second_dist_trainer_is_refused_and_the_first_still_steps(misuse_job):
     for report in misuse_job:
         for name in ("second by name", "second, shared"):
             assert "already started a distributed DPTrainer" in report["errors"][name]
-        assert report["steps"] == 1
+        assert report["steps"] == 2
 
 
 def test_a_step_not_announced_by_a_sharded_loader_is_refused_on_every_worker(misuse_job):
@@ -616,14 +635,16 @@ def test_a_step_not_announced_by_a_sharded_loader_is_refused_on_every_worker(mis
         assert "were not announced" in report["errors"]["by hand"]
 
 
-def test_workers_holding_other_data_stop_at_the_first_step(misuse_job):
-    """Rank 1 holds one other record, or two records fewer (the trainer has no
-    dataset_size here): every worker raises WorkerMismatchError naming the data, before
-    any gradient is pushed. Mutation checked: without the data digest both step."""
+def test_workers_holding_data_sets_of_another_size_stop_at_the_first_step(misuse_job):
+    """Rank 1 holds two records fewer (the trainer has no dataset_size here): every
+    worker raises WorkerMismatchError naming the data, before any gradient is pushed.
+    A copy with one other record steps (the contents never reach the server; see the
+    previous test for why the guarantee holds). Mutation checked: without the loader's N
+    in the agreement both step."""
     for rank, report in enumerate(misuse_job):
-        for how in ("other", "shorter"):
-            assert f"disagree on data (worker rank {rank}" in report["errors"][how]
-    assert "data=N=10," in misuse_job[1]["errors"]["shorter"]
+        assert f"disagree on data (worker rank {rank}" in report["errors"]["shorter"]
+        assert report["steps"] == 2
+    assert "data=N=10" in misuse_job[1]["errors"]["shorter"]
 
 
 def test_shards_partition_the_data_set_whatever_each_workers_order(misuse_job):
