@@ -41,6 +41,7 @@ bench: $(BENCH_STAMP)
 	$(PY) benchmarks/accounting.py --json
 	$(PY) benchmarks/mechanisms.py --json
 	$(PY) benchmarks/audit.py --json
+	$(PY) benchmarks/distributed.py --json
 	$(PY) benchmarks/kanon.py --data-dir $(DATA_DIR) --json
 	MXPRIVACY_DATA=$(DATA_DIR) $(PY) benchmarks/dp_step.py --json
 	MXPRIVACY_DATA=$(DATA_DIR) $(PY) benchmarks/mnist_accuracy.py --model mlp --json
