@@ -18,10 +18,13 @@ import numpy as np
 
 from . import _validate
 from .canaries import (SCORES, AuditReport, CanarySet, canary_bounds, canary_scores, check_labels,
-                       make_canaries, numeric_array)
+                       check_num_classes, make_canaries, numeric_array)
 from ..errors import AuditInputError
 
 __all__ = ["model_logits", "attack_inputs", "audit_training", "AuditReport"]
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _positive_int(name: str, value) -> int:
@@ -131,8 +134,9 @@ def _class_ids(y, num_classes: int) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-def audit_training(train, test=None, *, canaries: Optional[CanarySet] = None,
-                   m: Optional[int] = None, kind: Optional[str] = None,
+def audit_training(train, test=None, *, num_classes: int,
+                   canaries: Optional[CanarySet] = None, m: Optional[int] = None,
+                   kind: Optional[str] = None, value_range: Optional[tuple] = None,
                    seed: Optional[int] = None, build_net: Optional[Callable] = None,
                    private: bool = True, noise_multiplier: Optional[float] = None,
                    target_epsilon: Optional[float] = None, max_grad_norm: float = 1.0,
@@ -146,21 +150,33 @@ def audit_training(train, test=None, *, canaries: Optional[CanarySet] = None,
     net trains on the union with DP-SGD (``private=True``: :class:`~mxprivacy.DPTrainer`
     and :class:`~mxprivacy.DPDataLoader`) or, as a baseline, with a plain
     ``gluon.Trainer`` in the same Poisson-sampled loop. An included canary is one record
-    like any other: it counts in the accountant's ``dataset_size``, is sampled with the
-    same rate and clipped to the same bound. Each canary is then scored (``score``:
-    ``"log_prob"`` or ``"logit"`` of its label, higher = member) and the scores of
-    included and excluded canaries give epsilon lower bounds (:func:`canary_bounds`).
+    like any other: it is sampled with the same rate and clipped to the same bound. The
+    sampling rate ``q = expected_batch_size / (n + m / 2)`` (``n`` training records, ``m``
+    canaries) and the number of steps are fixed before the inclusion coins are drawn:
+    were they computed from the records actually present, every canary's coin would
+    change the rate of every record and the number of steps, which the accountant does
+    not charge for. Each canary is then scored (``score``: ``"log_prob"`` or ``"logit"``
+    of its label, higher = member) and the scores of included and excluded canaries give
+    epsilon lower bounds (:func:`canary_bounds`).
 
     Parameters
     ----------
     train, test : (x, y) pairs
-        Training data (inputs, integer labels); optional test data for the accuracy.
+        Training data (inputs, integer labels); optional test data for the accuracy,
+        checked (input shape, labels) before training.
+    num_classes : int
+        Number of classes of the task (the net's outputs): public, not ``max(y) + 1``.
     canaries : CanarySet, optional
-        Ready canaries; by default ``make_canaries(x_train, y_train, m, kind, seed=seed)``
-        with ``m=1000`` (at most ``len(x_train)``) and ``kind="mislabeled"``.
+        Ready canaries; their inputs must not occur in ``train`` (checked: equal rows are
+        refused). By default ``m`` canaries of ``kind`` (``"mislabeled"``) are made:
+        mislabeled canaries copy ``m`` random rows of ``train`` that are then HELD OUT
+        of the training data, so no input is trained on twice (default ``m``: 1000, at
+        most half the training rows); the ood kinds (default ``m`` 1000) need
+        ``value_range``, a public range of input values.
     build_net : callable, optional
         ``build_net()`` returns a fresh Gluon block (initialized or not; uninitialized
-        parameters get Xavier). Default: ``mxprivacy.train.build_model("mlp")``.
+        parameters get Xavier). Default: ``mxprivacy.train.build_model("mlp",
+        num_classes=num_classes)``.
     private : bool
         False trains the non-private baseline (then give no noise settings).
     noise_multiplier, target_epsilon
@@ -170,8 +186,8 @@ def audit_training(train, test=None, *, canaries: Optional[CanarySet] = None,
         DP-SGD settings (SGD with momentum). The baseline uses the same batches and
         learning rate, without clipping and noise.
     delta, significance : float
-        Delta of the accountant's epsilon and of the lower bounds; the bounds hold
-        with probability ``1 - significance``.
+        Delta of the accountant's epsilon and of the lower bounds; each bound holds with
+        probability ``1 - significance``.
     seed : int, optional
         Seed of the canaries and their inclusion (tests only; default OS entropy).
     sampling_seed : int, optional
@@ -190,8 +206,8 @@ def audit_training(train, test=None, *, canaries: Optional[CanarySet] = None,
     start = time.perf_counter()
     ctx = mx.cpu() if ctx is None else ctx
     x_train, y_train = _pair("train", train)
-    test = None if test is None else _pair("test", test)
-    canaries = _resolve_canaries(canaries, x_train, y_train, m, kind, seed)
+    num_classes = _class_count(num_classes, y_train)
+    test = None if test is None else _test_pair(test, x_train, num_classes)
     significance = _validate.significance(significance)
     delta = _validate.delta(delta, allow_zero=False)
     if score not in SCORES:
@@ -199,12 +215,15 @@ def audit_training(train, test=None, *, canaries: Optional[CanarySet] = None,
     settings = _training_settings(private, noise_multiplier, target_epsilon, max_grad_norm,
                                   expected_batch_size, epochs, lr, momentum, accountant,
                                   delta, sampling_seed)
-    x_all, y_all = _training_set(x_train, y_train, canaries)
-    num_classes = int(max(y_train.max(), canaries.y.max())) + 1
+    canaries, (x_rest, y_rest) = _resolve_canaries(
+        canaries, (x_train, y_train), dict(m=m, kind=kind, value_range=value_range,
+                                           seed=seed, num_classes=num_classes))
+    settings.update(_sampling_plan(settings, len(x_rest), len(canaries)))
+    x_all, y_all = _training_set(x_rest, y_rest, canaries)
     net = _build(build_net, num_classes, ctx)
     net, facts = (_train_private if private else _train_baseline)(net, x_all, y_all,
                                                                    settings, ctx)
-    scores = canary_scores(model_logits(net, canaries.x, ctx=ctx), canaries.y, score)
+    scores = _canary_scores(net, canaries, score, ctx, settings)
     bounds = canary_bounds(scores, canaries.included, significance=significance, delta=delta)
     return AuditReport(
         **bounds, epsilon=facts["epsilon"], delta=delta, significance=significance,
@@ -213,20 +232,50 @@ def audit_training(train, test=None, *, canaries: Optional[CanarySet] = None,
         kind=canaries.kind, score=score, private=bool(private),
         noise_multiplier=facts["noise_multiplier"],
         max_grad_norm=float(max_grad_norm) if private else None,
-        expected_batch_size=settings["batch"], epochs=float(epochs), steps=facts["steps"],
+        expected_batch_size=settings["batch"], sample_rate=settings["rate"],
+        epochs=float(epochs), steps=settings["steps"],
         seconds=time.perf_counter() - start, in_scores=scores[canaries.included],
         out_scores=scores[~canaries.included], net=net)
 
 
-def _resolve_canaries(canaries, x_train, y_train, m, kind, seed) -> CanarySet:
+def _class_count(num_classes, y_train) -> int:
+    """``num_classes`` (public, >= 2), with every training label below it."""
+    count = check_num_classes(num_classes)
+    check_labels(y_train, count)
+    return count
+
+
+def _test_pair(test, x_train, num_classes: int):
+    """The test pair, checked before training: the training inputs' shape, labels in
+    ``[0, num_classes)``."""
+    x_test, y_test = _pair("test", test)
+    if x_test.shape[1:] != x_train.shape[1:]:
+        raise AuditInputError(
+            f"test inputs have shape {x_test.shape[1:]} per example, the training inputs "
+            f"{x_train.shape[1:]}: give test data of the same kind.")
+    labels, _ = check_labels(y_test, num_classes)
+    return x_test, labels
+
+
+def _resolve_canaries(canaries, train, options: dict) -> tuple:
+    """``(canaries, (x, y) to train on besides them)``."""
+    x_train, y_train = train
     if canaries is None:
-        m = min(1000, len(x_train)) if m is None else m
-        return make_canaries(x_train, y_train, m, kind or "mislabeled", seed=seed)
+        kind = options["kind"] or "mislabeled"
+        m = options["m"]
+        if m is None:
+            m = min(1000, len(x_train) // 2) if kind == "mislabeled" else 1000
+        made = make_canaries(x_train, y_train, m, kind, num_classes=options["num_classes"],
+                             value_range=options["value_range"], seed=options["seed"])
+        if made.source_index is None:
+            return made, (x_train, y_train)
+        keep = np.ones(len(x_train), bool)
+        keep[made.source_index] = False  # held out: their inputs are canaries now
+        return made, (x_train[keep], y_train[keep])
     if not isinstance(canaries, CanarySet):
         raise AuditInputError(
             f"canaries must be a CanarySet from make_canaries; got {type(canaries).__name__}.")
-    given = [name for name, value in (("m", m), ("kind", kind), ("seed", seed))
-             if value is not None]
+    given = [name for name in ("m", "kind", "value_range", "seed") if options[name] is not None]
     if given:
         raise AuditInputError(
             f"{', '.join(given)} describe canaries to make, but canaries= were given: pass "
@@ -235,7 +284,37 @@ def _resolve_canaries(canaries, x_train, y_train, m, kind, seed) -> CanarySet:
         raise AuditInputError(
             f"canary inputs have shape {canaries.x.shape[1:]} per example, the training "
             f"inputs {x_train.shape[1:]}: make the canaries from training-like inputs.")
-    return canaries
+    check_labels(canaries.y, options["num_classes"])
+    _refuse_shared_inputs(canaries.x, x_train)
+    return canaries, (x_train, y_train)
+
+
+def _refuse_shared_inputs(canary_x, x_train) -> None:
+    """A canary input equal to a training input (as float32, the training dtype) would
+    put that input in training twice: refuse it."""
+    rows = {row.tobytes() for row in np.asarray(x_train, np.float32).reshape(len(x_train), -1)}
+    flat = np.asarray(canary_x, np.float32).reshape(len(canary_x), -1)
+    shared = [i for i, row in enumerate(flat) if row.tobytes() in rows]
+    if shared:
+        raise AuditInputError(
+            f"{len(shared)} canary input(s) (first: canary {shared[0]}) are also training "
+            "inputs, which would be trained on twice. Make the canaries from public data "
+            "or from rows you remove from train (np.delete(x, canaries.source_index, "
+            "axis=0)), or let audit_training make them (it holds their sources out).")
+
+
+def _sampling_plan(settings: dict, n_records: int, m: int) -> dict:
+    """The sampling rate and steps, from public quantities only: ``n_records`` and the
+    expected number ``m / 2`` of included canaries (never the realized one)."""
+    from ..accounting.calibration import loader_steps
+
+    expected = n_records + m / 2
+    if settings["batch"] > expected:
+        raise AuditInputError(
+            f"expected_batch_size {settings['batch']} exceeds the {expected:g} records "
+            "expected in training (training records plus half the canaries).")
+    rate = settings["batch"] / expected
+    return {"rate": rate, "steps": loader_steps(rate, settings["epochs"])}
 
 
 def _training_set(x_train, y_train, canaries: CanarySet):
@@ -259,8 +338,10 @@ def _training_settings(private, noise_multiplier, target_epsilon, max_grad_norm,
         raise AuditInputError(
             "private=True needs exactly one of noise_multiplier= or target_epsilon= "
             "(or private=False for the non-private baseline).")
-    if not _is_number(lr) or not lr > 0:
-        raise AuditInputError(f"lr must be a finite number > 0; got {lr!r}.")
+    if not _is_number(lr) or not 0 < lr <= _FLOAT32_MAX:
+        raise AuditInputError(
+            f"lr must be a number in (0, {_FLOAT32_MAX:.3g}] (MXNet's optimizers take "
+            f"float32); got {lr!r}. Typical values are 0.01 to 1.")
     if not _is_number(momentum) or not 0 <= momentum < 1:
         raise AuditInputError(f"momentum must be a number in [0, 1); got {momentum!r}.")
     return {"batch": _positive_int("expected_batch_size", expected_batch_size),
@@ -294,39 +375,29 @@ def _build(build_net, num_classes: int, ctx):
     return net
 
 
-def _steps(settings: dict, size: int) -> int:
-    from ..accounting.calibration import loader_steps
-
-    if settings["batch"] > size:
-        raise AuditInputError(
-            f"expected_batch_size {settings['batch']} exceeds the {size} training records.")
-    return loader_steps(settings["batch"] / size, settings["epochs"])
-
-
 def _train_private(net, x_all, y_all, settings: dict, ctx):
     from mxnet import autograd, gluon
 
     from ..gluon import DPDataLoader, DPTrainer, PrivateBlock
 
-    steps = _steps(settings, len(x_all))
     wrapped = PrivateBlock(net)
     planning = {} if settings["target_epsilon"] is None else {
         "target_epsilon": settings["target_epsilon"], "target_delta": settings["delta"],
         "epochs": settings["epochs"]}
     trainer = DPTrainer(wrapped.collect_params(), "sgd", settings["optimizer"],
                         noise_multiplier=settings["sigma"], max_grad_norm=settings["clip"],
-                        expected_batch_size=settings["batch"], dataset_size=len(x_all),
+                        expected_batch_size=settings["batch"], sample_rate=settings["rate"],
                         accountant=settings["accountant"], warn_delta=settings["delta"],
                         noise_seed=settings["seed"], **planning)
-    loader = DPDataLoader((x_all, y_all), expected_batch_size=settings["batch"],
-                          trainer=trainer, ctx=ctx, num_batches=steps, seed=settings["seed"])
+    loader = DPDataLoader((x_all, y_all), sample_rate=settings["rate"], trainer=trainer,
+                          ctx=ctx, num_batches=settings["steps"], seed=settings["seed"])
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     for x, y in loader:
         with autograd.record():
             loss = loss_fn(wrapped(x), y)
         loss.backward()
         trainer.step(x.shape[0])
-    facts = {"epsilon": float(trainer.epsilon(settings["delta"])), "steps": trainer.steps,
+    facts = {"epsilon": float(trainer.epsilon(settings["delta"])),
              "noise_multiplier": float(trainer.noise_multiplier)}
     return wrapped.release(), facts
 
@@ -336,10 +407,9 @@ def _train_baseline(net, x_all, y_all, settings: dict, ctx):
 
     from ..gluon import PoissonBatchSampler
 
-    steps = _steps(settings, len(x_all))
     trainer = gluon.Trainer(net.collect_params(), "sgd", settings["optimizer"])
-    sampler = PoissonBatchSampler(len(x_all), settings["batch"] / len(x_all),
-                                  num_batches=steps, seed=settings["seed"])
+    sampler = PoissonBatchSampler(len(x_all), settings["rate"], num_batches=settings["steps"],
+                                  seed=settings["seed"])
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     for indices in sampler:
         if not indices:
@@ -349,10 +419,19 @@ def _train_baseline(net, x_all, y_all, settings: dict, ctx):
             loss = loss_fn(net(x), y)
         loss.backward()
         trainer.step(settings["batch"])  # divide by the expected size, as DP-SGD does
-    return net, {"epsilon": None, "steps": steps, "noise_multiplier": None}
+    return net, {"epsilon": None, "noise_multiplier": None}
+
+
+def _canary_scores(net, canaries: CanarySet, score: str, ctx, settings: dict) -> np.ndarray:
+    logits = model_logits(net, canaries.x, ctx=ctx)
+    if not np.all(np.isfinite(logits)):
+        raise AuditInputError(
+            "The trained net outputs non-finite logits on the canaries: training diverged. "
+            f"Lower lr (now {settings['optimizer']['learning_rate']:g}).")
+    return canary_scores(logits, canaries.y, score)
 
 
 def _accuracy(net, test, ctx) -> float:
-    x_test, y_test = test
+    x_test, y_test = test  # checked by _test_pair before training
     predicted = model_logits(net, x_test, ctx=ctx).argmax(axis=1)
     return float(np.mean(predicted == y_test))

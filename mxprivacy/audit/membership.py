@@ -15,11 +15,17 @@ example into a score, HIGHER meaning "member":
   most ``max_fit_per_class`` examples of each class (a random subsample, for speed).
 
 Per slice (:class:`SlicingSpec`) and attack it reports AUC, advantage, PPV, TPR at low
-FPR and an epsilon lower bound from :class:`mxprivacy.audit.canary.CanaryScoreAuditor`
-(Clopper-Pearson, corrected for the choice of threshold). The m bounds of a run are each
-computed at significance / m, so they hold together. On a train/test split the members
-were not chosen at random per example, so the bound is a heuristic; with randomized
-canaries it is a formal lower bound on the epsilon of the training run.
+FPR and, for slices that depend on the example and its label alone (the entire data set,
+a class), an epsilon lower bound from :class:`mxprivacy.audit.canary.CanaryScoreAuditor`
+(Clopper-Pearson, corrected for the choice of threshold). Slices chosen from the model's
+outputs (loss percentile, correct or misclassified) get the metrics but no bound (None,
+shown as an em dash): which examples fall in them depends on membership, and on a 1-DP
+mechanism their bounds reached 1.33-1.37 in 20 of 20 runs. The m bounds of a run are
+each computed at significance / m, m counting the bounded (slice, attack) pairs only, so
+they hold together. The Clopper-Pearson bound treats the examples as independent trials:
+it is formal when each score comes from its own experiment with membership decided at
+random; on a train/test split, or on the examples of one training run, it is a
+heuristic (for canaries of one run, see :func:`audit_scores` with ``one_run=True``).
 """
 from __future__ import annotations
 
@@ -327,7 +333,8 @@ def _attacks(data: AttackInputData, attacks) -> List[AttackType]:
 
 
 def _plan(slices: List[SliceMasks], attacks: List[AttackType]):
-    """The (slice masks, attack) pairs to run, and the skipped ones with a reason."""
+    """The (slice masks, attack) pairs to run, and the skipped ones with a reason. A
+    task gets a bound unless its slice is chosen from the model's outputs."""
     tasks, skipped = [], []
     for slice_, in_mask, out_mask in slices:
         n_in, n_out = int(in_mask.sum()), int(out_mask.sum())
@@ -362,8 +369,10 @@ def run_membership_attacks(data: AttackInputData,
 
     Slices with no member or no non-member, and slices with fewer than 10 of either for
     a trained attack, are listed in ``skipped``. ``random_state`` seeds the folds and
-    subsamples of trained attacks (None: fresh entropy). The m bounds are computed at
-    ``significance / m`` each: together they hold with probability 1 - significance.
+    subsamples of trained attacks (None: fresh entropy). Slices chosen from the model's
+    outputs (loss percentiles, correctness) get no bound. The m other (slice, attack)
+    pairs get a Clopper-Pearson bound at ``significance / m`` each: together they hold
+    with probability 1 - significance.
     """
     if not isinstance(data, AttackInputData):
         raise AuditInputError(f"data must be an AttackInputData; got {type(data).__name__}.")
@@ -376,23 +385,35 @@ def run_membership_attacks(data: AttackInputData,
         _count("random_state", random_state, 0)
     tasks, skipped = _plan(slice_indices(data, slicing), _attacks(data, attacks))
     rng = np.random.default_rng(random_state)
-    level = significance / max(len(tasks), 1)
+    bounded = sum(not slice_.depends_on_outputs for (slice_, _, _), _ in tasks)
+    level = significance / max(bounded, 1)
     results = []
     for (slice_, in_mask, out_mask), attack in tasks:
         member, nonmember = _scores(data, attack, (in_mask, out_mask), folds, max_fit, rng)
+        bound = None if slice_.depends_on_outputs else "clopper-pearson"
         results.append(evaluate_scores(member, nonmember, slice_=slice_, attack=attack.value,
-                                       bound_significance=level, delta=delta,
+                                       bound=bound, bound_significance=level, delta=delta,
                                        fpr_targets=targets))
     return AttackResults(results, significance, delta, skipped)
 
 
 def audit_scores(in_scores, out_scores, *, significance: float = 0.05,
-                 delta: float = 1e-5) -> AttackResults:
-    """Metrics and bounds of given scores (higher = member), e.g. canary scores: the
-    Clopper-Pearson bound and the one-run bound (``epsilon_one_run``, formal when each
-    canary was included at random)."""
+                 delta: float = 1e-5, one_run: bool = False) -> AttackResults:
+    """Metrics and an epsilon lower bound of given scores (higher = member).
+
+    By default the scores are independent trials (e.g. one training run per score, each
+    score's membership decided at random): the bound is Clopper-Pearson's. With
+    ``one_run=True`` you assert that they are canaries of ONE training run, each included
+    by an independent fair coin: the bound is then ``epsilon_one_run`` (in
+    ``results[0].epsilon_one_run``; member/non-member counts that fair coins would give
+    with probability below 1e-3 raise ``AuditInputError``), and no Clopper-Pearson bound
+    is given (canaries of one run are not independent trials).
+    """
     significance = _validate.significance(significance)
     delta = _validate.delta(delta)
-    result = evaluate_scores(in_scores, out_scores, bound_significance=significance,
-                             delta=delta, one_run=True)
+    if not isinstance(one_run, (bool, np.bool_)):
+        raise AuditInputError(f"one_run must be True or False; got {one_run!r}.")
+    result = evaluate_scores(in_scores, out_scores, bound="one-run" if one_run
+                             else "clopper-pearson", bound_significance=significance,
+                             delta=delta)
     return AttackResults([result], significance, delta)

@@ -1,7 +1,7 @@
 """What a membership-inference audit runs on and what it finds: attack types, slices and
-results (:func:`evaluate_scores` turns one attack's scores into every metric and the
-epsilon lower bound), with a readable table (:meth:`AttackResults.summary`) and a
-JSON-safe dict (:meth:`AttackResults.to_dict`).
+results (:func:`evaluate_scores` turns one attack's scores into every metric and, where
+valid, an epsilon lower bound), with a readable table (:meth:`AttackResults.summary`)
+and a JSON-safe dict (:meth:`AttackResults.to_dict`).
 """
 from __future__ import annotations
 
@@ -17,13 +17,24 @@ from . import _validate, metrics
 from .canary import CanaryScoreAuditor
 
 __all__ = ["AttackType", "SlicingSpec", "Slice", "SingleAttackResult", "AttackResults",
-           "evaluate_scores", "format_table", "HEURISTIC_NOTE", "FPR_TARGETS"]
+           "evaluate_scores", "format_table", "HEURISTIC_NOTE", "OUTPUT_SLICE_NOTE",
+           "ONE_RUN_NOTE", "BOUNDS", "FPR_TARGETS", "NO_BOUND"]
 
 FPR_TARGETS = (0.001, 0.01)
+BOUNDS = ("clopper-pearson", "one-run", None)  # what evaluate_scores may bound with
+NO_BOUND = "\u2014"  # an em dash: the table's cell for a result without a bound
 
 HEURISTIC_NOTE = (
-    "The epsilon lower bound is formal only when each example was made a member at random "
-    "(randomized canaries); on a train/test split it is a heuristic.")
+    "The Clopper-Pearson bound (eps LB) treats every score as an independent trial: it is "
+    "formal when each score comes from its own experiment with membership decided at "
+    "random (e.g. one training run per score); on a train/test split, or on the examples "
+    "of one training run, it is a heuristic.")
+OUTPUT_SLICE_NOTE = (
+    "Slices chosen from the model's outputs (loss percentiles, correct or misclassified) "
+    "have no bound: they select examples by what training did to them, which voids it.")
+ONE_RUN_NOTE = (
+    "The one-run bound (Steinke, Nasr & Jagielski 2023) is valid only if each canary was "
+    "included in one training run by an independent fair coin.")
 
 
 class AttackType(str, enum.Enum):
@@ -85,6 +96,15 @@ class Slice:
     feature: str = "entire"
     value: Any = None
 
+    @property
+    def depends_on_outputs(self) -> bool:
+        """Whether the slice is chosen from the model's outputs (loss percentile,
+        correctness) rather than from the example and its label alone. Such a slice
+        gets no epsilon bound: which examples land in it depends on membership, so the
+        rates measured inside it are not those of a DP test (a 1-DP mechanism gave
+        bounds of 1.33-1.37 on loss-quartile and correctness slices)."""
+        return self.feature in ("loss_percentile", "correctly_classified")
+
     def __str__(self) -> str:
         if self.feature == "entire":
             return "Entire dataset"
@@ -112,10 +132,13 @@ class SingleAttackResult:
     ``ppv`` follows TF Privacy (the largest PPV over thresholds, see
     :func:`mxprivacy.audit.metrics.ppv`); ``ppv_at_advantage`` is the PPV at the
     threshold that maximizes the advantage. ``tpr_at_fpr`` maps a target FPR to the
-    largest TPR with FPR <= target. ``epsilon_lower_bound`` holds with probability at
-    least 1 - ``bound_significance`` (formal only for randomized membership:
-    :data:`HEURISTIC_NOTE`). ``roc`` holds at most 1,000 points of the curve (fpr, tpr,
-    thresholds); the metrics come from the full curve.
+    largest TPR with FPR <= target. ``epsilon_lower_bound`` is the Clopper-Pearson bound,
+    which holds with probability at least 1 - ``bound_significance`` for independent
+    trials (:data:`HEURISTIC_NOTE`); None for slices chosen from the model's outputs
+    (:attr:`Slice.depends_on_outputs`) and for one-run canary scores, whose bound is
+    ``epsilon_one_run`` (at the same ``bound_significance``; None otherwise). ``roc``
+    holds at most 1,000 points of the curve (fpr, tpr, thresholds); the metrics come
+    from the full curve.
     """
     slice: Slice
     attack: str
@@ -126,8 +149,8 @@ class SingleAttackResult:
     ppv: float
     ppv_at_advantage: float
     tpr_at_fpr: Dict[float, float]
-    epsilon_lower_bound: float
-    bound_significance: float
+    epsilon_lower_bound: Optional[float]
+    bound_significance: Optional[float]
     roc: Tuple[np.ndarray, np.ndarray, np.ndarray]
     epsilon_one_run: Optional[float] = None
 
@@ -165,7 +188,13 @@ _METRICS = ("epsilon_lower_bound", "auc", "advantage", "ppv", "ppv_at_advantage"
 
 
 def _vulnerability(result: SingleAttackResult):
-    return (result.epsilon_lower_bound, result.advantage, abs(result.auc - 0.5))
+    """Sort key: a result without a bound ranks as a bound of 0."""
+    bound = result.epsilon_lower_bound
+    return (0.0 if bound is None else bound, result.advantage, abs(result.auc - 0.5))
+
+
+def _bounded(results) -> List[SingleAttackResult]:
+    return [r for r in results if r.epsilon_lower_bound is not None]
 
 
 @dataclasses.dataclass
@@ -173,9 +202,11 @@ class AttackResults:
     """All results of :func:`~mxprivacy.audit.membership.run_membership_attacks`.
 
     ``skipped`` lists ``(slice, attack, reason)`` for attacks that a slice was too small
-    for. ``significance`` is the overall level: each of the m bounds was computed at
-    significance / m (Bonferroni), so they all hold together, and so does their maximum
-    :attr:`epsilon_lower_bound`, with probability at least 1 - significance.
+    for. ``significance`` is the overall level: each of the m Clopper-Pearson bounds
+    (results whose ``epsilon_lower_bound`` is not None) was computed at significance / m
+    (Bonferroni), so they all hold together, and so does their maximum
+    :attr:`epsilon_lower_bound`, with probability at least 1 - significance. Results
+    without a bound are not counted in m.
     """
     results: List[SingleAttackResult]
     significance: float
@@ -183,9 +214,13 @@ class AttackResults:
     skipped: List[Tuple[str, str, str]] = dataclasses.field(default_factory=list)
 
     @property
-    def epsilon_lower_bound(self) -> float:
-        """The largest per-slice bound (0.0 when nothing was attacked)."""
-        return max((r.epsilon_lower_bound for r in self.results), default=0.0)
+    def epsilon_lower_bound(self) -> Optional[float]:
+        """The largest Clopper-Pearson bound (0.0 when nothing was attacked; None when
+        results exist but none has a bound)."""
+        bounded = _bounded(self.results)
+        if not bounded:
+            return None if self.results else 0.0
+        return max(r.epsilon_lower_bound for r in bounded)
 
     def sorted(self) -> List[SingleAttackResult]:
         """Most vulnerable first: by epsilon lower bound, then advantage, then |AUC - 0.5|."""
@@ -198,7 +233,11 @@ class AttackResults:
             raise AuditInputError(f"Unknown metric {metric!r}; use one of {_METRICS}.")
         if not self.results:
             raise AuditInputError("No attack ran (every slice was skipped).")
-        return max(self.results, key=lambda r: getattr(r, metric))
+        candidates = _bounded(self.results) if metric == "epsilon_lower_bound" else self.results
+        if not candidates:
+            raise AuditInputError("No result has an epsilon bound (slices chosen from the "
+                                  "model's outputs have none); ask for another metric.")
+        return max(candidates, key=lambda r: getattr(r, metric))
 
     def summary(self, max_rows: Optional[int] = None) -> str:
         """A table, most vulnerable slice first, with the overall bound and its caveat."""
@@ -208,7 +247,7 @@ class AttackResults:
         """JSON-safe: plain floats, infinities as "inf", sorted most vulnerable first."""
         return {"epsilon_lower_bound": _json_number(self.epsilon_lower_bound),
                 "significance": self.significance, "delta": self.delta,
-                "bounds": len(self.results), "note": HEURISTIC_NOTE,
+                "bounds": len(_bounded(self.results)), "note": " ".join(_notes(self)),
                 "results": [r.to_dict(include_roc) for r in self.sorted()],
                 "skipped": [list(s) for s in self.skipped]}
 
@@ -225,7 +264,26 @@ class AttackResults:
 
 
 def _cell(value: Optional[float]) -> str:
-    return "-" if value is None else f"{value:.4f}" if math.isfinite(value) else str(value)
+    return NO_BOUND if value is None else f"{value:.4f}" if math.isfinite(value) else str(value)
+
+
+def _notes(results: AttackResults) -> List[str]:
+    """The caveats that apply to ``results``."""
+    notes = [HEURISTIC_NOTE] if _bounded(results.results) or not results.results else []
+    if any(r.slice.depends_on_outputs for r in results.results):
+        notes.append(OUTPUT_SLICE_NOTE)
+    if any(r.epsilon_one_run is not None for r in results.results):
+        notes.append(ONE_RUN_NOTE)
+    return notes
+
+
+def _bound_line(results: AttackResults, count: int) -> str:
+    confidence = f"{100 * (1 - results.significance):g} % confidence at delta {results.delta:g}"
+    if count == 0:
+        return "No Clopper-Pearson epsilon lower bound."
+    return f"Epsilon lower bound {_cell(results.epsilon_lower_bound)} (Clopper-Pearson): " + (
+        f"the largest of {count} bounds that hold together with {confidence} "
+        "(Bonferroni)." if count > 1 else f"holds with {confidence}.")
 
 
 def format_table(results: AttackResults, max_rows: Optional[int] = None) -> str:
@@ -234,12 +292,15 @@ def format_table(results: AttackResults, max_rows: Optional[int] = None) -> str:
     rows = results.sorted()
     shown = rows if max_rows is None else rows[:max_rows]
     targets = list(shown[0].tpr_at_fpr) if shown else []
+    one_run = [r.epsilon_one_run for r in rows if r.epsilon_one_run is not None]
     head = (["Slice", "Attack", "Members", "Non-members", "AUC", "Adv.", "PPV", "PPV@adv"]
-            + [f"TPR@{100 * t:g}%" for t in targets] + ["eps LB"])
+            + [f"TPR@{100 * t:g}%" for t in targets] + ["eps LB"]
+            + (["one-run LB"] if one_run else []))
     body = [[str(r.slice), r.attack, str(r.n_members), str(r.n_nonmembers), _cell(r.auc),
              _cell(r.advantage), _cell(r.ppv), _cell(r.ppv_at_advantage)]
             + [_cell(r.tpr_at_fpr[t]) for t in targets]
-            + [_cell(r.epsilon_lower_bound)] for r in shown]
+            + [_cell(r.epsilon_lower_bound)]
+            + ([_cell(r.epsilon_one_run)] if one_run else []) for r in shown]
     widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w)
                        for i, (c, w) in enumerate(zip(row, widths))).rstrip()
@@ -249,38 +310,47 @@ def format_table(results: AttackResults, max_rows: Optional[int] = None) -> str:
     if results.skipped:
         lines.append(f"Skipped {len(results.skipped)} (slice, attack) pairs: too few "
                      "members or non-members.")
-    confidence = f"{100 * (1 - results.significance):g} % confidence at delta {results.delta:g}"
-    lines.append(f"Epsilon lower bound {_cell(results.epsilon_lower_bound)}: " + (
-        f"the largest of {len(rows)} bounds that hold together with {confidence} "
-        "(Bonferroni)." if len(rows) > 1 else f"holds with {confidence}."))
-    lines.append(HEURISTIC_NOTE)
+    lines.append(_bound_line(results, len(_bounded(rows))))
+    for value in one_run:
+        lines.append(f"One-run epsilon lower bound {_cell(value)}: holds with "
+                     f"{100 * (1 - results.significance):g} % confidence at delta "
+                     f"{results.delta:g}.")
+    lines.extend(_notes(results))
     return "\n".join(lines)
 
 
-def _epsilon_bounds(member, nonmember, significance, delta, one_run: bool):
+def _epsilon_bounds(member, nonmember, bound, significance, delta) -> tuple:
+    """``(Clopper-Pearson bound, one-run bound, significance)``, None where not asked."""
+    if bound not in BOUNDS:
+        raise AuditInputError(f"bound must be one of {BOUNDS}; got {bound!r}.")
+    if bound is None:
+        return None, None, None
     auditor = CanaryScoreAuditor(member, nonmember)
-    bound = auditor.epsilon_clopper_pearson(significance=significance, delta=delta)
-    return float(bound), (float(auditor.epsilon_one_run(significance=significance,
-                                                        delta=delta)) if one_run else None)
+    if bound == "one-run":
+        return None, float(auditor.epsilon_one_run(significance, delta)), significance
+    return float(auditor.epsilon_clopper_pearson(significance, delta)), None, significance
 
 
 def evaluate_scores(member, nonmember, *, slice_: Slice = Slice(), attack: str = "scores",
-                    bound_significance: float = 0.05, delta: float = 1e-5,
-                    fpr_targets: Sequence[float] = FPR_TARGETS,
-                    one_run: bool = False) -> SingleAttackResult:
-    """Every metric of one set of scores (higher = member)."""
+                    bound: Optional[str] = "clopper-pearson", bound_significance: float = 0.05,
+                    delta: float = 1e-5,
+                    fpr_targets: Sequence[float] = FPR_TARGETS) -> SingleAttackResult:
+    """Every metric of one set of scores (higher = member), and an epsilon lower bound at
+    ``bound_significance``: ``"clopper-pearson"`` (independent trials, e.g. two-run
+    experiments), ``"one-run"`` (canaries of one training run, each included by an
+    independent fair coin: :meth:`CanaryScoreAuditor.epsilon_one_run`) or None."""
     member = _validate.scores("member scores", member)
     nonmember = _validate.scores("non-member scores", nonmember)
     fpr, tpr, thresholds = metrics.roc(member, nonmember)
     best = metrics.advantage_index(fpr, tpr)
     n_in, n_out = len(member), len(nonmember)
-    bound, one_run_bound = _epsilon_bounds(member, nonmember, bound_significance, delta,
-                                           one_run)
+    clopper_pearson, one_run_bound, level = _epsilon_bounds(member, nonmember, bound,
+                                                            bound_significance, delta)
     return SingleAttackResult(
         slice=slice_, attack=attack, n_members=n_in, n_nonmembers=n_out,
         auc=metrics.auc(fpr, tpr), advantage=metrics.advantage(fpr, tpr),
         ppv=metrics.ppv(fpr, tpr, n_in, n_out),
         ppv_at_advantage=metrics.ppv_at(fpr, tpr, best, n_in, n_out),
         tpr_at_fpr={t: metrics.tpr_at_fpr(fpr, tpr, t) for t in fpr_targets},
-        epsilon_lower_bound=bound, bound_significance=bound_significance,
+        epsilon_lower_bound=clopper_pearson, bound_significance=level,
         roc=metrics.thin_curve(fpr, tpr, thresholds), epsilon_one_run=one_run_bound)

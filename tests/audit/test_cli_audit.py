@@ -1,8 +1,11 @@
 """``mxprivacy audit``: table and JSON for canary scores and model outputs, one-line
 errors with exit code 2 for bad files (object arrays are never unpickled), no MXNet."""
 import json
+import struct
 import subprocess
 import sys
+import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -44,17 +47,41 @@ def test_canary_scores_table_and_json(capsys, canary_file):
     lines = out.strip().splitlines()
     assert lines[0].split()[:2] == ["Slice", "Attack"]
     assert lines[1].split()[:5] == ["Entire", "dataset", "scores", "400", "400"]
-    assert any(line.startswith("One-run epsilon lower bound") for line in lines)
+    assert not any("one-run" in line.lower() for line in lines[:-1])  # only with --one-run
     result = json.loads(lines[-1])
     with np.load(canary_file) as npz:
         auditor = CanaryScoreAuditor(npz["in_scores"], npz["out_scores"])
-    assert result["mode"] == "scores"
+    assert result["mode"] == "scores" and result["epsilon_one_run"] is None
     assert result["epsilon_lower_bound"] == pytest.approx(
         auditor.epsilon_clopper_pearson(significance=0.1, delta=1e-6))
-    assert result["epsilon_one_run"] == pytest.approx(
-        auditor.epsilon_one_run(significance=0.1, delta=1e-6))
     assert result["epsilon_lower_bound"] > 0
     assert f"{result['epsilon_lower_bound']:.4f}" in out.split("Epsilon lower bound")[1]
+
+
+def test_one_run_bound_only_with_the_flag(capsys, canary_file):
+    code, out, err = _run(capsys, "--scores", canary_file, "--significance", "0.1",
+                          "--delta", "1e-6", "--one-run", "--json")
+    assert code == 0 and err == ""
+    result = json.loads(out.strip().splitlines()[-1])
+    with np.load(canary_file) as npz:
+        auditor = CanaryScoreAuditor(npz["in_scores"], npz["out_scores"])
+    expected = auditor.epsilon_one_run(significance=0.1, delta=1e-6)
+    assert result["epsilon_one_run"] == pytest.approx(expected) and expected > 0.5
+    assert result["epsilon_lower_bound"] is None  # no Clopper-Pearson on one-run canaries
+    assert f"One-run epsilon lower bound {expected:.4f}: holds with 90 % confidence" in out
+    assert "independent fair coin" in out
+
+
+def test_one_run_refuses_a_split_fair_coins_would_not_give(capsys, tmp_path):
+    # scores without information on a 50,000/10,000 split: before the split check the
+    # one-run bound was 1.33 (f-DP 1.63) in 20 of 20 runs
+    rng = np.random.default_rng(0)
+    path = _write(tmp_path, "split.npz", in_scores=rng.normal(size=50_000),
+                  out_scores=rng.normal(size=10_000))
+    code, out, err = _run(capsys, "--scores", path, "--one-run")
+    assert code == 2 and out == "" and "independent fair coin" in err
+    code, out, _ = _run(capsys, "--scores", path)  # Clopper-Pearson: no claim about coins
+    assert code == 0 and "One-run" not in out
 
 
 def test_model_outputs_full_table(capsys, model_file):
@@ -73,9 +100,14 @@ def test_model_outputs_json_last_line(capsys, model_file):
     result = json.loads(out.strip().splitlines()[-1])
     assert code == 0 and result["mode"] == "model"
     assert {r["attack"] for r in result["results"]} == {"threshold"}
-    assert result["bounds"] == len(result["results"]) == 1 + 3 + 4 + 2
-    assert result["results"][0]["bound_significance"] == pytest.approx(0.05 / 10)
-    bounds = [r["epsilon_lower_bound"] for r in result["results"]]
+    assert len(result["results"]) == 1 + 3 + 4 + 2
+    # loss quartiles and correctness are chosen from the outputs: no bound, not counted
+    assert result["bounds"] == 1 + 3
+    for row in result["results"]:
+        bounded = row["slice_feature"] in ("entire", "class")
+        assert (row["epsilon_lower_bound"] is not None) == bounded
+        assert row["bound_significance"] == (pytest.approx(0.05 / 4) if bounded else None)
+    bounds = [r["epsilon_lower_bound"] or 0.0 for r in result["results"]]
     assert bounds == sorted(bounds, reverse=True)
     assert result["epsilon_lower_bound"] == bounds[0] > 0
 
@@ -126,6 +158,42 @@ def _npy(tmp_path):
     return path
 
 
+def _npy_header(shape, version=1, pad_to=64):
+    """The bytes of an .npy header of float64 ``shape`` (format ``version`` 1 or 2)."""
+    text = repr({"descr": "<f8", "fortran_order": False, "shape": shape}).encode()
+    text += b" " * (-(len(text) + 12 + 1) % pad_to) + b"\n"
+    size = struct.pack("<H" if version == 1 else "<I", len(text))
+    return b"\x93NUMPY" + bytes([version, 0]) + size + text
+
+
+def _zip(tmp_path, name, members):
+    """A .npz written by hand: ``members`` maps member names to their bytes."""
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for member, content in members.items():
+            archive.writestr(member, content)
+    return path
+
+
+def _huge_header(tmp_path):
+    # claims 10^9 scores but holds 24 bytes: refused from the header, never read
+    return _zip(tmp_path, "huge.npz", {"in_scores.npy": _npy_header((10 ** 9,)) + b"\0" * 24,
+                                       "out_scores.npy": _npy_header((3,)) + b"\0" * 24})
+
+
+def _long_header(tmp_path):
+    # a version-2 header of 2 MB (deflated to a few KB): numpy 1.23 would parse all of it
+    header = _npy_header((3,), version=2, pad_to=2 ** 21)
+    return _zip(tmp_path, "long.npz", {"in_scores.npy": header + b"\0" * 24,
+                                       "out_scores.npy": _npy_header((3,)) + b"\0" * 24})
+
+
+def _twice(tmp_path):
+    one = _npy_header((1,)) + b"\0" * 8
+    return _zip(tmp_path, "twice.npz", {"in_scores.npy": one, "in_scores": one,
+                                        "out_scores.npy": one})
+
+
 BAD_FILES = {
     "missing": (lambda d: d / "nowhere.npz", "Cannot read"),
     "directory": (lambda d: d, "Cannot read"),
@@ -150,6 +218,11 @@ BAD_FILES = {
                     "empty"),
     "lengths": (lambda d: _write(d, "l.npz", loss_train=[1.0, 2.0], loss_test=[1.0],
                                  labels_train=[0], labels_test=[0]), "lengths differ"),
+    "huge": (_huge_header, "holds 1,000,000,000 numbers"),
+    "long header": (_long_header, "header is 2097140 bytes long (at most 10000)"),
+    "twice": (_twice, "array 'in_scores' twice"),
+    "bool": (lambda d: _write(d, "b.npz", in_scores=[True], out_scores=[False]),
+             "dtype bool"),
 }
 
 
@@ -172,10 +245,25 @@ def test_pickled_object_arrays_are_never_unpickled(capsys, tmp_path):
     assert not marker.exists()
 
 
+def test_arrays_above_max_scores_are_refused_before_loading(capsys, canary_file, tmp_path):
+    code, _, err = _run(capsys, "--scores", canary_file, "--max-scores", "399")
+    assert code == 2 and "holds 400 numbers" in err and "--max-scores 399" in err
+    assert _run(capsys, "--scores", canary_file, "--max-scores", "400")[0] == 0
+    start = time.perf_counter()
+    code, _, err = _run(capsys, "--scores", _huge_header(tmp_path))
+    assert code == 2 and "more than --max-scores 10,000,000" in err
+    assert time.perf_counter() - start < 1.0  # 8 GB were never allocated
+
+
 @pytest.mark.parametrize("argv, words", [
     (["--significance", "1.5"], "significance must be in (0, 1)"),
     (["--significance", "x"], "invalid float value"),
     (["--delta", "1"], "delta must be in (0, 1)"),
+    (["--delta", "0"], "delta must be in (0, 1)"),
+    (["--delta", "nan"], "delta must be in (0, 1)"),
+    (["--one-run"], "--one-run needs in_scores and out_scores"),
+    (["--max-scores", "0"], "max_scores must be a whole number >= 1"),
+    (["--max-scores", "1e3"], "invalid int value"),
     (["--attacks", "svm"], "Unknown attack 'svm'"),
     (["--seed", "-1"], "random_state"),
 ])

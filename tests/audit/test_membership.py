@@ -277,6 +277,60 @@ def test_bounds_are_corrected_for_the_number_of_slices_and_attacks():
     assert results.epsilon_lower_bound == max(r.epsilon_lower_bound for r in results.results)
 
 
+def test_slices_chosen_from_the_outputs_get_metrics_but_no_bound():
+    rng = np.random.default_rng(0)
+    data = AttackInputData(logits_train=rng.normal(1, 1, (400, 2)),
+                           logits_test=rng.normal(0, 1, (400, 2)),
+                           labels_train=rng.integers(0, 2, 400), labels_test=rng.integers(0, 2, 400))
+    results = run_membership_attacks(data, ["threshold"], membership.full_slicing(data, bins=4))
+    by_feature = {}
+    for r in results.results:
+        by_feature.setdefault(r.slice.feature, []).append(r)
+    assert sorted(map(len, by_feature.values())) == [1, 2, 2, 4]
+    for feature in ("loss_percentile", "correctly_classified"):
+        for r in by_feature[feature]:
+            assert r.epsilon_lower_bound is None and r.bound_significance is None
+            assert 0 <= r.auc <= 1  # the metrics are still there
+    # the Bonferroni count is that of the bounded pairs: entire and the two classes
+    for r in by_feature["entire"] + by_feature["class"]:
+        assert r.bound_significance == pytest.approx(0.05 / 3)
+    assert results.to_dict()["bounds"] == 3
+
+
+# A pure 1-DP mechanism on each example's loss (independent examples, membership by a fair
+# coin): three loss regions whose member/non-member probability ratios are e, 1/e and
+# 1.61. Its true epsilon is 1, so no valid bound exceeds 1. A loss quartile or the
+# correct/misclassified split selects examples by what training did to them: bounds on
+# those slices exceeded 1 in 20 of 20 runs (median 1.33-1.37), the entire set's never.
+_P_OUT = np.array([0.01, 0.5, 0.49])
+_P_IN = np.array([np.e * 0.01, 0.5 / np.e, 1 - np.e * 0.01 - 0.5 / np.e])
+_LOW, _HIGH = np.array([0.0, 0.1, 0.8]), np.array([0.1, 0.6, 3.0])
+
+
+def _one_dp_data(seed, n=20_000):
+    rng = np.random.default_rng(seed)
+    member = rng.random(2 * n) < 0.5
+    region = np.where(member, rng.choice(3, 2 * n, p=_P_IN), rng.choice(3, 2 * n, p=_P_OUT))
+    loss = rng.uniform(_LOW[region], _HIGH[region])
+    z = -np.log(np.expm1(loss))  # two classes, label 0: loss = log(1 + e^-z)
+    logits = np.stack([z, np.zeros_like(z)], axis=1)
+    labels = np.zeros(2 * n, int)
+    return AttackInputData(logits_train=logits[member], logits_test=logits[~member],
+                           labels_train=labels[member], labels_test=labels[~member])
+
+
+def test_no_bound_exceeds_the_true_epsilon_of_a_one_dp_mechanism_on_any_slice():
+    assert np.max(np.abs(np.log(_P_IN / _P_OUT))) == pytest.approx(1.0)
+    for seed in range(3):
+        data = _one_dp_data(seed)
+        results = run_membership_attacks(data, ["threshold"], membership.full_slicing(data))
+        assert {r.slice.feature for r in results.results} == {
+            "entire", "class", "loss_percentile", "correctly_classified"}
+        # measured 0.28, 0.35, 0.47; bounding every slice (a mutation) gives 1.17-1.35
+        assert results.epsilon_lower_bound <= 1.0, results.summary()
+        assert results.epsilon_lower_bound > 0.2  # and the entire-set bound has power
+
+
 def test_small_slices_are_skipped_with_a_reason(small):
     results = run_membership_attacks(small, ["threshold", "lr"],
                                      SlicingSpec(by_class=True))
@@ -316,3 +370,28 @@ def test_bad_run_arguments(kwargs):
 def test_data_must_be_attack_input_data():
     with pytest.raises(AuditInputError, match="AttackInputData"):
         run_membership_attacks({"loss_train": [1.0]})
+
+
+def test_audit_scores_gives_the_one_run_bound_only_when_asked():
+    rng = np.random.default_rng(0)
+    member = rng.random(2000) < 0.5
+    scores = rng.normal(size=2000) + 2.0 * member
+    auditor = CanaryScoreAuditor(scores[member], scores[~member])
+    plain = membership.audit_scores(scores[member], scores[~member]).results[0]
+    assert plain.epsilon_one_run is None
+    assert plain.epsilon_lower_bound == auditor.epsilon_clopper_pearson(0.05, 1e-5)
+    one_run = membership.audit_scores(scores[member], scores[~member], one_run=True).results[0]
+    assert one_run.epsilon_lower_bound is None  # canaries of one run: no Clopper-Pearson
+    assert one_run.epsilon_one_run == auditor.epsilon_one_run(0.05, 1e-5) > 1.0
+    with pytest.raises(AuditInputError, match="one_run"):
+        membership.audit_scores(scores[member], scores[~member], one_run="yes")
+
+
+def test_audit_scores_refuses_the_one_run_bound_on_an_unfair_split():
+    # Identical N(0, 1) scores (no information) on a 50,000/10,000 split gave a one-run
+    # bound of 1.33 and an f-DP bound of 1.63 before the split check.
+    rng = np.random.default_rng(1)
+    members, nonmembers = rng.normal(size=50_000), rng.normal(size=10_000)
+    with pytest.raises(AuditInputError, match="independent fair coin"):
+        membership.audit_scores(members, nonmembers, one_run=True)
+    assert membership.audit_scores(members, nonmembers).results[0].epsilon_one_run is None
