@@ -184,17 +184,25 @@ def test_checkpoint_is_written_by_rank_0_only_and_loads_everywhere(noise_job):
 
 
 # -- misuse ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mismatch_job(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mismatch")
+    code, seconds = run_job("mismatch", out)
+    return out, code, seconds
+
+
 @pytest.mark.parametrize("what, setting", [("sigma", "noise_multiplier"), ("lr", "optimizer")])
-def test_workers_that_disagree_stop_at_the_first_step(tmp_path, what, setting):
-    """One worker with another sigma (or learning rate): both raise WorkerMismatchError
-    naming the setting before any gradient is pushed, and the job exits non-zero.
-    Mutation checked: without the agreement check both workers step."""
-    code, seconds = run_job(f"mismatch-{what}", tmp_path)
+def test_workers_that_disagree_stop_at_the_first_step(mismatch_job, what, setting):
+    """One worker with another sigma, then (sigma fixed) another learning rate: both
+    raise WorkerMismatchError naming that setting alone before any gradient is pushed,
+    and the job exits non-zero. Mutation checked: without the agreement check both
+    workers step."""
+    out, code, seconds = mismatch_job
     assert code != 0 and seconds < 45
     for rank in (0, 1):
-        message = json.load(open(tmp_path / f"error-{rank}.txt"))
-        assert "disagree on " + setting in message and f"rank {rank}" in message
-        assert not (tmp_path / f"stepped-{rank}.txt").exists()
+        message = json.load(open(out / f"error-{what}-{rank}.txt"))
+        assert f"disagree on {setting} (worker rank {rank}" in message
+        assert not (out / f"stepped-{rank}.txt").exists()
 
 
 def make_dist(**kwargs):
@@ -683,3 +691,20 @@ def test_a_checkpoint_loaded_on_one_worker_only_stops_every_worker(noise_job, tm
     for result in results:
         assert "disagree on steps, run_id, ledger" in result["errors"]["step"]
         assert "load_states on the same file" in result["errors"]["step"]
+
+
+def test_gradient_compression_on_the_kvstore_is_refused_with_the_reason(fresh_process):
+    """MXNet refuses push-pull under compression with an internal message (the review's
+    job crashed with it): the probe says what is wrong. Simulated on a one-worker store
+    whose push-pull raises MXNet's error."""
+    from mxnet.base import MXNetError
+
+    store = one_worker_dist_kvstore()
+
+    def compressed_pushpull(key, value, out=None, priority=0):
+        raise MXNetError("Check failed: gradient_compression_->get_type() == "
+                         "CompressionType::kNone: Compression not supported with PushPull")
+
+    store.pushpull = compressed_pushpull
+    with pytest.raises(InvalidParameterError, match="without compression"):
+        DPTrainer(worker.exact_net().collect_params(), "sgd", kvstore=store, **worker.EXACT)
