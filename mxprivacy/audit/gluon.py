@@ -16,21 +16,12 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import _validate
+from . import _training, _validate
 from .canaries import (SCORES, AuditReport, CanarySet, canary_bounds, canary_scores, check_labels,
                        check_num_classes, make_canaries, numeric_array)
 from ..errors import AuditInputError
 
 __all__ = ["model_logits", "attack_inputs", "audit_training", "AuditReport"]
-
-
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise AuditInputError(f"{name} must be an integer >= 1; got {value!r}.")
-    return int(value)
 
 
 def _net_context(net, ctx):
@@ -71,7 +62,7 @@ def model_logits(net, x, *, batch_size: int = 512, ctx=None) -> np.ndarray:
     """
     from mxnet import autograd, nd
 
-    batch_size = _positive_int("batch_size", batch_size)
+    batch_size = _training.positive_int("batch_size", batch_size)
     array = numeric_array("x", x)
     if array.ndim == 0 or len(array) == 0:
         raise AuditInputError("x is empty: give at least one example (first axis).")
@@ -212,17 +203,17 @@ def audit_training(train, test=None, *, num_classes: int,
     delta = _validate.delta(delta, allow_zero=False)
     if score not in SCORES:
         raise AuditInputError(f"score must be one of {list(SCORES)}; got {score!r}.")
-    settings = _training_settings(private, noise_multiplier, target_epsilon, max_grad_norm,
-                                  expected_batch_size, epochs, lr, momentum, accountant,
-                                  delta, sampling_seed)
+    settings = _training.training_settings(
+        private, noise_multiplier, target_epsilon, max_grad_norm, expected_batch_size,
+        epochs, lr, momentum, accountant, delta, sampling_seed)
     canaries, (x_rest, y_rest) = _resolve_canaries(
         canaries, (x_train, y_train), dict(m=m, kind=kind, value_range=value_range,
                                            seed=seed, num_classes=num_classes))
-    settings.update(_sampling_plan(settings, len(x_rest), len(canaries)))
-    x_all, y_all = _training_set(x_rest, y_rest, canaries)
-    net = _build(build_net, num_classes, ctx)
-    net, facts = (_train_private if private else _train_baseline)(net, x_all, y_all,
-                                                                   settings, ctx)
+    settings.update(_training.sampling_plan(settings, len(x_rest), len(canaries)))
+    x_all, y_all = _training.training_set(x_rest, y_rest, canaries)
+    net = _training.build(build_net, num_classes, ctx)
+    run = _training.train_private if private else _training.train_baseline
+    net, facts = run(net, x_all, y_all, settings, ctx)
     scores = _canary_scores(net, canaries, score, ctx, settings)
     bounds = canary_bounds(scores, canaries.included, significance=significance, delta=delta)
     return AuditReport(
@@ -301,125 +292,6 @@ def _refuse_shared_inputs(canary_x, x_train) -> None:
             "inputs, which would be trained on twice. Make the canaries from public data "
             "or from rows you remove from train (np.delete(x, canaries.source_index, "
             "axis=0)), or let audit_training make them (it holds their sources out).")
-
-
-def _sampling_plan(settings: dict, n_records: int, m: int) -> dict:
-    """The sampling rate and steps, from public quantities only: ``n_records`` and the
-    expected number ``m / 2`` of included canaries (never the realized one)."""
-    from ..accounting.calibration import loader_steps
-
-    expected = n_records + m / 2
-    if settings["batch"] > expected:
-        raise AuditInputError(
-            f"expected_batch_size {settings['batch']} exceeds the {expected:g} records "
-            "expected in training (training records plus half the canaries).")
-    rate = settings["batch"] / expected
-    return {"rate": rate, "steps": loader_steps(rate, settings["epochs"])}
-
-
-def _training_set(x_train, y_train, canaries: CanarySet):
-    """The training records: the data and the included canaries, one record each. Only
-    the inclusion mask decides which canaries are here; their position does not matter
-    to Poisson sampling (every record is drawn independently at the same rate)."""
-    x_in, y_in = canaries.members()
-    x_all = np.concatenate([x_train, x_in.astype(x_train.dtype)], axis=0)
-    y_all = np.concatenate([y_train, y_in]).astype(np.float32)
-    return x_all.astype(np.float32), y_all
-
-
-def _training_settings(private, noise_multiplier, target_epsilon, max_grad_norm,
-                       expected_batch_size, epochs, lr, momentum, accountant, delta,
-                       sampling_seed) -> dict:
-    if not private and (noise_multiplier is not None or target_epsilon is not None):
-        raise AuditInputError(
-            "private=False trains the non-private baseline: drop noise_multiplier and "
-            "target_epsilon, or set private=True.")
-    if private and (noise_multiplier is None) == (target_epsilon is None):
-        raise AuditInputError(
-            "private=True needs exactly one of noise_multiplier= or target_epsilon= "
-            "(or private=False for the non-private baseline).")
-    if not _is_number(lr) or not 0 < lr <= _FLOAT32_MAX:
-        raise AuditInputError(
-            f"lr must be a number in (0, {_FLOAT32_MAX:.3g}] (MXNet's optimizers take "
-            f"float32); got {lr!r}. Typical values are 0.01 to 1.")
-    if not _is_number(momentum) or not 0 <= momentum < 1:
-        raise AuditInputError(f"momentum must be a number in [0, 1); got {momentum!r}.")
-    return {"batch": _positive_int("expected_batch_size", expected_batch_size),
-            "sigma": noise_multiplier, "target_epsilon": target_epsilon, "epochs": epochs,
-            "clip": max_grad_norm, "optimizer": {"learning_rate": lr, "momentum": momentum},
-            "accountant": accountant, "delta": delta, "seed": sampling_seed}
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float, np.floating, np.integer)) \
-        and not isinstance(value, bool) and bool(np.isfinite(value))
-
-
-def _build(build_net, num_classes: int, ctx):
-    import mxnet as mx
-
-    if build_net is None:
-        from ..train import build_model
-
-        net = build_model("mlp", num_classes=num_classes)
-    else:
-        net = build_net()
-    uninitialized = []
-    for param in net.collect_params().values():
-        try:
-            param.list_ctx()
-        except RuntimeError:
-            uninitialized.append(param)
-    if uninitialized:
-        net.initialize(mx.init.Xavier(), ctx=ctx)
-    return net
-
-
-def _train_private(net, x_all, y_all, settings: dict, ctx):
-    from mxnet import autograd, gluon
-
-    from ..gluon import DPDataLoader, DPTrainer, PrivateBlock
-
-    wrapped = PrivateBlock(net)
-    planning = {} if settings["target_epsilon"] is None else {
-        "target_epsilon": settings["target_epsilon"], "target_delta": settings["delta"],
-        "epochs": settings["epochs"]}
-    trainer = DPTrainer(wrapped.collect_params(), "sgd", settings["optimizer"],
-                        noise_multiplier=settings["sigma"], max_grad_norm=settings["clip"],
-                        expected_batch_size=settings["batch"], sample_rate=settings["rate"],
-                        accountant=settings["accountant"], warn_delta=settings["delta"],
-                        noise_seed=settings["seed"], **planning)
-    loader = DPDataLoader((x_all, y_all), sample_rate=settings["rate"], trainer=trainer,
-                          ctx=ctx, num_batches=settings["steps"], seed=settings["seed"])
-    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-    for x, y in loader:
-        with autograd.record():
-            loss = loss_fn(wrapped(x), y)
-        loss.backward()
-        trainer.step(x.shape[0])
-    facts = {"epsilon": float(trainer.epsilon(settings["delta"])),
-             "noise_multiplier": float(trainer.noise_multiplier)}
-    return wrapped.release(), facts
-
-
-def _train_baseline(net, x_all, y_all, settings: dict, ctx):
-    from mxnet import autograd, gluon, nd
-
-    from ..gluon import PoissonBatchSampler
-
-    trainer = gluon.Trainer(net.collect_params(), "sgd", settings["optimizer"])
-    sampler = PoissonBatchSampler(len(x_all), settings["rate"], num_batches=settings["steps"],
-                                  seed=settings["seed"])
-    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-    for indices in sampler:
-        if not indices:
-            continue  # nothing to learn from; DP-SGD would take a noise-only step
-        x, y = nd.array(x_all[indices], ctx=ctx), nd.array(y_all[indices], ctx=ctx)
-        with autograd.record():
-            loss = loss_fn(net(x), y)
-        loss.backward()
-        trainer.step(settings["batch"])  # divide by the expected size, as DP-SGD does
-    return net, {"epsilon": None, "noise_multiplier": None}
 
 
 def _canary_scores(net, canaries: CanarySet, score: str, ctx, settings: dict) -> np.ndarray:

@@ -11,6 +11,7 @@ import mxprivacy
 from mxprivacy.accounting import epsilon_for
 from mxprivacy.accounting.calibration import loader_steps
 from mxprivacy.audit.canaries import canary_scores, make_canaries
+from mxprivacy.audit import _training
 from mxprivacy.audit import gluon as gluon_audit
 from mxprivacy.audit.gluon import attack_inputs, audit_training, model_logits
 from mxprivacy.errors import AuditInputError, PrivacyWarning
@@ -180,7 +181,7 @@ def test_mislabeled_canaries_come_from_held_out_rows(digits):
         None, (x, y), dict(m=300, kind=None, value_range=None, seed=2, num_classes=10))
     assert len(x_rest) == len(x) - 300 and len(y_rest) == len(y) - 300
     np.testing.assert_array_equal(canaries.x, x[canaries.source_index])
-    x_all, _ = gluon_audit._training_set(x_rest, y_rest, canaries)
+    x_all, _ = _training.training_set(x_rest, y_rest, canaries)
     _, counts = np.unique(x_all.reshape(len(x_all), -1), axis=0, return_counts=True)
     assert counts.max() == 1  # no input twice (digits has no duplicate images)
     default = gluon_audit._resolve_canaries(
@@ -256,7 +257,7 @@ def test_audit_training_refuses_bad_input_before_training(digits, monkeypatch, o
     def no_training(*args):
         raise AssertionError("trained before the input was checked")
 
-    monkeypatch.setattr(gluon_audit, "_train_private", no_training)
+    monkeypatch.setattr(_training, "train_private", no_training)
     options = dict(dict(train=digits[0], num_classes=10, m=20, noise_multiplier=1.0,
                         epochs=1), **options)
     with pytest.raises(AuditInputError, match=match):
