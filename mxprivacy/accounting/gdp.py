@@ -26,7 +26,7 @@ import math
 from scipy import optimize, special
 
 from ..errors import InvalidParameterError
-from .base import ADD_REMOVE, REPLACE_ONE, PrivacyAccountant
+from .base import ADD_REMOVE, REPLACE_ONE, LedgerTotalMixin, PrivacyAccountant
 from .events import (ComposedEvent, DpEvent, GaussianEvent, PoissonSampledEvent,
                      SampledWithoutReplacementEvent, SelfComposedEvent)
 
@@ -82,7 +82,7 @@ def _without_replacement_mu2(q: float, mu0: float) -> float:
     return 2 * q * q * max(inner, 0.0)
 
 
-class GDPAccountant(PrivacyAccountant):
+class GDPAccountant(LedgerTotalMixin, PrivacyAccountant):
     """Gaussian DP through the central limit theorem: an approximation (a CLT value, not
     an upper bound; see the module docstring).
 
@@ -112,7 +112,7 @@ class GDPAccountant(PrivacyAccountant):
 
     def __init__(self, *, neighboring: str = ADD_REMOVE) -> None:
         super().__init__(neighboring)
-        self._mu2 = 0.0
+        self._reset_total()
         self._sensitivity = 2.0 if self.neighboring == REPLACE_ONE else 1.0
 
     def _validate_specific(self, event: DpEvent) -> None:
@@ -126,8 +126,13 @@ class GDPAccountant(PrivacyAccountant):
         if isinstance(event, SampledWithoutReplacementEvent):
             self._check_without_replacement(event)
 
+    _total_attr = "_mu2"
+
+    def _zero_total(self) -> float:
+        return 0.0
+
     def _reset(self) -> None:
-        self._mu2 = 0.0
+        self._reset_total()
 
     def _add(self, mu2: float, count: int) -> None:
         self._mu2 = self._mu2 + count * mu2 if mu2 > 0 else self._mu2

@@ -40,7 +40,7 @@ from scipy import special
 
 from ..errors import InvalidParameterError
 from ._rdp_bounds import poisson_laplace_rdp, wor_gaussian_rdp
-from .base import ADD_REMOVE, REPLACE_ONE, PrivacyAccountant
+from .base import ADD_REMOVE, REPLACE_ONE, LedgerTotalMixin, PrivacyAccountant
 from .events import (ComposedEvent, DpEvent, EpsilonDeltaEvent, GaussianEvent, LaplaceEvent,
                      PoissonSampledEvent, SampledWithoutReplacementEvent, SelfComposedEvent)
 
@@ -241,7 +241,7 @@ def _laplace_rdp(b: float, orders: Tuple[float, ...]) -> np.ndarray:
     return log_terms / (a - 1)
 
 
-class RDPAccountant(PrivacyAccountant):
+class RDPAccountant(LedgerTotalMixin, PrivacyAccountant):
     """Moments accountant: sums RDP curves of composed events over a grid of orders.
 
     Parameters
@@ -270,7 +270,7 @@ class RDPAccountant(PrivacyAccountant):
                  neighboring: str = ADD_REMOVE) -> None:
         super().__init__(neighboring)
         self.orders = _as_orders(orders)
-        self._rdp = np.zeros(len(self.orders))
+        self._reset_total()
         # noise / (replace-one sensitivity 2C) = noise_multiplier / 2
         self._sensitivity = 2.0 if self.neighboring == REPLACE_ONE else 1.0
 
@@ -290,8 +290,13 @@ class RDPAccountant(PrivacyAccountant):
         if isinstance(event, SampledWithoutReplacementEvent):
             self._check_without_replacement(event)
 
+    _total_attr = "_rdp"
+
+    def _zero_total(self) -> np.ndarray:
+        return np.zeros(len(self.orders))
+
     def _reset(self) -> None:
-        self._rdp = np.zeros(len(self.orders))
+        self._reset_total()
 
     def empty_like(self) -> "RDPAccountant":
         return RDPAccountant(self.orders, neighboring=self.neighboring)

@@ -75,6 +75,22 @@ class AccountantContract:
         assert other.state_dict() == state and other.neighboring == self.RELATION
         assert ("neighboring" in state) == (self.RELATION == "replace_one")
 
+    def test_a_reloaded_ledger_gives_the_bit_identical_epsilon(self):
+        """A ledger never decreases, not even in the last bit: a run composed step by step
+        and its ledger loaded from a checkpoint must agree exactly (review: RDP added a
+        curve n times live but multiplied it by n on load, 1 ulp lower)."""
+        for steps in (7, 123, 1001):
+            live = self.make()
+            for _ in range(steps):
+                live.compose(self.EVENT)
+            live.compose(GaussianEvent(3.0), 2)
+            for _ in range(steps):
+                live.compose(self.EVENT)
+            loaded = self.make()
+            loaded.load_state_dict(json.loads(json.dumps(live.state_dict())))
+            for delta in (1e-5, 1e-7):
+                assert loaded.get_epsilon(delta) == live.get_epsilon(delta), steps
+
     def test_ledger_of_the_other_relation_is_refused(self):
         acc = self.make().compose(self.EVENT, 3)
         state = acc.state_dict()
