@@ -6,8 +6,9 @@ lower bound on epsilon that holds with a stated confidence. A lower bound above 
 accountant's epsilon means a privacy bug.
 
 - ``CanaryScoreAuditor`` (:mod:`.canary`): AUROC, ROC, TPR at FPR, and epsilon lower
-  bounds from canary scores: Clopper-Pearson, and one-run (Steinke et al. 2023, with the
-  f-DP refinement of Mahloujifar et al. 2024).
+  bounds from canary scores: Clopper-Pearson (independent trials), and one-run for
+  canaries each included by a fair coin (Steinke et al. 2023), with the f-DP test of the
+  Gaussian trade-off curve (Mahloujifar et al. 2024).
 - ``run_membership_attacks`` (:mod:`.membership`): TF Privacy's attacks (loss and entropy
   thresholds, logistic regression, random forest, k-NN) per slice.
 - ``logit_scaled_confidence``, ``lira_offline_scores``, ``lira_online_scores``

@@ -116,8 +116,9 @@ def check_labels(y, num_classes=None) -> tuple:
         raise AuditInputError(f"num_classes must be an integer >= 2; got {num_classes!r}.")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise AuditInputError(
-            f"labels must lie in [0, {num_classes - 1}]; got {labels.min():g} to "
-            f"{labels.max():g}. Pass num_classes= if some classes are missing from y.")
+            f"labels must lie in [0, {num_classes - 1}] for num_classes = {num_classes}; got "
+            f"{labels.min():g} to {labels.max():g}. Fix the labels, or give the task's true "
+            "number of classes.")
     return labels, int(num_classes)
 
 
