@@ -157,3 +157,14 @@ class WorkerMismatchError(MXPrivacyError, RuntimeError):
 
 
 __all__.append("WorkerMismatchError")
+
+
+class NondeterministicDatasetError(InvalidParameterError):
+    """A gluon Dataset given to a sharded DPDataLoader returned different items at two
+    reads of one index (a random augmentation inside ``__getitem__``): records could not
+    be assigned to workers by their content, and one could be trained on by two workers.
+    Apply the augmentation with ``dataset.transform_first(fn)`` (the loader then hashes
+    the untransformed records) or after the loader."""
+
+
+__all__.append("NondeterministicDatasetError")

@@ -10,11 +10,13 @@ share (:func:`dist_settings`):
 - the privacy state: the step count, the run id and a SHA-256 of the ledger (the
   accountant's ``state_dict`` and the per-step worker counts). A checkpoint loaded on
   some workers only, or different checkpoints, stop every worker at the next step;
-- the data: the N the :class:`~mxprivacy.DPDataLoader` registered, so workers holding
-  data sets of other sizes stop at the first step. Not a digest of the contents: it
-  would reach the parameter server, which could test candidate data sets against it
-  without noise (see :mod:`mxprivacy.gluon.dist_data`: content sharding makes the
-  guarantee hold whatever each worker's copy holds);
+- the data: the N the :class:`~mxprivacy.DPDataLoader` registered and its partition,
+  how many records each rank owns (see :mod:`mxprivacy.gluon.dist_data`), so workers
+  holding data sets of other sizes, or copies whose encodings or contents move records
+  to other owners, stop at the first step. An aggregate, not a digest of the contents:
+  that would reach the parameter server, which could test candidate data sets against
+  it without noise. Differences that cancel in the counts pass: every worker's copy
+  must hold the same records (compare ``loader.data_digest`` out of band);
 - where the step's examples come from: announced by a sharded DPDataLoader, or the
   documented opt-out ``DPTrainer(dist_own_sampler=True)``. Steps that are neither are
   refused on every worker (a loader without ``trainer=`` samples the whole data set
@@ -130,7 +132,9 @@ def dist_settings(trainer) -> Dict[str, str]:
             "steps": repr(trainer.steps), "run_id": trainer.run_id,
             "ledger": ledger_digest(trainer),
             "data": "no DPDataLoader(..., trainer=trainer)" if trainer._loader_size is None
-            else f"N={trainer._loader_size}",
+            else ", ".join([f"N={trainer._loader_size}"] + (
+                [trainer._loader_partition] if getattr(trainer, "_loader_partition", None)
+                else [])),
             "batches": _batch_source(trainer)}
 
 

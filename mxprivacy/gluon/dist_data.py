@@ -3,7 +3,7 @@
 
 Every worker passes the *whole* data set (the same N records, in any order). Record r
 belongs to worker ``owner(r) = int(SHA-256(r)[:8]) mod W``: a function of the record's
-own bytes (every array's row, or its entry of ``record_ids``), never of its position.
+own content (or of its entry of ``record_ids``), never of its position.
 
 - The shards partition the data set on every worker, whatever each worker's order.
 - Adding or removing one record changes one shard only, its owner's: the other workers'
@@ -17,63 +17,242 @@ own bytes (every array's row, or its entry of ``record_ids``), never of its posi
   its shard at the global rate q and tells the trainer its shard's size, so the Poisson
   plausibility check expects q |shard| examples.
 
-What the workers compare, and what they do not
-    The loader registers N with the trainer, and the per-step agreement check (see
-    :mod:`mxprivacy.gluon.dist_agreement`) stops every worker at the first step when N
-    differs; with ``dataset_size`` set, every loader must hold exactly that many
-    records. The *contents* are not compared through the kvstore: whatever each
-    worker's copy holds, a record (by content) is only ever sampled by its owner, from
-    its owner's copy, so no record is counted twice and the guarantee holds for the
-    records actually trained on. And any deterministic digest of the records that
-    reached the parameter server would let a curious server test candidate data sets
-    (is this record in it?) without noise, which ``server_epsilon`` excludes. The
-    loader's :attr:`~mxprivacy.DPDataLoader.data_digest` (SHA-256 of N and of the sorted
-    record digests: of the multiset of records, whatever the order) is for comparing
-    the workers' copies out of band (log it on every worker). Cost of the hashing, when
-    the loader is built: 0.34 s for MNIST (60,000 x 784 float32, W = 2) on a 2-core
-    machine. A gluon ``Dataset`` is read item by item once for it; give ``record_ids=``
-    (file names, database keys: anything that identifies a record the same way on every
-    worker) to skip that read. Owners and the digest then come from the ids.
+The canonical encoding hashed (one for arrays and for Dataset items)
+    A record is its fields (its row of every array, or the fields of its Dataset item),
+    each hashed as its shape without size-1 axes and its values: numbers (bool, int,
+    float of any width and byte order) as little-endian float64, with -0.0 as 0.0 and
+    one NaN; a field of integers beyond 2**53 as little-endian int64; strings as UTF-8.
+    So a record has one owner whatever its container (float32 or float64 features,
+    float or int labels, a big-endian file, numpy arrays or an ``ArrayDataset`` of
+    NDArrays). Values that differ (0.1 parsed as float64 versus float32) are other
+    records. A gluon Dataset is hashed before gluon's lazy transforms
+    (``dataset.transform(fn)``, ``transform_first(fn)``, also under ``filter``/``take``/
+    ``shard``): a random augmentation applied there does not move records. Any other
+    Dataset is read twice, item by item, and one whose two reads differ (an
+    augmentation inside ``__getitem__``, e.g. ``MNIST(transform=...)``) is refused
+    with :class:`~mxprivacy.NondeterministicDatasetError`.
+
+``record_ids``
+    One id per record (file name, database key), the same for that record on every
+    worker: the owner is then a function of the id alone. Ids must travel with their
+    record: positions in each worker's own copy are not ids (two orders would give one
+    record two owners). The contents are still read and hashed:
+    :attr:`~mxprivacy.DPDataLoader.data_digest` then covers the (id, content) pairs, and
+    the partition below also counts the pairs' owners, so workers whose ids name other
+    records are caught like workers with other contents.
+
+What the workers compare (in band, at every step, and out of band)
+    The loader registers N and the *partition*, how many records each rank owns
+    (``owners=[n_0, ..., n_W-1]``, summing to N; with ``record_ids``, the counts by id and
+    ``pairs=[...]``, the counts the (id, content) pairs would give),
+    with the trainer; the per-step agreement check (see
+    :mod:`mxprivacy.gluon.dist_agreement`) stops every worker at the first step when
+    they differ. A record whose encoding or content differs on two workers and so moves
+    to another owner (and could be trained by two workers) changes the counts, and the
+    job stops. This check is on aggregates: several differing records whose moves cancel
+    in the counts pass it. The workers' copies must hold the same records; compare
+    :attr:`~mxprivacy.DPDataLoader.data_digest` (SHA-256 of N and of the sorted record
+    digests: of the multiset of records, whatever the order) out of band. It is not
+    pushed: a digest of the whole data set would let a curious server test candidate
+    data sets without noise. The counts and N do reach it (as 32 bits of a SHA-256):
+    they are treated as public, like N; given the other records, the counts tell which
+    shard one record is in.
+
+Cost, when the loader is built: arrays are hashed in blocks (MNIST, 60,000 x 784
+float32, W = 2: see the README); a Dataset other than an ``ArrayDataset`` of arrays is
+read item by item, twice.
 
 Refused in a worker of a multi-worker job (``DMLC_ROLE=worker`` with
 ``DMLC_NUM_WORKER`` > 1, or a started dist trainer of W > 1 workers): a loader without
 ``trainer=`` and without ``num_workers``/``rank`` (it would sample the whole data set on
-every worker: each record W times per step, sensitivity W C).
+every worker: each record W times per step, sensitivity W C), and ``num_workers`` or
+``rank`` other than the job's (``num_workers=1`` on every worker samples every record
+W times; a rank is checked once a dist trainer has started in the process).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-from typing import List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
-from mxnet import nd
+from mxnet import gluon, nd
+from mxnet.gluon.data import dataset as _gluon_dataset
 
-from ..errors import InvalidParameterError
+from ..errors import InvalidParameterError, NondeterministicDatasetError
+from .loader_checks import in_multi_worker_process, resolve_shard
 
-__all__ = ["record_digests", "owners", "data_digest", "resolve_shard", "plan_shard",
-           "in_multi_worker_process", "Shard"]
+__all__ = ["record_digests", "content_digests", "id_digests", "owners", "owner_counts",
+           "data_digest", "resolve_shard", "plan_shard", "in_multi_worker_process",
+           "Shard"]
 
-
-def _record_column(array: np.ndarray, number: int) -> np.ndarray:
-    if array.dtype.hasobject:
-        raise InvalidParameterError(
-            f"Array {number} holds Python objects, whose bytes differ between processes: "
-            "records cannot be assigned to workers by their content. Convert it to a "
-            "numeric or fixed-width string array, or pass record_ids=.")
-    rows = np.ascontiguousarray(array).reshape(len(array), -1)
-    return rows.view(np.uint8) if rows.size else rows.astype(np.uint8)
+_EXACT = 2.0 ** 53  # integers up to this size are exact in float64
+_CANONICAL_NAN = np.uint64(0x7FF8000000000000)
+_BLOCK_BYTES = 1 << 22  # canonical float64 bytes per block of records
 
 
-def _field_bytes(field) -> bytes:
-    array = field.asnumpy() if isinstance(field, nd.NDArray) else np.asarray(field)
-    if array.dtype.hasobject:
-        raise InvalidParameterError(
-            "A Dataset item holds Python objects, whose bytes differ between processes: "
-            "records cannot be assigned to workers by their content. Pass record_ids=.")
-    header = f"{array.dtype.str}{array.shape}".encode("ascii")
-    return header + np.ascontiguousarray(array).tobytes()
+def _header(tag: bytes, shape) -> bytes:
+    dims = [d for d in shape if d != 1]
+    return tag + np.asarray([len(dims)] + dims, dtype="<i8").tobytes()
+
+
+def _canonical_floats(block: np.ndarray) -> np.ndarray:
+    values = block.astype("<f8", order="C")  # a copy
+    values += 0.0  # -0.0 + 0.0 is 0.0
+    nan = np.isnan(values)
+    if nan.any():
+        values.view("<u8")[nan] = _CANONICAL_NAN
+    return values
+
+
+def _big_integer_rows(values: np.ndarray) -> np.ndarray:
+    """The records (rows of float64 ``values``) of integers only, one beyond 2**53: exact
+    in int64 only, so encoded as int64 (as an integer array holding them is)."""
+    big = np.zeros(len(values), dtype=bool)
+    flat = values.ravel()  # fmax/fmin skip NaN
+    if flat.size and (np.fmax.reduce(flat) > _EXACT or np.fmin.reduce(flat) < -_EXACT):
+        whole = np.isfinite(values) & (values == np.floor(values)) & \
+            (values >= -2.0 ** 63) & (values < 2.0 ** 63)
+        big = np.all(whole, axis=1) & np.any(np.abs(values) > _EXACT, axis=1)
+    return big
+
+
+def _numeric_rows(block: np.ndarray, shape) -> Tuple[List[bytes], np.ndarray]:
+    """Per record: a header (``F`` and the shape) and its values as float64 bytes; or
+    ``I`` and int64 bytes for a record of integers beyond 2**53."""
+    if block.dtype.kind in "biu":
+        if block.dtype.kind == "u" and block.size and block.max() >= np.uint64(2 ** 63):
+            raise InvalidParameterError(
+                "An array holds unsigned integers of 2**63 or more: convert it to "
+                "int64 or float64, or pass record_ids=.")
+        ints = block.astype("<i8", order="C")
+        big = np.any((ints > 2 ** 53) | (ints < -2 ** 53), axis=1)  # compared as int64
+        values = ints.astype("<f8")
+    else:
+        values = _canonical_floats(block)
+        big = _big_integer_rows(values)
+        ints = values.astype("<i8") if big.any() else None
+    floats, integers = _header(b"F", shape), _header(b"I", shape)
+    headers = [floats] * len(block)
+    if big.any():
+        values.view("<i8")[big] = ints[big]
+        for index in np.flatnonzero(big):
+            headers[index] = integers
+    return headers, values.view(np.uint8)
+
+
+def _text_rows(block: np.ndarray, shape) -> Tuple[List[bytes], List[bytes]]:
+    rows = []
+    for row in block:
+        parts = []
+        for value in row:
+            raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+            parts += [len(raw).to_bytes(8, "little"), raw]
+        rows.append(b"".join(parts))
+    return [_header(b"T", shape)] * len(block), rows
+
+
+def _encode_rows(block: np.ndarray, shape, where: str):
+    """``(headers, payloads)``: the canonical bytes of each record of ``block`` (records
+    x values), whose records are fields of ``shape``."""
+    kind = block.dtype.kind
+    if kind in "biuf":
+        return _numeric_rows(block, shape)
+    if kind in "US":
+        return _text_rows(block, shape)
+    raise InvalidParameterError(
+        f"{where} holds {block.dtype} values (Python objects, complex numbers...), which "
+        "have no canonical encoding: records cannot be assigned to workers by their "
+        "content. Convert it to a numeric or string array, or pass record_ids=.")
+
+
+def _record_state(fields: int):
+    return hashlib.sha256(b"R" + fields.to_bytes(8, "little"))
+
+
+def _array_digests(arrays, size: int) -> List[bytes]:
+    widths = [int(np.prod(a.shape[1:], dtype=np.int64)) for a in arrays]
+    step = max(1, _BLOCK_BYTES // max(8 * max(widths), 1))
+    start_state = _record_state(len(arrays))
+    digests = []
+    for start in range(0, size, step):
+        rows = min(step, size - start)
+        columns = [_encode_rows(a[start:start + rows].reshape(rows, width), a.shape[1:],
+                                f"Array {number}")
+                   for number, (a, width) in enumerate(zip(arrays, widths))]
+        for index in range(rows):
+            state = start_state.copy()
+            for headers, payloads in columns:
+                state.update(headers[index])
+                state.update(payloads[index])
+            digests.append(state.digest())
+    return digests
+
+
+def _field_array(field) -> np.ndarray:
+    return field.asnumpy() if isinstance(field, nd.NDArray) else np.asarray(field)
+
+
+def item_digest(item) -> bytes:
+    """The digest of one Dataset item: the same encoding as a row of arrays."""
+    fields = item if isinstance(item, (tuple, list)) else (item,)
+    state = _record_state(len(fields))
+    for field in fields:
+        array = _field_array(field)
+        headers, payloads = _encode_rows(array.reshape(1, -1), array.shape, "A Dataset item")
+        state.update(headers[0])
+        state.update(payloads[0])
+    return state.digest()
+
+
+def _base(dataset, index: int):
+    """``(dataset, index)`` under gluon's lazy transforms, filters and samples."""
+    while True:
+        if isinstance(dataset, _gluon_dataset._LazyTransformDataset):
+            dataset = dataset._data
+        elif isinstance(dataset, (_gluon_dataset._FilteredDataset,
+                                  _gluon_dataset._SampledDataset)):
+            dataset, index = dataset._dataset, int(dataset._indices[index])
+        else:
+            return dataset, index
+
+
+def _plain_arrays(dataset) -> Optional[list]:
+    """The arrays of an ``ArrayDataset`` of numpy arrays or NDArrays (under lazy
+    transforms only: they keep the indices), hashed like arrays; else None."""
+    while isinstance(dataset, _gluon_dataset._LazyTransformDataset):
+        dataset = dataset._data
+    if type(dataset) is not gluon.data.ArrayDataset or not all(
+            isinstance(a, (np.ndarray, nd.NDArray)) for a in dataset._data):
+        return None
+    return [a.asnumpy() if isinstance(a, nd.NDArray) else a for a in dataset._data]
+
+
+def _item_digests(dataset, size: int) -> Iterator[bytes]:
+    for index in range(size):
+        base, where = _base(dataset, index)
+        digest = item_digest(base[where])
+        if item_digest(base[where]) != digest:
+            raise NondeterministicDatasetError(
+                f"Item {index} of the Dataset differed between two reads (a random "
+                "augmentation inside its __getitem__?), so records cannot be assigned to "
+                "workers by their content: with another draw on each worker, a record "
+                "could be trained on by two workers. Apply the augmentation with "
+                "dataset.transform_first(fn) or dataset.transform(fn) (the loader hashes "
+                "the records under gluon's lazy transforms), or to the batches after the "
+                "loader.")
+        yield digest
+
+
+def content_digests(size: int, arrays=None, dataset=None) -> List[bytes]:
+    """The SHA-256 of every record's canonical encoding (see the module): its rows of
+    ``arrays``, or its ``dataset`` item before gluon's lazy transforms (read twice; an
+    item that differs is refused)."""
+    if arrays is None:
+        arrays = _plain_arrays(dataset)
+    if arrays is not None:
+        return _array_digests([np.asarray(a) for a in arrays], size)
+    return list(_item_digests(dataset, size))
 
 
 def _id_bytes(value) -> bytes:
@@ -86,36 +265,32 @@ def _id_bytes(value) -> bytes:
     return f"{type(value).__name__}:".encode("ascii") + raw
 
 
+def id_digests(record_ids, size: int) -> List[bytes]:
+    """The SHA-256 of every entry of ``record_ids``."""
+    ids = list(record_ids)
+    if len(ids) != size:
+        raise InvalidParameterError(
+            f"record_ids has {len(ids)} entries for a data set of {size} records.")
+    return [hashlib.sha256(_id_bytes(value)).digest() for value in ids]
+
+
 def record_digests(size: int, arrays=None, dataset=None, record_ids=None) -> List[bytes]:
-    """The SHA-256 of every record: its rows of ``arrays``, its ``dataset`` item, or its
-    entry of ``record_ids``."""
+    """What each record's owner is computed from: the digest of its entry of
+    ``record_ids``, else of its content (:func:`content_digests`)."""
     if record_ids is not None:
-        ids = list(record_ids)
-        if len(ids) != size:
-            raise InvalidParameterError(
-                f"record_ids has {len(ids)} entries for a data set of {size} records.")
-        return [hashlib.sha256(_id_bytes(value)).digest() for value in ids]
-    if arrays is None:
-        digests = []
-        for index in range(size):
-            item = dataset[index]
-            fields = item if isinstance(item, (tuple, list)) else (item,)
-            digests.append(hashlib.sha256(b"".join(_field_bytes(f) for f in fields)).digest())
-        return digests
-    columns = [_record_column(array, number) for number, array in enumerate(arrays)]
-    digests = []
-    for index in range(size):
-        state = hashlib.sha256()
-        for column in columns:
-            state.update(column[index])
-        digests.append(state.digest())
-    return digests
+        return id_digests(record_ids, size)
+    return content_digests(size, arrays, dataset)
 
 
 def owners(digests: List[bytes], num_workers: int) -> np.ndarray:
     """Each record's worker: the first 8 bytes of its digest, modulo W."""
     return np.asarray([int.from_bytes(d[:8], "little") % num_workers for d in digests],
                       dtype=np.int64)
+
+
+def owner_counts(owned: np.ndarray, num_workers: int) -> List[int]:
+    """How many records each rank owns (sums to N)."""
+    return np.bincount(owned, minlength=num_workers).tolist()
 
 
 def data_digest(digests: List[bytes], size: int) -> str:
@@ -127,47 +302,22 @@ def data_digest(digests: List[bytes], size: int) -> str:
     return f"N={size};{state.hexdigest()}"
 
 
-def in_multi_worker_process() -> bool:
-    """Whether this process is a worker of a job of more than one worker."""
-    from .dist_kvstore import started_workers
-
-    if os.environ.get("DMLC_ROLE") == "worker" and \
-            os.environ.get("DMLC_NUM_WORKER", "1").strip() != "1":
-        return True
-    return started_workers() > 1
+def _register_partition(trainer, partition: str) -> None:
+    """Give a dist trainer the partition for its agreement check ("data" setting)."""
+    if trainer is not None and getattr(trainer, "distributed", False):
+        trainer._loader_partition = partition
 
 
-def resolve_shard(num_workers, rank, trainer, sampling: str, size: int):
-    """``(W, rank)``: given, or the trainer's; they must match a distributed trainer's."""
-    if trainer is None and num_workers is None and rank is None and in_multi_worker_process():
-        raise InvalidParameterError(
-            "This process is a worker of a multi-worker job, but DPDataLoader was built "
-            "without trainer= (and without num_workers= and rank=): it would sample the "
-            "whole data set on every worker, so each record would be counted W times per "
-            "step. Pass trainer=trainer (the loader then shards by the trainer's rank and "
-            "announces each batch to it).")
-    have = (getattr(trainer, "num_workers", 1), getattr(trainer, "rank", 0)) \
-        if trainer is not None else (1, 0)
-    workers = have[0] if num_workers is None else num_workers
-    rank = have[1] if rank is None else rank
-    for name, value, low in (("num_workers", workers, 1), ("rank", rank, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise InvalidParameterError(f"{name} must be an integer >= {low}, got {value!r}.")
-    workers, rank = int(workers), int(rank)
-    if rank >= workers:
-        raise InvalidParameterError(f"rank must lie in [0, num_workers), got rank {rank} of "
-                                    f"{workers} workers.")
-    if trainer is not None and (workers, rank) != have:
-        raise InvalidParameterError(
-            f"DPDataLoader(num_workers={workers}, rank={rank}) but the trainer is worker "
-            f"{have[1]} of {have[0]}: the shards would overlap or leave records out. Leave "
-            "num_workers and rank unset; the loader reads them from the trainer.")
-    if workers > 1 and sampling != "poisson":
-        raise InvalidParameterError(
-            "sampling='fixed' cannot be sharded over workers: the union of fixed-size "
-            "draws from each shard is not a uniform draw from the whole data set. Use "
-            "sampling='poisson'.")
-    return workers, rank
+@dataclasses.dataclass
+class Shard:
+    """This worker's part: ``indices`` into the whole data set (sorted); ``data_digest``
+    of the records and ``partition`` (records per rank; None for one worker: nothing
+    hashed)."""
+    num_workers: int
+    rank: int
+    indices: np.ndarray
+    data_digest: Optional[str]
+    partition: Optional[str] = None
 
 
 def _check_global_size(trainer, size: int) -> None:
@@ -181,28 +331,27 @@ def _check_global_size(trainer, size: int) -> None:
         "the whole data set (the same records; the loader keeps this worker's shard).")
 
 
-@dataclasses.dataclass
-class Shard:
-    """This worker's part: ``indices`` into the whole data set (sorted); ``data_digest``
-    of the records (None for one worker: nothing hashed)."""
-    num_workers: int
-    rank: int
-    indices: np.ndarray
-    data_digest: Optional[str]
-
-
 def plan_shard(size: int, *, arrays=None, dataset=None, record_ids=None, trainer=None,
                num_workers: Optional[int] = None, rank: Optional[int] = None,
                sampling: str = "poisson") -> Shard:
     """Resolve (W, rank), check N, and pick this worker's records (see the module)."""
     if size < 1:
         raise InvalidParameterError("DPDataLoader needs at least one record.")
-    workers, rank = resolve_shard(num_workers, rank, trainer, sampling, size)
+    workers, rank = resolve_shard(num_workers, rank, trainer, sampling)
     _check_global_size(trainer, size)
     if workers == 1:
         if record_ids is not None:
-            record_digests(size, record_ids=record_ids)  # validated all the same
+            id_digests(record_ids, size)  # validated all the same
         return Shard(1, 0, np.arange(size, dtype=np.int64), None)
-    digests = record_digests(size, arrays, dataset, record_ids)
-    mine = np.flatnonzero(owners(digests, workers) == rank).astype(np.int64)
-    return Shard(workers, rank, mine, data_digest(digests, size))
+    records = content_digests(size, arrays, dataset)
+    owned = owners(records, workers)
+    partition = f"owners={owner_counts(owned, workers)}"
+    if record_ids is not None:  # owners by id; the (id, content) pairs are compared
+        ids = id_digests(record_ids, size)
+        records = [hashlib.sha256(i + c).digest() for i, c in zip(ids, records)]
+        owned = owners(ids, workers)
+        partition = (f"owners={owner_counts(owned, workers)} (by record_ids), "
+                     f"pairs={owner_counts(owners(records, workers), workers)}")
+    _register_partition(trainer, partition)
+    mine = np.flatnonzero(owned == rank).astype(np.int64)
+    return Shard(workers, rank, mine, data_digest(records, size), partition)

@@ -1,9 +1,13 @@
-"""What :class:`~mxprivacy.DPDataLoader` checks against its trainer: the same sampling,
-rate (or N and B) and secure mode, so that the accountant charges what the loader draws.
+"""What :class:`~mxprivacy.DPDataLoader` checks against its trainer and its job: the same
+sampling, rate (or N and B) and secure mode, so that the accountant charges what the
+loader draws; and, in a worker of a multi-worker job, the job's number of workers and
+rank (see :mod:`mxprivacy.gluon.dist_data`).
 """
 from __future__ import annotations
 
 import math
+import os
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -11,7 +15,8 @@ from ..accounting.step_sampling import RATE_TOLERANCE, StepSampling, check_sampl
 from ..errors import InvalidParameterError
 
 __all__ = ["check_rate", "loader_rate", "check_trainer_rate", "resolve_sampling",
-           "fixed_batch_size", "check_trainer_fixed", "resolve_secure"]
+           "fixed_batch_size", "check_trainer_fixed", "resolve_secure",
+           "in_multi_worker_process", "job_shard", "resolve_shard"]
 
 
 def check_rate(sample_rate) -> float:
@@ -112,3 +117,92 @@ def resolve_secure(secure_mode, trainer) -> bool:
             "the sample would come from a non-cryptographic generator. Leave secure_mode "
             "unset (it follows the trainer) or pass secure_mode=True.")
     return bool(secure_mode)
+
+
+def _started_job() -> Optional[Tuple[int, int]]:
+    """(rank, W) of the distributed DPTrainer started in this process, or None."""
+    from . import dist_kvstore
+
+    return dist_kvstore._PROCESS.started
+
+
+def job_shard() -> Tuple[Optional[int], Optional[int]]:
+    """(W, rank) of the multi-worker job this process is a worker of, as far as known:
+    W from a started dist trainer or ``DMLC_NUM_WORKER``, the rank from a started dist
+    trainer only (ps-lite assigns it when the kvstore is created); (None, None) when
+    this process is not a worker of a multi-worker job."""
+    started = _started_job()
+    if started is not None and started[1] > 1:
+        return started[1], started[0]
+    if os.environ.get("DMLC_ROLE") == "worker":
+        declared = os.environ.get("DMLC_NUM_WORKER", "1").strip()
+        if declared != "1":
+            return (int(declared) if declared.isdigit() else None), None
+    return None, None
+
+
+def in_multi_worker_process() -> bool:
+    """Whether this process is a worker of a job of more than one worker."""
+    if os.environ.get("DMLC_ROLE") == "worker" and \
+            os.environ.get("DMLC_NUM_WORKER", "1").strip() != "1":
+        return True
+    started = _started_job()
+    return started is not None and started[1] > 1
+
+
+def _check_job_shard(num_workers, rank) -> None:
+    """Explicit (W, rank) in a worker of a multi-worker job must be the job's."""
+    workers, job_rank = job_shard()
+    if workers is not None and num_workers is not None and num_workers != workers:
+        raise InvalidParameterError(
+            f"DPDataLoader(num_workers={num_workers}) in a worker of a job of {workers} "
+            f"workers: every worker would keep another part of the data set, and a record "
+            f"could be sampled by several workers in one step (with num_workers=1, by "
+            f"all {workers}: sensitivity {workers} C while the accountant charges C). "
+            "Pass trainer=trainer (the loader reads W and the rank from the dist "
+            f"trainer), or num_workers={workers} and this worker's rank.")
+    if job_rank is not None and rank is not None and rank != job_rank:
+        raise InvalidParameterError(
+            f"DPDataLoader(rank={rank}) in worker rank {job_rank} of this job: two workers "
+            "would keep the same shard and a record could be sampled twice in one step. "
+            "Pass trainer=trainer (the loader reads the rank from the dist trainer), or "
+            f"rank={job_rank}.")
+
+
+def _check_index(name: str, value, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise InvalidParameterError(f"{name} must be an integer >= {low}, got {value!r}.")
+    return int(value)
+
+
+def resolve_shard(num_workers, rank, trainer, sampling: str) -> Tuple[int, int]:
+    """``(W, rank)``: given, or the trainer's; they must match a distributed trainer's,
+    and in a worker of a multi-worker job, the job's."""
+    if trainer is None and num_workers is None and rank is None and in_multi_worker_process():
+        raise InvalidParameterError(
+            "This process is a worker of a multi-worker job, but DPDataLoader was built "
+            "without trainer= (and without num_workers= and rank=): it would sample the "
+            "whole data set on every worker, so each record would be counted W times per "
+            "step. Pass trainer=trainer (the loader then shards by the trainer's rank and "
+            "announces each batch to it).")
+    have = (getattr(trainer, "num_workers", 1), getattr(trainer, "rank", 0)) \
+        if trainer is not None else (1, 0)
+    given = (None if num_workers is None else _check_index("num_workers", num_workers, 1),
+             None if rank is None else _check_index("rank", rank, 0))
+    workers, rank = (have[0] if given[0] is None else given[0],
+                     have[1] if given[1] is None else given[1])
+    if rank >= workers:
+        raise InvalidParameterError(f"rank must lie in [0, num_workers), got rank {rank} of "
+                                    f"{workers} workers.")
+    if trainer is not None and (workers, rank) != have:
+        raise InvalidParameterError(
+            f"DPDataLoader(num_workers={workers}, rank={rank}) but the trainer is worker "
+            f"{have[1]} of {have[0]}: the shards would overlap or leave records out. Leave "
+            "num_workers and rank unset; the loader reads them from the trainer.")
+    _check_job_shard(*given)
+    if workers > 1 and sampling != "poisson":
+        raise InvalidParameterError(
+            "sampling='fixed' cannot be sharded over workers: the union of fixed-size "
+            "draws from each shard is not a uniform draw from the whole data set. Use "
+            "sampling='poisson'.")
+    return workers, rank
