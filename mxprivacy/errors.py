@@ -159,6 +159,17 @@ class WorkerMismatchError(MXPrivacyError, RuntimeError):
 __all__.append("WorkerMismatchError")
 
 
+class WorkersOutOfStepError(WorkerMismatchError):
+    """Some workers of a distributed DPTrainer ended their process while the others
+    began one more step (for example a loop left with ``break`` after a number of its
+    iterations: DPDataLoader takes the steps of empty local batches by itself, so the
+    workers' loops do not count the same steps). Raised at once on the workers that
+    began the step, before any gradient is pushed; the others print one line on exit."""
+
+
+__all__.append("WorkersOutOfStepError")
+
+
 class NondeterministicDatasetError(InvalidParameterError):
     """A gluon Dataset given to a sharded DPDataLoader returned different items at two
     reads of one index (a random augmentation inside ``__getitem__``): records could not

@@ -73,6 +73,26 @@ Bounded waits
     :class:`~mxprivacy.WorkerMismatchError`, raised on every worker, shuts down
     normally.
 
+Ending a run
+    Every worker must take the same number of steps. DPDataLoader takes the noise-only
+    step of an empty local batch by itself, and the loop never sees it; local batches
+    are empty at other draws on every worker, so a loop left after a number of its
+    iterations (``break``, ``itertools.islice``, a counter, even ``trainer.steps``
+    checked in the loop body, which the loader's own steps can overshoot) ends the
+    workers after different numbers of steps. Fix the number of steps with the loader
+    (``num_batches=``, whole passes) and let the loops run out. A worker whose process
+    ends normally takes a last round of the agreement check, marked as leaving: workers
+    that began one more step instead raise :class:`~mxprivacy.WorkersOutOfStepError` at
+    once (no gradient pushed; their state is the others'), and the leaving worker prints
+    one line. That round is not under the watchdog: it waits for workers still busy,
+    like ps-lite's shutdown barrier after it.
+
+Any forward mode before the trainer
+    A forward pass in predict mode leaves convolution weights in MKL-DNN's blocked
+    layout, which the dist kvstore cannot push (the server would abort: "init 1
+    first"); the broadcast pushes default-layout copies, so any forward pass may come
+    before the trainer.
+
 Refused: ``dist_async`` (each push would be applied alone by the server, with 1/sqrt(W)
 of the noise), ``update_on_kvstore=True`` (the server would apply the raw sums: noise
 must come between reduction and update), a kvstore with an optimizer of its own
@@ -97,10 +117,11 @@ from mxnet import nd
 from ..accounting.events import GaussianEvent
 from ..errors import InvalidParameterError
 from . import guards
-from .dist_agreement import check_workers_agree, dist_settings, settings_digest
+from .dist_agreement import check_workers_agree, dist_settings, farewell, round_size
 from .dist_kvstore import (PROBE_KEY, create_kvstore, mark_started, probe_sums,
                            refuse_second_trainer)
-from .watchdog import TIMEOUT_EXIT_CODE, Watchdog, install_exit_guard, resolve_timeout
+from .watchdog import (TIMEOUT_EXIT_CODE, Watchdog, install_exit_guard, on_normal_exit,
+                       resolve_timeout)
 
 __all__ = ["DIST_KVSTORES", "TIMEOUT_EXIT_CODE", "DistributedMixin", "server_events",
            "add_steps"]
@@ -210,6 +231,9 @@ class _Job:
     rank: int
     num_workers: int
     watchdog: Watchdog
+    round_size: int = 0  # of the agreement key's rounds
+    left: int = 0  # workers that ended their process while this one began a step
+    empty_steps: int = 0  # steps DPDataLoader took for empty local batches
 
 
 class DistributedMixin:
@@ -262,12 +286,28 @@ class DistributedMixin:
         with job.watchdog.watch("the other workers to start (weight broadcast)"):
             probe_sums(job.kvstore, job.num_workers, PROBE_KEY)
             self._init_kvstore()
-            self._init_params()
+            self._broadcast_weights()
             run_id = nd.array(_hex_digits(self.run_id))
             job.kvstore.broadcast(RUN_ID_KEY, run_id, out=run_id)
             self.run_id = "".join("%x" % int(d) for d in run_id.asnumpy())
-            size = 2 * len(settings_digest(dist_settings(self)))
-            job.kvstore.init(SETTINGS_KEY, nd.zeros((size,)))
+            job.round_size = round_size(dist_settings(self))
+            job.kvstore.init(SETTINGS_KEY, nd.zeros((job.round_size,)))
+        if job.num_workers > 1:  # the last round, at exit (see dist_agreement: Leaving)
+            on_normal_exit(lambda: farewell(job, SETTINGS_KEY, job.round_size))
+
+    def _broadcast_weights(self) -> None:
+        """Rank 0's weights to every worker, under Gluon's keys (``Trainer._init_params``
+        does the same), each pushed from a copy in the default layout. A forward pass in
+        predict mode leaves convolution weights in MKL-DNN's blocked layout, which the
+        dist kvstore cannot send: MXNet raises in its engine thread, the error is lost,
+        the push never leaves, and the server aborts at the first pull ("init 1
+        first"). ``set_data`` would not help: it copies into the arrays, keeping their
+        layout. The pulled weights are copied back into every context's array."""
+        for param in self._params:
+            arrays = param.list_data()
+            self._dist.kvstore.broadcast(self._param2idx[param.name], arrays[0].copy(),
+                                         out=arrays)
+        self._params_to_init = []
 
     @property
     def num_workers(self) -> int:

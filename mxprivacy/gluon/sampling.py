@@ -30,6 +30,10 @@ record, see :mod:`mxprivacy.gluon.dist_data`) and Poisson-samples them at the tr
 (global) rate q, so the union over workers is a Poisson sample of the whole data set.
 Every worker's epoch has the same number of batches (ceil(1/q)), and an empty local batch
 still steps. An explicit seed is combined with the rank, so ranks never share a stream.
+The loop then sees fewer batches than the steps taken, by a different count on every
+worker: set the number of steps with ``num_batches=`` (or whole passes) and let the loop
+run out; a loop left after a number of its iterations ends the workers after different
+steps (the workers still stepping raise :class:`~mxprivacy.WorkersOutOfStepError`).
 """
 from __future__ import annotations
 
@@ -219,7 +223,9 @@ class DPDataLoader:
         trainer's (a ``dist_sync`` :class:`~mxprivacy.DPTrainer` knows both), else one
         worker; in a worker of a multi-worker job, a loader with neither is refused.
         Poisson sampling only. With a dist trainer, every worker's N must be the same
-        (checked at every step). ``loader.shard`` holds the kept records' indices;
+        (checked at every step), and the number of steps must be set here
+        (``num_batches``, whole passes), never by leaving the loop early: the loop does
+        not see the steps of empty local batches (see the module). ``loader.shard`` holds the kept records' indices;
         ``loader.data_digest`` (W > 1) is a SHA-256 of the multiset of records, to
         compare the workers' copies out of band.
     record_ids : sequence of int or str, optional

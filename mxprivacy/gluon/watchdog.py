@@ -21,7 +21,8 @@ from typing import Callable, List, Optional
 
 from ..errors import InvalidParameterError, WorkerMismatchError
 
-__all__ = ["Watchdog", "resolve_timeout", "install_exit_guard", "TIMEOUT_EXIT_CODE",
+__all__ = ["Watchdog", "resolve_timeout", "install_exit_guard", "on_normal_exit",
+           "TIMEOUT_EXIT_CODE",
            "TIMEOUT_ENV", "DEFAULT_TIMEOUT"]
 
 TIMEOUT_ENV = "MXPRIVACY_DIST_TIMEOUT"
@@ -108,20 +109,31 @@ class Watchdog:
 
 def _exit_after_uncaught_error() -> None:
     """atexit: skip ps-lite's shutdown barrier after an uncaught exception (peers stuck in
-    a step would never reach it); a mismatch, raised on every worker, shuts down normally."""
+    a step would never reach it); a mismatch, raised on every worker, shuts down normally,
+    after the callbacks given to :func:`on_normal_exit`."""
     error = getattr(sys, "last_value", None)
-    if error is None or isinstance(error, WorkerMismatchError):
-        return
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(1)
+    if error is not None and not isinstance(error, WorkerMismatchError):
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(1)
+        return  # (a test's os._exit returns)
+    while _AT_NORMAL_EXIT:  # dropped as they run: a reference kept until the modules'
+        _AT_NORMAL_EXIT.pop(0)()  # teardown would outlive MXNet (ps-lite never finalized)
 
 
 _EXIT_GUARD: List[bool] = []
+_AT_NORMAL_EXIT: List[Callable[[], None]] = []
 
 
 def install_exit_guard() -> None:
     if not _EXIT_GUARD:
         atexit.register(_exit_after_uncaught_error)
         _EXIT_GUARD.append(True)
+
+
+def on_normal_exit(callback: Callable[[], None]) -> None:
+    """Run ``callback`` when the process ends without an uncaught error (or with a
+    mismatch), before ps-lite's shutdown: the distributed trainer's last round."""
+    install_exit_guard()
+    _AT_NORMAL_EXIT.append(callback)

@@ -8,7 +8,9 @@ worker differs in sigma, then in learning rate), ``stuck`` (rank 1 stops answeri
 step), ``misuse`` (a loader without trainer=, second trainers, a step not drawn by a
 loader, other data on rank 1, then the same data in another order), ``server-optimizer``
 (a KVStore with set_optimizer), ``partial-resume CKPT`` (rank 0 alone loads a
-checkpoint). Steps on given local batches use ``dist_own_sampler=True`` (the documented
+checkpoint), ``predict-first`` (a CNN run in predict mode before the trainer is built),
+``break`` (loops left with ``break``: after equal steps, then with one worker ahead).
+Steps on given local batches use ``dist_own_sampler=True`` (the documented
 opt-out). Each worker writes its results to OUTDIR; helpers here also build the
 single-machine references in the test.
 """
@@ -288,6 +290,90 @@ def scenario_partial_resume(out, checkpoint):
                {"errors": errors, "steps": trainer.steps, "epsilon": trainer.epsilon(1e-5)})
 
 
+def conv_net(seed):
+    """A CNN whose convolution MKL-DNN reorders in predict mode (8 filters, 3x3, 8x8)."""
+    mx.random.seed(seed)
+    net = gluon.nn.HybridSequential()
+    net.add(gluon.nn.Conv2D(8, 3, in_channels=1, activation="relu"),
+            gluon.nn.Dense(3, in_units=8 * 6 * 6))
+    net.initialize(mx.init.Xavier())
+    return net
+
+
+def mkldnn_layout(array):
+    """Whether ``array`` is in MKL-DNN's blocked layout (DLPack export refuses it)."""
+    try:
+        nd.to_dlpack_for_read(array)
+    except mx.base.MXNetError:
+        return True
+    return False
+
+
+def scenario_predict_first(out):
+    """A predict-mode forward pass before the trainer (each rank's own initial weights),
+    then two loader steps with a predict-mode evaluation after each."""
+    kvstore = mx.kv.create("dist_sync")
+    rank = kvstore.rank
+    net = conv_net(seed=rank)
+    before = params_of(net)
+    images = np.random.default_rng(0).random((32, 1, 8, 8)).astype("float32")
+    labels = (np.arange(32) % 3).astype("float32")
+    net(nd.array(images[:2]))  # predict mode: MKL-DNN reorders the weight in the engine,
+    nd.waitall()  # after the forward
+    layouts = [mkldnn_layout(p.data()) for p in net.collect_params().values()]
+    block = PrivateBlock(net)
+    trainer = DPTrainer(block.collect_params(), "sgd", {"learning_rate": 0.5},
+                        kvstore=kvstore, dist_timeout=30, noise_multiplier=0.5,
+                        max_grad_norm=1.0, expected_batch_size=16, dataset_size=32)
+    start = params_of(block)
+    for x, y in DPDataLoader((images, labels), expected_batch_size=16, trainer=trainer,
+                             num_batches=2):
+        one_step(block, trainer, x.asnumpy(), y.asnumpy())
+        block(nd.array(images[:2]))  # evaluation, in predict mode
+    for name, arrays in (("before", before), ("start", start), ("final", params_of(block))):
+        save_arrays(os.path.join(out, f"{name}-{rank}.npz"), arrays)
+    write_json(os.path.join(out, f"report-{rank}.json"),
+               {"layouts": layouts, "steps": trainer.steps})
+
+
+def owned_ids(rank_of, count=4):
+    """``count`` record ids; the i-th is owned (W = 2) by rank ``rank_of[i]``."""
+    from mxprivacy.gluon.dist_data import owners, record_digests
+
+    candidates = list(range(200))
+    owner = owners(record_digests(len(candidates), record_ids=candidates), 2)
+    pools = {r: [c for c, o in zip(candidates, owner) if o == r] for r in (0, 1)}
+    return [pools[r].pop(0) for r in rank_of]
+
+
+def scenario_break(out):
+    """q = 1. A loop over records of both ranks, left with ``break`` after 2 iterations:
+    no batch is empty, both take 2 steps and go on. Then a loop over records of rank 0
+    only, left after 2 iterations: rank 1's batches are all empty, so its loader steps by
+    itself (its loop body never runs) and begins step 5 as rank 0 ends its process."""
+    block = exact_net()
+    trainer = DPTrainer(block.collect_params(), "sgd", {"learning_rate": 0.1},
+                        kvstore="dist_sync", dist_timeout=60, noise_multiplier=1.0,
+                        max_grad_norm=1.0, expected_batch_size=4, sample_rate=1.0)
+    rank = trainer.rank
+    x, y = exact_batch(0)
+    x, y = x[:4], y[:4]
+    report = {}
+    for phase, rank_of in (("equal", (0, 0, 1, 1)), ("ahead", (0, 0, 0, 0))):
+        loader = DPDataLoader((x, y), sample_rate=1.0, trainer=trainer, num_batches=50,
+                              record_ids=owned_ids(rank_of))
+        try:
+            for number, (xb, yb) in enumerate(loader):
+                one_step(block, trainer, xb.asnumpy(), yb.asnumpy())
+                if number == 1:
+                    break
+        except WorkerMismatchError as error:
+            report["error"] = [type(error).__name__, str(error)]
+        report[phase] = {"steps": trainer.steps, "empty_batches": loader.empty_batches}
+    save_arrays(os.path.join(out, f"final-{rank}.npz"), params_of(block))
+    write_json(os.path.join(out, f"break-{rank}.json"), report)
+
+
 def main(scenario, out):
     warnings.simplefilter("ignore")
     if scenario == "exact":
@@ -302,6 +388,10 @@ def main(scenario, out):
         scenario_misuse(out)
     elif scenario == "server-optimizer":
         scenario_server_optimizer(out)
+    elif scenario == "predict-first":
+        scenario_predict_first(out)
+    elif scenario == "break":
+        scenario_break(out)
     elif scenario.startswith("partial-resume="):
         scenario_partial_resume(out, scenario.split("=", 1)[1])
     else:

@@ -18,14 +18,15 @@ from mxnet import gluon, nd
 from scipy import stats
 
 from mxprivacy import (CheckpointError, DPDataLoader, DPTrainer, InvalidParameterError,
-                       PrivateBlock, SamplingError, WorkerMismatchError)
+                       PrivateBlock, SamplingError, WorkerMismatchError, WorkersOutOfStepError)
 from mxprivacy.accounting import RDPAccountant
 from mxprivacy.accounting.events import GaussianEvent, PoissonSampledEvent
 from mxprivacy.distributed.launch import launch_local
 from mxprivacy.gluon import dist_kvstore
+from mxprivacy.gluon.distributed import SETTINGS_KEY
 from mxprivacy.gluon import watchdog as watchdog_module
-from mxprivacy.gluon.dist_agreement import (SUMS, disagreements, dist_settings,
-                                            settings_digest)
+from mxprivacy.gluon.dist_agreement import (SUMS, disagreements, dist_settings, farewell,
+                                            round_vector, settings_digest)
 from mxprivacy.gluon.dist_data import owners, record_digests
 from mxprivacy.gluon.watchdog import TIMEOUT_EXIT_CODE, Watchdog
 from tests.gluon import dist_worker as worker
@@ -708,3 +709,124 @@ def test_gradient_compression_on_the_kvstore_is_refused_with_the_reason(fresh_pr
     store.pushpull = compressed_pushpull
     with pytest.raises(InvalidParameterError, match="without compression"):
         DPTrainer(worker.exact_net().collect_params(), "sgd", kvstore=store, **worker.EXACT)
+
+
+# -- any forward mode before the trainer -----------------------------------------------------
+def test_a_predict_mode_forward_before_the_trainer_is_broadcast_and_trains(tmp_path, capfd):
+    """A CNN run once in predict mode (MKL-DNN reorders its convolution weight: checked,
+    so the test is not vacuous), then the trainer: rank 0's weights reach rank 1 exactly,
+    and two loader steps with predict-mode evaluations between them keep both ranks
+    identical. Before the fix the server aborted ("init 1 first"); mutation checked:
+    broadcasting the parameter arrays themselves (Gluon's _init_params) fails it."""
+    code, _ = run_job("predict-first", tmp_path)
+    assert code == 0
+    arrays = {(name, rank): np.load(tmp_path / f"{name}-{rank}.npz")
+              for name in ("before", "start", "final") for rank in (0, 1)}
+    for rank in (0, 1):
+        report = json.load(open(tmp_path / f"report-{rank}.json"))
+        assert report["layouts"][0] and report["steps"] == 2
+    assert not np.array_equal(arrays["before", 0]["0"], arrays["before", 1]["0"])
+    for key in arrays["before", 0]:
+        for rank in (0, 1):
+            np.testing.assert_array_equal(arrays["start", rank][key], arrays["before", 0][key])
+        np.testing.assert_array_equal(arrays["final", 0][key], arrays["final", 1][key])
+        assert not np.array_equal(arrays["final", 0][key], arrays["start", 0][key])
+    assert "ended its process" not in capfd.readouterr().err  # both left after step 2
+
+
+# -- leaving the loop --------------------------------------------------------------------------
+def test_a_worker_ahead_of_one_that_left_raises_at_once_and_says_why(tmp_path, capfd):
+    """Loops left with break after 2 iterations: with no empty batch both took 2 steps
+    and went on. Then rank 1's batches are all empty: its loader stepped by itself
+    (steps 3, 4) and began step 5 as rank 0 ended its process after step 4. Rank 1
+    raised WorkersOutOfStepError at once (not after dist_timeout = 60 s), naming the
+    steps and the cure, with its state equal to rank 0's; rank 0 printed one line.
+    Mutation checked: without the leaving round at exit rank 1 waits 60 s (the job is
+    stopped at 40 s); without its mark rank 1 raises a plain mismatch."""
+    code, seconds = run_job("break", tmp_path, timeout=40)
+    assert code == 0 and seconds < 30
+    reports = [json.load(open(tmp_path / f"break-{rank}.json")) for rank in (0, 1)]
+    for report in reports:
+        assert report["equal"] == {"steps": 2, "empty_batches": 0}
+        assert report["ahead"]["steps"] == 4
+    assert "error" not in reports[0] and reports[0]["ahead"]["empty_batches"] == 0
+    kind, message = reports[1]["error"]
+    assert kind == "WorkersOutOfStepError" and reports[1]["ahead"]["empty_batches"] == 3
+    for part in ("rank 1 of 2 began step 5", "1 of the 2 workers ended their process after "
+                 "step 4", "took 3 such steps, this one included", "num_batches=STEPS"):
+        assert part in message
+    final = [np.load(tmp_path / f"final-{rank}.npz") for rank in (0, 1)]
+    for key in final[0]:
+        np.testing.assert_array_equal(final[0][key], final[1][key])
+    assert ("worker rank 0 of 2 ended its process, but 1 other worker(s) began one more "
+            "step") in capfd.readouterr().err
+
+
+class Peer:
+    """What the other worker of :func:`two_worker_dist_kvstore` pushes: the same as this
+    one (agreeing, stepping), or under the agreement key its leaving round."""
+
+    def __init__(self):
+        self.leaving, self.rounds = False, 0
+
+    def __call__(self, key, pushed):
+        if key != SETTINGS_KEY:
+            return pushed
+        self.rounds += 1
+        if not self.leaving:  # this worker's settings, stepping
+            stepping = pushed.asnumpy().copy()
+            stepping[-1] = 0.0
+            return nd.array(stepping)
+        digest = np.zeros((len(pushed) - 1) // 2, dtype=np.float32)
+        digest[0] = 1.0
+        return nd.array(round_vector(digest, leaving=True))
+
+
+def two_worker_dist_kvstore(peer):
+    """A local kvstore presented as rank 0 of a 2-worker dist_sync job: every push-pull
+    returns this worker's push plus ``peer(key, push)``."""
+    class TwoWorkers(mx.kvstore.KVStore):
+        type, rank, num_workers = "dist_sync", 0, 2
+
+        def pushpull(self, key, value, out=None, priority=0):
+            values = value if isinstance(value, list) else [value]
+            outs = values if out is None else (out if isinstance(out, list) else [out])
+            for source, target in zip(values, outs):
+                target[:] = source + peer(key, source)
+
+    store = mx.kv.create("local")
+    store.__class__ = TwoWorkers
+    return store
+
+
+def test_the_leaving_round_stops_a_worker_ahead_and_warns_one_that_leaves(
+        fresh_process, monkeypatch, capsys):
+    """In one process, the peer simulated: a step while the peer leaves raises (step 2,
+    after step 1) and takes no step; a later step raises without a round (the peer is
+    gone). Leaving while the peer steps prints one line; leaving together says nothing."""
+    monkeypatch.setattr(watchdog_module, "_AT_NORMAL_EXIT", [])
+    peer = Peer()
+    block = worker.exact_net()
+    trainer = DPTrainer(block.collect_params(), "sgd", {"learning_rate": 0.1},
+                        kvstore=two_worker_dist_kvstore(peer), dist_own_sampler=True,
+                        **worker.EXACT)
+    assert len(watchdog_module._AT_NORMAL_EXIT) == 1  # the leaving round, at exit
+    x, y = dist_data_64()
+    worker.one_step(block, trainer, x[:4], y[:4])
+    assert trainer.steps == 1 and peer.rounds == 1
+    job = trainer._dist
+    farewell(job, SETTINGS_KEY, job.round_size)  # the peer steps (pushes its settings)
+    assert "rank 0 of 2 ended its process, but 1 other worker(s)" in capsys.readouterr().err
+    peer.leaving = True
+    farewell(job, SETTINGS_KEY, job.round_size)  # both leave: nothing to say
+    assert capsys.readouterr().err == ""
+    block.discard_capture()
+    with pytest.raises(WorkersOutOfStepError, match="began step 2, but 1 of the 2 workers "
+                       "ended their process after step 1"):
+        worker.one_step(block, trainer, x[:4], y[:4])
+    assert trainer.steps == 1 and peer.rounds == 4
+    with pytest.raises(WorkersOutOfStepError, match="began step 2"):
+        trainer.step(4)  # the batch is still captured
+    assert trainer.steps == 1 and peer.rounds == 4
+    watchdog_module._AT_NORMAL_EXIT.pop()()  # at exit: no round, the peer is gone
+    assert peer.rounds == 4
