@@ -23,13 +23,13 @@ share (:func:`dist_settings`):
   on every worker).
 
 Each setting is 32 bits of its SHA-256 in 4-bit digits d; the workers push (d, d^2) under
-a dedicated key and pull the sums (with one more number: see *Leaving*, below). All workers agree on a digit iff
-``W * sum(d^2) == sum(d)^2`` (the variance is zero); sums of small integers are exact in
-float32 for W < 74,000. Every worker reads the same sums and so takes the same decision:
-all raise :class:`~mxprivacy.WorkerMismatchError`, naming the settings, before any
-gradient is pushed. It costs one more round trip (a second barrier) per step: 0.6 ms
-alone on loopback; a 784-256-10 MLP step went from 15.6 to 18.1 ms with 2 workers
-sharing 2 cores. Hashing the ledger adds about 30 us per step.
+a dedicated key (and one more number: see *Leaving*, below) and pull the sums. All
+workers agree on a digit iff ``W * sum(d^2) == sum(d)^2`` (the variance is zero); sums of
+small integers are exact in float32 for W < 74,000. Every worker reads the same sums and
+so takes the same decision: all raise :class:`~mxprivacy.WorkerMismatchError`, naming
+the settings, before any gradient is pushed. It costs one more round trip (a second
+barrier) per step: 0.6 ms alone on loopback; a 784-256-10 MLP step went from 15.6 to
+18.1 ms with 2 workers sharing 2 cores. Hashing the ledger adds about 30 us per step.
 
 Leaving
     A worker that ends its process normally takes one last round under the same key

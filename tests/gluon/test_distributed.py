@@ -18,7 +18,8 @@ from mxnet import gluon, nd
 from scipy import stats
 
 from mxprivacy import (CheckpointError, DPDataLoader, DPTrainer, InvalidParameterError,
-                       PrivateBlock, SamplingError, WorkerMismatchError, WorkersOutOfStepError)
+                       PrivateBlock, SamplingError, WorkerMismatchError,
+                       WorkersOutOfStepError)
 from mxprivacy.accounting import RDPAccountant
 from mxprivacy.accounting.events import GaussianEvent, PoissonSampledEvent
 from mxprivacy.distributed.launch import launch_local
@@ -711,7 +712,7 @@ def test_gradient_compression_on_the_kvstore_is_refused_with_the_reason(fresh_pr
         DPTrainer(worker.exact_net().collect_params(), "sgd", kvstore=store, **worker.EXACT)
 
 
-# -- any forward mode before the trainer -----------------------------------------------------
+# -- any forward mode before the trainer ------------------------------------------------
 def test_a_predict_mode_forward_before_the_trainer_is_broadcast_and_trains(tmp_path, capfd):
     """A CNN run once in predict mode (MKL-DNN reorders its convolution weight: checked,
     so the test is not vacuous), then the trainer: rank 0's weights reach rank 1 exactly,
@@ -728,13 +729,14 @@ def test_a_predict_mode_forward_before_the_trainer_is_broadcast_and_trains(tmp_p
     assert not np.array_equal(arrays["before", 0]["0"], arrays["before", 1]["0"])
     for key in arrays["before", 0]:
         for rank in (0, 1):
-            np.testing.assert_array_equal(arrays["start", rank][key], arrays["before", 0][key])
+            np.testing.assert_array_equal(arrays["start", rank][key],
+                                          arrays["before", 0][key])
         np.testing.assert_array_equal(arrays["final", 0][key], arrays["final", 1][key])
         assert not np.array_equal(arrays["final", 0][key], arrays["start", 0][key])
     assert "ended its process" not in capfd.readouterr().err  # both left after step 2
 
 
-# -- leaving the loop --------------------------------------------------------------------------
+# -- leaving the loop ------------------------------------------------------------------
 def test_a_worker_ahead_of_one_that_left_raises_at_once_and_says_why(tmp_path, capfd):
     """Loops left with break after 2 iterations: with no empty batch both took 2 steps
     and went on. Then rank 1's batches are all empty: its loader stepped by itself
