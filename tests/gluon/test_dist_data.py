@@ -50,6 +50,10 @@ def copies_of(x, y):
     minus_zero[0, 0], nan_payload[1, 1] = -0.0, np.nan
     other_nan = nan_payload.copy()
     other_nan.view(np.uint32)[1, 1] = 0xFFC01234  # a NaN with another sign and payload
+    wide = x.astype("float64") + 1e-12  # values not exact in float32
+    wide[0, 0] = 0.0
+    wide_copy = wide.astype(">f8")
+    wide_copy[0, 0] = -0.0
     return {"float64 features": ((x.astype("float64"), y), (x, y)),
             "int64 labels": ((x, y.astype("int64")), (x, y)),
             "uint8 labels": ((x, y.astype("uint8")), (x, y)),
@@ -57,6 +61,7 @@ def copies_of(x, y):
             "Fortran order": ((np.asfortranarray(x), y), (x, y)),
             "-0.0": ((minus_zero, y), (np.where(minus_zero == 0, 0.0, minus_zero), y)),
             "NaN payload": ((other_nan, y), (nan_payload, y)),
+            "float64 values, big-endian, -0.0": ((wide_copy, y), (wide, y)),
             "bool labels": ((x, y > 2), (x, (y > 2).astype("float32")))}
 
 
@@ -108,6 +113,11 @@ def test_big_integers_text_and_shapes_have_one_encoding():
     assert content_digests(3, (big,)) == content_digests(3, (big.astype("float64"),))
     odd = np.array([[2 ** 53 + 1]], dtype="int64")
     assert content_digests(1, (odd,)) != content_digests(1, (odd.astype("float64"),))
+    wide = np.array([[2 ** 30 + 1], [2 ** 30]], dtype="int64")  # float32: both 2**30
+    assert content_digests(2, (wide,)) == content_digests(2, (wide.astype("float64"),))
+    narrow = content_digests(2, (wide.astype("float32"),))
+    assert narrow[0] == narrow[1] == content_digests(2, (wide,))[1] != \
+        content_digests(2, (wide,))[0]
     words = np.array(["ab", "ba", "é"])
     assert content_digests(3, (words,)) == content_digests(3, (words.astype("U9"),))
     assert content_digests(3, (words,))[0] != content_digests(3, (words,))[1]
@@ -118,8 +128,10 @@ def test_big_integers_text_and_shapes_have_one_encoding():
     assert content_digests(2, (square.reshape(2, 1, 4),)) == \
         content_digests(2, (square.reshape(2, 4),))
     for bad in (np.array([[object()]]), np.array([[1 + 2j]]), np.array([[2 ** 63]], "u8")):
-        with pytest.raises(InvalidParameterError, match="record_ids="):
+        with pytest.raises(InvalidParameterError, match="onvert it to"):
             content_digests(1, (bad,))
+    with pytest.raises(InvalidParameterError, match="field 0 holds object values"):
+        content_digests(2, dataset=gluon.data.SimpleDataset([({"a": 1}, 1), ({"b": 2}, 2)]))
 
 
 # -- (b) random augmentation -------------------------------------------------------------
