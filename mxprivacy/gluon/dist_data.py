@@ -26,12 +26,14 @@ The canonical encoding hashed (one for arrays and for Dataset items)
     form depends on the values only. Strings are UTF-8. So a record has one owner
     whatever its container (float32 or float64 features, float or int labels, a
     big-endian file, numpy arrays or an ``ArrayDataset`` of NDArrays). Values that
-    differ (0.1 parsed as float64 versus float32) are other records. A gluon Dataset is hashed before gluon's lazy transforms
-    (``dataset.transform(fn)``, ``transform_first(fn)``, also under ``filter``/``take``/
-    ``shard``): a random augmentation applied there does not move records. Any other
-    Dataset is read twice, item by item, and one whose two reads differ (an
-    augmentation inside ``__getitem__``, e.g. ``MNIST(transform=...)``) is refused
-    with :class:`~mxprivacy.NondeterministicDatasetError`.
+    differ (0.1 parsed as float64 versus float32) are other records.
+
+    A gluon Dataset is hashed under gluon's lazy transforms (``dataset.transform(fn)``,
+    ``transform_first(fn)``, also below ``filter``/``take``/``shard``): a random
+    augmentation applied there does not move records. Items are read twice, and a
+    Dataset whose two reads differ (an augmentation inside ``__getitem__``, e.g.
+    ``MNIST(transform=...)``) is refused with
+    :class:`~mxprivacy.NondeterministicDatasetError`.
 
 ``record_ids``
     One id per record (file name, database key), the same for that record on every
@@ -43,10 +45,10 @@ The canonical encoding hashed (one for arrays and for Dataset items)
     records are caught like workers with other contents.
 
 What the workers compare (in band, at every step, and out of band)
-    The loader registers N and the *partition*, how many records each rank owns
-    (``owners=[n_0, ..., n_W-1]``, summing to N; with ``record_ids``, the counts by id and
-    ``pairs=[...]``, the counts the (id, content) pairs would give),
-    with the trainer; the per-step agreement check (see
+    The loader registers N and the *partition* with the trainer: how many records each
+    rank owns (``owners=[n_0, ..., n_W-1]``, summing to N; with ``record_ids``, the
+    counts by id and ``pairs=[...]``, the counts the (id, content) pairs would give).
+    The per-step agreement check (see
     :mod:`mxprivacy.gluon.dist_agreement`) stops every worker at the first step when
     they differ. A record whose encoding or content differs on two workers and so moves
     to another owner (and could be trained by two workers) changes the counts, and the
@@ -82,7 +84,7 @@ from mxnet import gluon, nd
 from mxnet.gluon.data import dataset as _gluon_dataset
 
 from ..errors import InvalidParameterError, NondeterministicDatasetError
-from .loader_checks import in_multi_worker_process, resolve_shard
+from .loader_checks import check_global_size, in_multi_worker_process, resolve_shard
 
 __all__ = ["record_digests", "content_digests", "id_digests", "owners", "owner_counts",
            "data_digest", "resolve_shard", "plan_shard", "in_multi_worker_process",
@@ -357,17 +359,6 @@ class Shard:
     partition: Optional[str] = None
 
 
-def _check_global_size(trainer, size: int) -> None:
-    """A dist trainer's N is global: every worker passes the whole data set."""
-    expected = getattr(trainer, "dataset_size", None)
-    if not getattr(trainer, "distributed", False) or expected is None or expected == size:
-        return
-    raise InvalidParameterError(
-        f"DPDataLoader got {size} records, but the dist_sync trainer was built with "
-        f"dataset_size={expected}, the size of the whole data set. Every worker must pass "
-        "the whole data set (the same records; the loader keeps this worker's shard).")
-
-
 def plan_shard(size: int, *, arrays=None, dataset=None, record_ids=None, trainer=None,
                num_workers: Optional[int] = None, rank: Optional[int] = None,
                sampling: str = "poisson") -> Shard:
@@ -375,7 +366,7 @@ def plan_shard(size: int, *, arrays=None, dataset=None, record_ids=None, trainer
     if size < 1:
         raise InvalidParameterError("DPDataLoader needs at least one record.")
     workers, rank = resolve_shard(num_workers, rank, trainer, sampling)
-    _check_global_size(trainer, size)
+    check_global_size(trainer, size)
     if workers == 1:
         if record_ids is not None:
             id_digests(record_ids, size)  # validated all the same

@@ -16,7 +16,7 @@ from ..errors import InvalidParameterError
 
 __all__ = ["check_rate", "loader_rate", "check_trainer_rate", "resolve_sampling",
            "fixed_batch_size", "check_trainer_fixed", "resolve_secure",
-           "in_multi_worker_process", "job_shard", "resolve_shard"]
+           "in_multi_worker_process", "job_shard", "resolve_shard", "check_global_size"]
 
 
 def check_rate(sample_rate) -> float:
@@ -206,3 +206,14 @@ def resolve_shard(num_workers, rank, trainer, sampling: str) -> Tuple[int, int]:
             "draws from each shard is not a uniform draw from the whole data set. Use "
             "sampling='poisson'.")
     return workers, rank
+
+
+def check_global_size(trainer, size: int) -> None:
+    """A dist trainer's N is global: every worker passes the whole data set."""
+    expected = getattr(trainer, "dataset_size", None)
+    if not getattr(trainer, "distributed", False) or expected is None or expected == size:
+        return
+    raise InvalidParameterError(
+        f"DPDataLoader got {size} records, but the dist_sync trainer was built with "
+        f"dataset_size={expected}, the size of the whole data set. Every worker must pass "
+        "the whole data set (the same records; the loader keeps this worker's shard).")
