@@ -637,7 +637,7 @@ def test_a_second_dist_trainer_is_refused_and_the_first_still_steps(misuse_job):
     for report in misuse_job:
         for name in ("second by name", "second, shared"):
             assert "already started a distributed DPTrainer" in report["errors"][name]
-        assert report["steps"] == 2
+        assert report["steps"] == 1  # the reversed copy steps; "other" stops (owners)
 
 
 def test_a_step_not_announced_by_a_sharded_loader_is_refused_on_every_worker(misuse_job):
@@ -648,12 +648,13 @@ def test_a_step_not_announced_by_a_sharded_loader_is_refused_on_every_worker(mis
 def test_workers_holding_data_sets_of_another_size_stop_at_the_first_step(misuse_job):
     """Rank 1 holds two records fewer (the trainer has no dataset_size here): every
     worker raises WorkerMismatchError naming the data, before any gradient is pushed.
-    A copy with one other record steps (the contents never reach the server; see the
-    previous test for why the guarantee holds). Mutation checked: without the loader's N
-    in the agreement both step."""
+    A copy with one other record stops too: its owner changes, and the owner counts are
+    in the agreement. Mutation checked: without the loader's N in the agreement both
+    step."""
     for rank, report in enumerate(misuse_job):
         assert f"disagree on data (worker rank {rank}" in report["errors"]["shorter"]
-        assert report["steps"] == 2
+        assert "disagree on data" in report["errors"]["other"]
+        assert report["steps"] == 1
     assert "data=N=10" in misuse_job[1]["errors"]["shorter"]
 
 
