@@ -179,3 +179,11 @@ class NondeterministicDatasetError(InvalidParameterError):
 
 
 __all__.append("NondeterministicDatasetError")
+
+
+class KVStoreReleasedError(MXPrivacyError, RuntimeError):
+    """A distributed kvstore was used after it was released at the process's exit (its
+    C++ object, and ps-lite, are shut down)."""
+
+
+__all__.append("KVStoreReleasedError")

@@ -8,22 +8,28 @@ refused with a clear message (a kvstore created here by name for a trainer whose
 construction failed early is reused). A probe push when the trainer starts finds a
 server that does not sum the pushes (an optimizer set with ``KVStore.set_optimizer``)
 or gradient compression, both refused.
+
+At a normal exit the kvstore is released explicitly (:func:`release_kvstore`, after the
+last agreement round; see :mod:`.watchdog`), so ps-lite shuts down before the
+interpreter's teardown. Left to the teardown, it is freed only if nothing else still
+holds it (a daemon thread holding the trainer is enough to prevent it), and ps-lite's
+threads, still running at exit, abort every worker (SIGABRT).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from mxnet import kv as _kv
 from mxnet import nd
-from mxnet.base import MXNetError
+from mxnet.base import _LIB, MXNetError, check_call
 
-from ..errors import InvalidParameterError
-from .watchdog import Watchdog
+from ..errors import InvalidParameterError, KVStoreReleasedError
+from .watchdog import Watchdog, on_normal_exit
 
 __all__ = ["create_kvstore", "probe_sums", "refuse_second_trainer", "mark_started",
-           "started_workers", "PROBE_KEY"]
+           "started_workers", "release_kvstore", "PROBE_KEY"]
 
 PROBE_KEY = 2 ** 31 - 4  # far above Gluon's parameter keys 0 .. P-1
 _ENV = ("DMLC_NUM_WORKER", "DMLC_NUM_SERVER", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT")
@@ -35,6 +41,7 @@ class _Process:
     workers of the DPTrainer that started (at most one per process)."""
     created: Dict[str, object] = dataclasses.field(default_factory=dict)
     started: Optional[Tuple[int, int]] = None  # (rank, W)
+    to_release: List[object] = dataclasses.field(default_factory=list)  # at exit
 
 
 _PROCESS = _Process()
@@ -45,10 +52,51 @@ def started_workers() -> int:
     return 0 if _PROCESS.started is None else _PROCESS.started[1]
 
 
-def mark_started(rank: int, workers: int) -> None:
-    """A distributed DPTrainer of this process starts using its kvstore's keys."""
+def mark_started(rank: int, workers: int, kvstore=None) -> None:
+    """A distributed DPTrainer of this process starts using its kvstore's keys; the
+    kvstore is released when the process exits normally."""
     refuse_second_trainer()
     _PROCESS.started = (int(rank), int(workers))
+    if kvstore is not None:
+        _release_at_exit(kvstore)
+
+
+def _release_at_exit(kvstore) -> None:
+    if not any(kvstore is held for held in _PROCESS.to_release):
+        _PROCESS.to_release.append(kvstore)
+        on_normal_exit(_release_all, last=True)
+
+
+def _release_all() -> None:
+    while _PROCESS.to_release:
+        release_kvstore(_PROCESS.to_release.pop())
+
+
+class _ReleasedKVStore:
+    """What a kvstore becomes once released: every use raises (the C++ object is gone)."""
+
+    def __getattr__(self, name):
+        raise KVStoreReleasedError(
+            f"This dist kvstore was released (ps-lite shut down) when the process began "
+            f"to exit, so .{name} is not available: exit handlers that run after "
+            "mxprivacy's (registered before the DPTrainer was built) cannot use it. Do the "
+            "work before the end of the script.")
+
+
+def release_kvstore(kvstore) -> None:
+    """Free ``kvstore``'s C++ object now: for a dist kvstore its destructor shuts ps-lite
+    down (a barrier of the workers, rank 0 stops the servers, ``ps::Finalize``), so every
+    worker must call it. Waits for MXNet's engine first. The Python object stays, and
+    any later use raises :class:`~mxprivacy.KVStoreReleasedError` (instead of reaching
+    freed memory); releasing it twice does nothing."""
+    if isinstance(kvstore, _ReleasedKVStore):
+        return
+    try:
+        nd.waitall()  # no push or pull still queued for the kvstore
+    finally:
+        handle = kvstore.handle
+        kvstore.__class__ = _ReleasedKVStore  # its __del__ no longer frees the handle
+        check_call(_LIB.MXKVStoreFree(handle))
 
 
 def refuse_second_trainer() -> None:
@@ -84,6 +132,7 @@ def create_kvstore(name: str, watchdog: "Watchdog"):
                         "created a dist kvstore already: pass that KVStore object)"):
         kvstore = _kv.create(name)
     _PROCESS.created[name] = kvstore
+    _release_at_exit(kvstore)
     return kvstore
 
 

@@ -282,7 +282,7 @@ class DistributedMixin:
                 f"{deferred[:3]} have no shape yet (deferred initialization). Give the "
                 "layers their input sizes (in_units=, in_channels=) or run one forward "
                 "pass before building the DPTrainer.")
-        mark_started(job.rank, job.num_workers)  # its keys are in use from here
+        mark_started(job.rank, job.num_workers, job.kvstore)  # its keys are in use now
         with job.watchdog.watch("the other workers to start (weight broadcast)"):
             probe_sums(job.kvstore, job.num_workers, PROBE_KEY)
             self._init_kvstore()

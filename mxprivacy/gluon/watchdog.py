@@ -7,6 +7,14 @@ and ends the process with :data:`TIMEOUT_EXIT_CODE`. :func:`install_exit_guard` 
 worker that ends with an uncaught exception exit at once rather than wait in ps-lite's
 shutdown barrier for peers stuck in a step (a :class:`~mxprivacy.WorkerMismatchError`,
 raised on every worker, shuts down normally).
+
+A normal exit finishes the job in this order, before MXNet's own exit handler and the
+interpreter's teardown: the callbacks of :func:`on_normal_exit` (the last agreement
+round), then the watchdog threads are stopped, then the ``last=True`` callbacks (the
+release of the kvstore, which shuts ps-lite down). Left to the teardown, the kvstore is
+freed only if nothing still holds it (a daemon thread's frame or module globals outlive
+the teardown), else ps-lite's threads are still running when C++ destroys them:
+``terminate called without an active exception`` and SIGABRT, on every worker.
 """
 from __future__ import annotations
 
@@ -17,6 +25,8 @@ import os
 import sys
 import threading
 import time
+import traceback
+import weakref
 from typing import Callable, List, Optional
 
 from ..errors import InvalidParameterError, WorkerMismatchError
@@ -61,6 +71,7 @@ class Watchdog:
         self._deadline: Optional[float] = None
         self._what = ""
         self._thread: Optional[threading.Thread] = None
+        self._stopping = False
 
     @contextlib.contextmanager
     def watch(self, what: str):
@@ -74,6 +85,7 @@ class Watchdog:
                 self._thread = threading.Thread(target=self._run, daemon=True,
                                                 name="mxprivacy-dist-watchdog")
                 self._thread.start()
+                _RUNNING.add(self)
             self._cond.notify()
         try:
             yield
@@ -82,9 +94,23 @@ class Watchdog:
                 self._deadline = None
                 self._cond.notify()
 
+    def stop(self) -> None:
+        """End the thread (a later :meth:`watch` starts another); waits for it (up to 5 s:
+        a daemon thread, it never holds the exit)."""
+        with self._cond:
+            thread, self._stopping = self._thread, True
+            self._cond.notify()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5.0)
+        with self._cond:
+            self._thread, self._stopping = None, False
+        _RUNNING.discard(self)
+
     def _run(self) -> None:
         with self._cond:
             while True:
+                if self._stopping:
+                    return
                 if self._deadline is None:
                     self._cond.wait()
                     continue
@@ -118,12 +144,27 @@ def _exit_after_uncaught_error() -> None:
                 stream.flush()
         os._exit(1)
         return  # (a test's os._exit returns)
-    while _AT_NORMAL_EXIT:  # dropped as they run: a reference kept until the modules'
-        _AT_NORMAL_EXIT.pop(0)()  # teardown would outlive MXNet (ps-lite never finalized)
+    _run_all(_AT_NORMAL_EXIT)
+    for dog in list(_RUNNING):
+        dog.stop()
+    _run_all(_AT_EXIT_LAST)
+
+
+def _run_all(callbacks: List[Callable[[], None]]) -> None:
+    """Run and drop each callback (a reference kept until the teardown would keep what it
+    holds, the kvstore, alive past MXNet); one that raises is printed, the rest run."""
+    while callbacks:
+        callback = callbacks.pop(0)
+        try:
+            callback()
+        except Exception:
+            traceback.print_exc()
 
 
 _EXIT_GUARD: List[bool] = []
 _AT_NORMAL_EXIT: List[Callable[[], None]] = []
+_AT_EXIT_LAST: List[Callable[[], None]] = []
+_RUNNING: "weakref.WeakSet[Watchdog]" = weakref.WeakSet()  # watchdogs with a thread
 
 
 def install_exit_guard() -> None:
@@ -132,8 +173,10 @@ def install_exit_guard() -> None:
         _EXIT_GUARD.append(True)
 
 
-def on_normal_exit(callback: Callable[[], None]) -> None:
+def on_normal_exit(callback: Callable[[], None], *, last: bool = False) -> None:
     """Run ``callback`` when the process ends without an uncaught error (or with a
-    mismatch), before ps-lite's shutdown: the distributed trainer's last round."""
+    mismatch), before MXNet's exit handler: the distributed trainer's last round, or,
+    with ``last=True``, after every other callback and once the watchdog threads have
+    stopped (the release of the kvstore)."""
     install_exit_guard()
-    _AT_NORMAL_EXIT.append(callback)
+    (_AT_EXIT_LAST if last else _AT_NORMAL_EXIT).append(callback)
