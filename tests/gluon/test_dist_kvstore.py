@@ -83,4 +83,5 @@ def test_a_worker_whose_trainer_outlives_the_teardown_exits_cleanly(capfd):
     captured = capfd.readouterr()
     assert "terminate called" not in captured.err
     assert code == 0, captured.err[-2000:]
-    assert sorted(captured.out.split("\n"))[-2:] == ["rank 0 trained", "rank 1 trained"]
+    # the two workers share the terminal: their lines may interleave without a newline
+    assert captured.out.count("rank 0 trained") == 1 and captured.out.count("rank 1 trained") == 1
