@@ -14,6 +14,9 @@ EXTRAS = {
     "test": ["pytest>=7", "hypothesis>=6.80", "dp-accounting==0.6.0"],
     "notebooks": ["nbclient>=0.8", "nbformat>=5.7", "ipykernel>=6", "matplotlib>=3.6"],
     "bench": ["torch==2.13.0", "opacus==1.6.0", "anonypy"],
+    # flwr 1.12 is the newest Flower that resolves with numpy 1.23.5; [simulation] adds ray 2.10
+    "federated": ["flwr[simulation]==1.12.0"],
+    "encrypted": ["tenseal==0.3.18"],
 }
 
 setup(
