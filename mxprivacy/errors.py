@@ -187,3 +187,22 @@ class KVStoreReleasedError(MXPrivacyError, RuntimeError):
 
 
 __all__.append("KVStoreReleasedError")
+
+
+class FederatedError(MXPrivacyError, RuntimeError):
+    """A federated run (``mxprivacy.federated``) cannot go on as configured: a client,
+    the strategy or the Flower runtime is in a state that would break the round or its
+    privacy guarantee. The message says what to change."""
+
+
+__all__.append("FederatedError")
+
+
+class InvalidUpdateError(FederatedError, ValueError):
+    """A client's parameter arrays (weights or update) do not match the global model:
+    wrong number of arrays, wrong shape, a non-floating dtype, or NaN/inf values. The
+    message names the array (index and parameter) and what was expected. A strategy
+    counts such a client as rejected (it contributes zero) instead of failing the run."""
+
+
+__all__.append("InvalidUpdateError")
