@@ -206,3 +206,15 @@ class InvalidUpdateError(FederatedError, ValueError):
 
 
 __all__.append("InvalidUpdateError")
+
+
+class SecureAggregationSettingsError(InvalidParameterError):
+    """Secure aggregation (SecAgg+) settings that would break the privacy guarantee or
+    the protocol: a quantization too coarse for the clip norm (the client-side clip norm
+    would lose more than 1 % to the quantization slack), a modulus too small for the sum
+    of the clients' quantized vectors (it would wrap around), fewer than 3 clients, or a
+    reconstruction threshold outside [2, num_shares). The message says which value to
+    change."""
+
+
+__all__.append("SecureAggregationSettingsError")
