@@ -145,10 +145,8 @@ def global_norm(arrays: Sequence[np.ndarray]) -> float:
 
 
 def _check_clip_norm(clip_norm) -> float:
-    try:
-        value = float(clip_norm)
-    except (TypeError, ValueError):
-        value = float("nan")
+    number = isinstance(clip_norm, (int, float, np.integer, np.floating))
+    value = float(clip_norm) if number else float("nan")
     if isinstance(clip_norm, bool) or not (np.isfinite(value) and value > 0):
         raise InvalidParameterError(
             f"clip_norm must be a positive finite number, got {clip_norm!r}.")
