@@ -31,7 +31,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from ..errors import InvalidUpdateError
+from ..errors import FederatedError, InvalidUpdateError
 from .params import check_update, clip_update, subtract_arrays, zeros_like
 
 __all__ = ["clip_update_mod", "CLIP_NORM_KEY", "PARTICIPATE_KEY", "UPDATE_NORM_KEY",
@@ -58,11 +58,11 @@ class _Rejected(Exception):
 
 def participates(config) -> bool:
     """False when the fit config says this client was not sampled (``"mxp-participate"``
-    is 0); True when it is 1 or absent. Any other value raises InvalidUpdateError."""
+    is 0); True when it is 1 or absent. Any other value raises FederatedError."""
     value = (config or {}).get(PARTICIPATE_KEY, 1)
     if isinstance(value, (bool, int, float)) and value in (0, 1):
         return bool(value)
-    raise InvalidUpdateError(
+    raise FederatedError(
         f"Fit config {PARTICIPATE_KEY!r} must be 0 or 1, got {value!r}: the strategy "
         "sends 1 when the client was sampled this round and 0 otherwise.")
 
@@ -131,7 +131,7 @@ def clip_update_mod(msg, ctxt, call_next):
             return _reply(msg, zero, {UPDATE_NORM_KEY: 0.0})
         update, metrics = _inner_update(msg, ctxt, call_next, received)
         clipped, norm = clip_update(update, clip)
-    except (_Rejected, InvalidUpdateError) as err:
+    except (_Rejected, FederatedError) as err:
         _log.warning("clip_update_mod: sending a zero update: %s", err)
         return _reply(msg, zero, {REJECTED_KEY: str(err)[:500], UPDATE_NORM_KEY: 0.0})
     kept = {k: v for k, v in metrics.items() if k in _KEPT_METRICS}
