@@ -460,3 +460,32 @@ def test_epsilon_needs_a_delta():
     with pytest.raises(InvalidParameterError, match="delta"):
         make([np.zeros(2)]).epsilon()
     assert make([np.zeros(2)]).epsilon(delta=1e-5) == 0.0  # nothing released yet
+
+
+# -- Flower's own server loop (in-process clients, no ray) ---------------------------
+class TrainingProxy(Proxy):
+    """Sends global + 0.01 everywhere; client c004 raises (Flower records a failure)."""
+
+    def fit(self, ins, timeout, group_id):
+        if self.cid == "c004":
+            raise RuntimeError("client lost")
+        return fitres([r + 0.01 for r in parameters_to_ndarrays(ins.parameters)])
+
+
+def test_flower_server_loop_cancelled_rounds_and_failures_are_all_charged():
+    from flwr.server import Server, SimpleClientManager
+
+    manager = SimpleClientManager()
+    for i in range(5):
+        manager.register(TrainingProxy(f"c{i:03d}"))
+    strategy = make([np.zeros(3)], num_clients=5, sample_rate=0.2, clip_norm=1.0,
+                    noise_multiplier=1.0, delta=1e-5, seed=3, evaluate_fn=lambda *a: (0.0, {}))
+    history, _ = Server(client_manager=manager, strategy=strategy).fit(8, timeout=None)
+    rows = strategy.history_
+    assert [row["round"] for row in rows] == list(range(1, 9))
+    assert any(row["sampled"] == 0 for row in rows)  # Flower cancelled those rounds
+    assert any(row["failures"] for row in rows)
+    assert all(row["aggregated"] == (row["sampled"] > 0) for row in rows)
+    assert strategy.accountant_.ledger[0][1] == 8
+    assert strategy.epsilon() == pytest.approx(epsilon_for(1.0, 0.2, 8, 1e-5), rel=1e-12)
+    assert history.metrics_centralized["epsilon"][-1] == (8, strategy.epsilon())
