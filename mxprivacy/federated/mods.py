@@ -4,8 +4,9 @@
 weights the inner app returns by the *update* ``weights - received`` clipped to L2 norm
 ``config["mxp-clip-norm"]`` (:func:`.params.clip_update`: the bound holds after the cast
 to float32), with ``num_examples = 1`` (every client counts 1: weighted averaging would
-change the sensitivity), and reports the norm before clipping in ``"mxp-update-norm"``
-(for adaptive clipping). With secure aggregation it runs *inside* ``secaggplus_mod``::
+change the sensitivity). It reports the norm before clipping in ``"mxp-update-norm"``
+only when the strategy asks for it (``"mxp-report-norm": 1``, adaptive clipping without
+secure aggregation, where the server sees each update anyway). With secure aggregation it runs *inside* ``secaggplus_mod``::
 
     ClientApp(client_fn=..., mods=[secaggplus_mod, clip_update_mod])
 
@@ -20,8 +21,10 @@ the inner app is not run at all and a zero update is sent. The inner app's own
 metrics are dropped (they are computed from the client's data and would reach the
 server unprotected), except ``"example_epsilon"``, which depends on settings only.
 
-Note that ``"mxp-update-norm"`` itself reaches the server per client, in the clear,
-even under SecAgg+ (as Flower's own ``adaptiveclipping_mod`` sends its norm bit).
+Under secure aggregation (``"mxp-secure": 1``) the mod sends no metrics at all:
+``secaggplus_mod`` forwards fit metrics to the server in the clear, so a norm, a rejection
+reason or an epsilon there would tell the server something about one client that the
+secure sum hides. A rejection is then logged on the client only.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ from ..errors import FederatedError, InvalidUpdateError
 from .params import check_update, clip_update, subtract_arrays, zeros_like
 
 __all__ = ["clip_update_mod", "CLIP_NORM_KEY", "PARTICIPATE_KEY", "UPDATE_NORM_KEY",
+           "REPORT_NORM_KEY", "SECURE_KEY",
            "REJECTED_KEY", "EXAMPLE_EPSILON_KEY", "LOCAL_EPOCHS_KEY", "BATCH_SIZE_KEY",
            "LEARNING_RATE_KEY", "participates"]
 
@@ -42,6 +46,8 @@ __all__ = ["clip_update_mod", "CLIP_NORM_KEY", "PARTICIPATE_KEY", "UPDATE_NORM_K
 CLIP_NORM_KEY = "mxp-clip-norm"
 PARTICIPATE_KEY = "mxp-participate"
 UPDATE_NORM_KEY = "mxp-update-norm"
+REPORT_NORM_KEY = "mxp-report-norm"
+SECURE_KEY = "mxp-secure"
 REJECTED_KEY = "mxp-rejected"
 EXAMPLE_EPSILON_KEY = "example_epsilon"
 LOCAL_EPOCHS_KEY = "local_epochs"
@@ -128,11 +134,21 @@ def clip_update_mod(msg, ctxt, call_next):
     try:
         clip = _clip_norm(ins.config)
         if not participates(ins.config):
-            return _reply(msg, zero, {UPDATE_NORM_KEY: 0.0})
+            return _reply(msg, zero, _metrics(ins.config, {}, 0.0))
         update, metrics = _inner_update(msg, ctxt, call_next, received)
         clipped, norm = clip_update(update, clip)
     except (_Rejected, FederatedError) as err:
         _log.warning("clip_update_mod: sending a zero update: %s", err)
-        return _reply(msg, zero, {REJECTED_KEY: str(err)[:500], UPDATE_NORM_KEY: 0.0})
+        return _reply(msg, zero, _metrics(ins.config, {REJECTED_KEY: str(err)[:500]}, 0.0))
     kept = {k: v for k, v in metrics.items() if k in _KEPT_METRICS}
-    return _reply(msg, clipped, dict(kept, **{UPDATE_NORM_KEY: float(norm)}))
+    return _reply(msg, clipped, _metrics(ins.config, kept, float(norm)))
+
+
+def _metrics(config, metrics: Dict, norm: float) -> Dict:
+    """What may leave the client next to its update: nothing under secure aggregation;
+    the pre-clip norm only when the strategy asked for it."""
+    if config.get(SECURE_KEY, 0):
+        return {}
+    if config.get(REPORT_NORM_KEY, 0):
+        return dict(metrics, **{UPDATE_NORM_KEY: norm})
+    return dict(metrics)

@@ -24,7 +24,8 @@ from . import _adaptive
 from ._rounds import (RoundTally, client_contribution, describe_failure, generators,
                       in_range, initial_arrays, integer, positive, release,
                       resolve_clipping, secure_sum)
-from .mods import CLIP_NORM_KEY, PARTICIPATE_KEY, REJECTED_KEY, UPDATE_NORM_KEY
+from .mods import (CLIP_NORM_KEY, PARTICIPATE_KEY, REJECTED_KEY, REPORT_NORM_KEY, SECURE_KEY,
+                   UPDATE_NORM_KEY)
 
 try:  # Flower is an optional extra: the class needs it, the module's import explains
     from flwr.common import EvaluateIns, FitIns, ndarrays_to_parameters, parameters_to_ndarrays
@@ -223,11 +224,12 @@ class DPFedAvg(Strategy):
         model = ndarrays_to_parameters(self.parameters_)
         config: Dict[str, object] = {"server_round": int(server_round)}
         if self.secure_aggregation:
-            config[CLIP_NORM_KEY] = self._secure_clip(self.clip_norm_)
+            config.update({CLIP_NORM_KEY: self._secure_clip(self.clip_norm_), SECURE_KEY: 1})
             return [(p, FitIns(model, dict(config, **{PARTICIPATE_KEY: int(coin)})))
                     for p, coin in zip(proxies, coins)]
         if self.clipping == "client":
-            config.update({CLIP_NORM_KEY: self.clip_norm_, PARTICIPATE_KEY: 1})
+            config.update({CLIP_NORM_KEY: self.clip_norm_, PARTICIPATE_KEY: 1,
+                           REPORT_NORM_KEY: int(self.adaptive_clipping)})
         return [(p, FitIns(model, dict(config))) for p in sampled]
 
     def aggregate_fit(self, server_round, results, failures):

@@ -16,6 +16,7 @@ from mxnet import gluon  # noqa: E402
 from mxprivacy.federated.client import GluonClient  # noqa: E402
 from mxprivacy.federated.mods import (CLIP_NORM_KEY, EXAMPLE_EPSILON_KEY,  # noqa: E402
                                       PARTICIPATE_KEY, REJECTED_KEY, UPDATE_NORM_KEY,
+                                      REPORT_NORM_KEY, SECURE_KEY,
                                       clip_update_mod)
 from mxprivacy.federated.params import global_norm, subtract_arrays  # noqa: E402
 
@@ -56,7 +57,7 @@ def _run(weights, config, **kwargs):
 def test_huge_update_is_clipped_to_the_configured_norm():
     weights = [w + 1e6 * np.sign(np.arange(w.size).reshape(w.shape) - 1.5) for w in RECEIVED]
     update = subtract_arrays(weights, RECEIVED)
-    arrays, num_examples, metrics = _run(weights, {CLIP_NORM_KEY: 0.7, PARTICIPATE_KEY: 1})
+    arrays, num_examples, metrics = _run(weights, {CLIP_NORM_KEY: 0.7, PARTICIPATE_KEY: 1, REPORT_NORM_KEY: 1})
     assert global_norm(arrays) <= 0.7
     assert global_norm(arrays) == pytest.approx(0.7, rel=1e-6)
     assert num_examples == 1  # uniform weights, whatever the app said (123)
@@ -69,7 +70,7 @@ def test_huge_update_is_clipped_to_the_configured_norm():
 
 def test_small_update_is_sent_exactly_and_only_safe_metrics_are_kept():
     weights = [RECEIVED[0] + 0.25, RECEIVED[1] - 0.125]
-    arrays, _, metrics = _run(weights, {CLIP_NORM_KEY: 10.0},
+    arrays, _, metrics = _run(weights, {CLIP_NORM_KEY: 10.0, REPORT_NORM_KEY: 1},
                               metrics={"train_loss": 0.3, EXAMPLE_EPSILON_KEY: 2.5})
     np.testing.assert_array_equal(arrays[0], np.full((2, 2), 0.25, np.float32))
     np.testing.assert_array_equal(arrays[1], np.full(2, -0.125, np.float32))
@@ -84,7 +85,7 @@ def test_small_update_is_sent_exactly_and_only_safe_metrics_are_kept():
     ([RECEIVED[0], np.array([0.0, 1.0])[None]], r"shape \(1, 2\)"),
 ])
 def test_invalid_weights_become_a_zero_update_with_the_reason(weights, reason):
-    arrays, num_examples, metrics = _run(weights, {CLIP_NORM_KEY: 1.0})
+    arrays, num_examples, metrics = _run(weights, {CLIP_NORM_KEY: 1.0, REPORT_NORM_KEY: 1})
     assert [a.shape for a in arrays] == [(2, 2), (2,)]
     assert all(not a.any() for a in arrays)
     assert num_examples == 1
@@ -153,9 +154,31 @@ def test_mod_inside_a_client_app_with_a_gluon_client():
     client = GluonClient(net, (x, y), batch_size=16, optimizer_params={"learning_rate": 5.0})
     received = client.get_parameters({})
     app = ClientApp(client_fn=lambda context: client.to_client(), mods=[clip_update_mod])
-    reply = app(_message(received, {CLIP_NORM_KEY: 0.05, "local_epochs": 2}), _context())
+    reply = app(_message(received, {CLIP_NORM_KEY: 0.05, "local_epochs": 2, REPORT_NORM_KEY: 1}), _context())
     arrays, num_examples, metrics = _result(reply)
     assert num_examples == 1 and REJECTED_KEY not in metrics
     assert metrics[UPDATE_NORM_KEY] > 0.05  # lr 5: the raw update is far larger
     assert global_norm(arrays) <= 0.05
     assert set(metrics) == {UPDATE_NORM_KEY}  # the client's train_loss is not sent
+
+
+@pytest.mark.parametrize("weights", [
+    [RECEIVED[0] + 1e6, RECEIVED[1]],                               # clipped
+    [RECEIVED[0], np.array([np.nan, 0.0], np.float32)],             # rejected
+])
+def test_under_secure_aggregation_nothing_but_the_update_leaves_the_client(weights):
+    """secaggplus_mod forwards fit metrics in the clear: a norm, a rejection reason or an
+    epsilon there would tell the server about one client what the secure sum hides."""
+    config = {CLIP_NORM_KEY: 1.0, PARTICIPATE_KEY: 1, SECURE_KEY: 1, REPORT_NORM_KEY: 1}
+    _, _, metrics = _run(weights, config, metrics={EXAMPLE_EPSILON_KEY: 2.5})
+    assert metrics == {}
+    _, _, metrics = _run(weights, dict(config, **{PARTICIPATE_KEY: 0}))
+    assert metrics == {}
+
+
+def test_the_norm_is_sent_only_when_the_strategy_asks_for_it():
+    weights = [RECEIVED[0] + 3.0, RECEIVED[1]]
+    _, _, metrics = _run(weights, {CLIP_NORM_KEY: 1.0, PARTICIPATE_KEY: 1})
+    assert UPDATE_NORM_KEY not in metrics
+    _, _, metrics = _run(weights, {CLIP_NORM_KEY: 1.0, PARTICIPATE_KEY: 1, REPORT_NORM_KEY: 1})
+    assert metrics[UPDATE_NORM_KEY] == pytest.approx(6.0)

@@ -21,7 +21,8 @@ from mxprivacy.accounting import (GaussianEvent, PoissonSampledEvent, epsilon_fo
                                   make_accountant)
 from mxprivacy.errors import (FederatedError, InvalidParameterError,  # noqa: E402
                               PrivacyBudgetExceeded, PrivacyWarning)
-from mxprivacy.federated.mods import CLIP_NORM_KEY, PARTICIPATE_KEY, REJECTED_KEY  # noqa: E402
+from mxprivacy.federated.mods import (CLIP_NORM_KEY, PARTICIPATE_KEY, REJECTED_KEY,  # noqa: E402
+                                      REPORT_NORM_KEY, SECURE_KEY)
 from mxprivacy.federated.params import clip_update, global_norm  # noqa: E402
 from mxprivacy.federated.secure import secagg_settings  # noqa: E402
 from mxprivacy.federated.strategy import DPFedAvg  # noqa: E402
@@ -380,6 +381,8 @@ def test_secure_mode_contacts_everyone_with_the_coin_and_c_eff():
     assert [p.cid for p, _ in configured] == sorted(Manager(4).clients)
     c_eff = secagg_settings(1.0, 11, 4)["effective_clip_norm"]
     assert all(ins.config[CLIP_NORM_KEY] == c_eff < 1.0 for _, ins in configured)
+    assert all(ins.config[SECURE_KEY] == 1 for _, ins in configured)  # no metrics in the clear
+    assert all(not ins.config.get(REPORT_NORM_KEY) for _, ins in configured)
     coins = [ins.config[PARTICIPATE_KEY] for _, ins in configured]
     assert set(coins) <= {0, 1}
     updates = [[np.full((3, 3), 0.1 * (i + 1)) * c, np.full(2, 0.05) * c]
