@@ -322,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit_parser(sub)
     from .distributed.cli import add_launch_parser  # no MXNet import
     add_launch_parser(sub)
+    from .federated.cli import add_federated_parser; add_federated_parser(sub)  # no MXNet/Flower
     return parser
 
 
