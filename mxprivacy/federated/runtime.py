@@ -87,11 +87,8 @@ def gluon_evaluate_fn(net_fn: Callable, test_data, *, batch_size: int = 512, ctx
         if "net" not in state:
             state["net"] = net_fn()
         net = state["net"]
-        if not isinstance(arrays, list):  # flwr FedAvg passes NDArrays; be lenient
-            arrays = list(arrays)
-        set_weights(net, arrays)
-        loss_fn = mx.gluon.loss.SoftmaxCrossEntropyLoss()
-        device = ctx or mx.cpu()
+        set_weights(net, list(arrays))
+        loss_fn, device = mx.gluon.loss.SoftmaxCrossEntropyLoss(), ctx or mx.cpu()
         total_loss, correct = 0.0, 0
         for start in range(0, len(x), batch_size):
             xb = mx.nd.array(x[start:start + batch_size], ctx=device)
