@@ -36,7 +36,7 @@ Modulus
 Threat model (honest-but-curious server, semi-honest clients)
     - *Server*: sees, per client, a vector masked by pairwise masks and a private mask
       (uniform-looking mod ``M``), plus the plaintext metadata of the fit result
-      (``num_examples``, the fit metrics: keep per-client information out of them). It
+      (``num_examples``, and fit metrics, which ``clip_update_mod`` empties under SecAgg+). It
       learns the sum of the active clients' quantized updates and which clients dropped.
       It sees the sum **before** the DP noise: user-level DP protects against everyone
       who sees the released models (clients, users of the model), not against the
