@@ -11,11 +11,12 @@ Local training is one of:
   metrics);
 - ``dp=dict(noise_multiplier=..., max_grad_norm=..., delta=...)``: DP-SGD with
   :class:`~mxprivacy.DPTrainer` and :class:`~mxprivacy.DPDataLoader` (Poisson batches
-  of expected size ``batch_size``), example-level DP inside the client. The trainer
-  lives as long as the client object, so the reported ``"example_epsilon"`` (at
-  ``delta``, default 1e-5) composes all the fits of this object: keep one
-  GluonClient per client across rounds. Other keys go to DPTrainer (``accountant``,
-  ``secure_mode``, ...).
+  of expected size ``batch_size``), example-level DP inside the client. The reported
+  ``"example_epsilon"`` (at ``delta``, default 1e-5) composes every DP-SGD step this
+  client has taken in all its rounds: the ledger lives in the object and, with
+  ``state=context.state`` (Flower's per-client RecordSet, which outlives the client
+  objects a ``client_fn`` builds per message), in that state too. Other keys go to
+  DPTrainer (``accountant``, ``secure_mode``, ...).
 
 The fit config may override ``"local_epochs"``, ``"batch_size"`` (not in DP mode: it
 fixes the sampling rate of the accounted steps) and ``"learning_rate"``. When
@@ -24,6 +25,7 @@ returns the received weights unchanged, without training. Key names: :mod:`.mods
 """
 from __future__ import annotations
 
+import json
 import math
 from typing import Callable, Dict, Optional, Tuple
 
@@ -42,6 +44,7 @@ except ImportError as _err:  # pragma: no cover - flwr is an extra
 
 __all__ = ["GluonClient"]
 
+_LEDGER_RECORD = "mxp-example-ledger"
 _DP_OWNED = ("expected_batch_size", "sample_rate", "dataset_size", "sampling")
 
 
@@ -94,13 +97,17 @@ class GluonClient(NumPyClient):
         ``train_fn(net, train_data, config) -> dict`` replaces the standard loop.
     dp : dict, optional
         Local DP-SGD (see the module docstring). Not with ``train_fn``.
+    state : flwr.common.RecordSet, optional
+        Flower's ``context.state``: keeps the example-level ledger across the client
+        objects built for each message.
     ctx : mx.Context, optional
         Device (``mx.cpu()`` by default).
     """
 
     def __init__(self, net, train_data, test_data=None, *, loss=None, local_epochs=1,
                  batch_size=32, optimizer="sgd", optimizer_params=None,
-                 train_fn: Optional[Callable] = None, dp: Optional[dict] = None, ctx=None):
+                 train_fn: Optional[Callable] = None, dp: Optional[dict] = None, ctx=None,
+                 state=None):
         import mxnet as mx
         from mxnet import gluon
 
@@ -126,6 +133,7 @@ class GluonClient(NumPyClient):
         self._materialize()
         self.dp = None if dp is None else self._check_dp(dp)
         self._dp_trainer = self._dp_net = None
+        self.state = state
 
     # -- setup -------------------------------------------------------------------------
     def _materialize(self) -> None:
@@ -232,7 +240,21 @@ class GluonClient(NumPyClient):
                 net.collect_params(), self.optimizer, dict(self.optimizer_params),
                 expected_batch_size=self.batch_size,
                 sample_rate=self.batch_size / len(self.train_data), **options)
+            saved = self._saved_ledger()
+            if saved is not None:
+                self._dp_trainer.accountant.load_state_dict(saved)
         return self._dp_net, self._dp_trainer
+
+    def _saved_ledger(self):
+        if self.state is None or _LEDGER_RECORD not in self.state.configs_records:
+            return None
+        return json.loads(self.state.configs_records[_LEDGER_RECORD]["ledger"])
+
+    def _save_ledger(self, trainer) -> None:
+        if self.state is not None:
+            from flwr.common import ConfigsRecord
+            text = json.dumps(trainer.accountant.state_dict())
+            self.state.configs_records[_LEDGER_RECORD] = ConfigsRecord({"ledger": text})
 
     def _fit_dp(self, config) -> Dict:
         from mxnet import autograd
@@ -252,9 +274,12 @@ class GluonClient(NumPyClient):
         data = self._train_arrays if self._train_arrays is not None else self.train_data
         loader = DPDataLoader(data, rate, trainer=trainer, ctx=self.ctx,
                               num_batches=int(math.ceil(epochs / rate)))
-        for x, y in loader:
-            with autograd.record():
-                loss = self.loss(net(x), y)
-            loss.backward()
-            trainer.step(x.shape[0])
+        try:
+            for x, y in loader:
+                with autograd.record():
+                    loss = self.loss(net(x), y)
+                loss.backward()
+                trainer.step(x.shape[0])
+        finally:  # a fit that fails half-way still spent what it stepped
+            self._save_ledger(trainer)
         return {EXAMPLE_EPSILON_KEY: float(trainer.epsilon(self.dp["delta"]))}

@@ -19,8 +19,9 @@ the declared K). Each round prints one line
 Data reach the clients with every message: ``client_data`` given as a list is shipped
 to a Ray actor each time a client is called; for large data give a callable
 ``client_data(partition_id)`` that loads the partition inside the actor. A client
-object is built for each message (Flower's simulation), so local example-level DP
-(``client_kwargs=dict(dp=...)``) reports an ``example_epsilon`` for one fit only.
+object is built for each message (Flower's simulation); with local example-level DP
+(``client_kwargs=dict(dp=...)``) its ledger lives in the client's ``context.state``,
+so the ``example_epsilon`` it reports covers all its rounds.
 """
 from __future__ import annotations
 
@@ -36,7 +37,6 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import ConflictingParametersError, FederatedError, InvalidParameterError
-from ..errors import PrivacyWarning
 
 try:  # Flower is an optional extra
     from flwr.server.strategy import Strategy
@@ -111,7 +111,8 @@ def _client_app(net_fn, client_data, client_kwargs, mods):
         data = client_data(pid) if callable(client_data) else client_data[pid]
         train, test = (data.get("train"), data.get("test")) if isinstance(data, dict) \
             else (data, None)
-        return GluonClient(net_fn(), train, test, **client_kwargs).to_client()
+        return GluonClient(net_fn(), train, test, state=context.state,
+                           **client_kwargs).to_client()
 
     return ClientApp(client_fn=client_fn, mods=list(mods))
 
@@ -250,10 +251,6 @@ def run_federated(net_fn: Callable, client_data, strategy, *, rounds: int,
     secure = _secure_setting(strategy, secure_aggregation)
     settings = _workflow_settings(strategy, count, secagg_kwargs or {}) if secure else {}
     client_kwargs = dict(client_kwargs or {})
-    if "dp" in client_kwargs:
-        warnings.warn("Each simulated client message builds a new GluonClient, so the "
-                      "'example_epsilon' a client reports covers one fit, not its rounds "
-                      "together.", PrivacyWarning, stacklevel=2)
     watcher = _ProgressStrategy(strategy, rounds=rounds, clients=count, delta=delta,
                                print_fn=print_fn if progress else None,
                                connect_timeout=CONNECT_TIMEOUT)

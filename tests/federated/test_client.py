@@ -120,6 +120,21 @@ def test_dp_mode_reports_example_epsilon_of_the_accountant():
         client.fit(weights, {"batch_size": 10})
 
 
+def test_example_epsilon_composes_across_client_objects_sharing_flower_state():
+    """Flower's simulation builds a new client per message: the ledger must live in
+    context.state, or each round would report the epsilon of one fit (too low)."""
+    from flwr.common import RecordSet
+
+    dp = dict(noise_multiplier=1.1, max_grad_norm=1.0, delta=1e-5)
+    state = RecordSet()
+    weights = GluonClient(_mlp(), _data(), batch_size=20, dp=dp, state=state).get_parameters({})
+    for rounds in (1, 2, 3):
+        client = GluonClient(_mlp(), _data(), batch_size=20, dp=dp, state=state)
+        weights, _, metrics = client.fit(weights, {})
+        assert metrics[EXAMPLE_EPSILON_KEY] == pytest.approx(
+            epsilon_for(1.1, 0.1, 10 * rounds, 1e-5), rel=1e-12)
+
+
 def test_dp_mode_clips_and_noises():
     # max_grad_norm tiny and no noise: the update of one step is at most lr * C.
     client = GluonClient(_mlp(), _data(), batch_size=20, optimizer_params={
