@@ -242,7 +242,10 @@ class DPFedAvg(Strategy):
                 "call configure_fit once before each aggregate_fit.")
         tally.received = len(results)
         tally.failures = [describe_failure(f) for f in failures]
-        if self.secure_aggregation:
+        if self.secure_aggregation:  # Flower 1.12 lists a SecAgg+ dropout twice
+            missing = max(0, tally.available - len(results))
+            reasons = list(dict.fromkeys(tally.failures))[:missing]
+            tally.failures = reasons + ["no reply"] * (missing - len(reasons))
             total, reason = secure_sum(results, self.parameters_, self.clip_norm_)
             tally.contributed = 0 if total is None else len(results)
             if reason:

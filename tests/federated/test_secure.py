@@ -303,7 +303,7 @@ def test_client_dropping_mid_round_is_survived(secure_run):
     row = strategy.history_[1]
     assert (row["round"], row["received"], row["contributed"]) == (2, 4, 4)
     # flwr 1.12's collect_masked_vectors_stage lists each failed reply twice
-    assert row["failures"] in (1, 2)
+    assert row["failures"] == 1  # Flower 1.12 lists the dropout twice; counted once
     assert all("dropped out" in reason for reason in row["failure_reasons"])
     assert len([1 for group, _ in secure_run["records"] if group == "2"]) == 4
     bound = secure.quantization_error_bound(C, s["quantization_range"], num_summed=4) / K

@@ -396,6 +396,16 @@ def test_secure_mode_contacts_everyone_with_the_coin_and_c_eff():
     assert strategy.history_[0]["contributed"] == 4
 
 
+def test_secure_mode_counts_a_dropout_once():
+    """Flower 1.12's SecAgg+ workflow lists a client that dropped out twice."""
+    strategy = _secure([np.zeros(4)])
+    configured = strategy.configure_fit(1, None, Manager(4))
+    results = [(p, fitres([np.zeros(4)], 1)) for p, _ in configured[:3]]
+    dropped = RuntimeError("client 3 timed out")
+    strategy.aggregate_fit(1, results, [dropped, dropped])
+    assert strategy.history_[0]["failures"] == 1
+
+
 @pytest.mark.parametrize("num_examples, scale, reason", [
     (2, 0.1, "num_examples"), (1, 10.0, "did not clip")])
 def test_secure_aggregate_that_breaks_the_bound_is_discarded(num_examples, scale, reason):
