@@ -218,3 +218,41 @@ class SecureAggregationSettingsError(InvalidParameterError):
 
 
 __all__.append("SecureAggregationSettingsError")
+
+
+class EncryptionError(MXPrivacyError, RuntimeError):
+    """Encrypted inference (``mxprivacy.encrypted``) cannot go on: a context, a plan or
+    an encrypted batch does not fit the operation asked for. The message says what to
+    change."""
+
+
+__all__.append("EncryptionError")
+
+
+class DepthError(EncryptionError, ValueError):
+    """A model's multiplicative depth exceeds what a CKKS context's coefficient modulus
+    chain can evaluate (each multiplication consumes one prime of the chain). Create the
+    context from the plan (``plan.create_context()``) or with a larger ``depth``, or use
+    fewer polynomial activations."""
+
+
+__all__.append("DepthError")
+
+
+class CiphertextError(EncryptionError, ValueError):
+    """Bytes given as an encrypted batch, a public context or a result are not a valid
+    mxprivacy envelope of that kind: tampered (digest mismatch), truncated, of another
+    kind, or of another version. Nothing was parsed; ask the sender to send them
+    again."""
+
+
+__all__.append("CiphertextError")
+
+
+class PublicContextError(EncryptionError):
+    """A context given to the server side still holds the secret key, or lacks the
+    Galois or relinearization keys the evaluation needs. Send ``client.public()``
+    (made from a context that generated those keys)."""
+
+
+__all__.append("PublicContextError")

@@ -1,0 +1,1 @@
+"""Encrypted inference for Gluon models with CKKS (TenSEAL)."""
