@@ -5,6 +5,7 @@ from .rules import dense as _dense_rules  # noqa: F401
 from .rules import embedding as _embedding_rules  # noqa: F401
 from .rules import norm as _norm_rules  # noqa: F401
 from .rules import affine as _affine_rules  # noqa: F401
+from .rules import poly as _poly_rules  # noqa: F401
 from .affine import ChannelAffine
 from .averaging import ParameterAverage
 from .devices import split_and_load
@@ -15,10 +16,11 @@ from .rules import GradRule, register_grad_rule
 from .sampling import DPDataLoader, FixedSizeBatchSampler, PoissonBatchSampler
 from .rnn import DPGRU, DPLSTM, DPRNN
 from .trainer import DPTrainer
+from .poly import PolyActivation
 from .noisy_output import NoisyOutput  # noqa: F401  (also mxprivacy.NoisyOutput)
 from .validators import validate
 
 __all__ = ["PrivateBlock", "DPTrainer", "GradRule", "register_grad_rule", "rules",
            "per_sample_grad_norms", "per_sample_grads", "DPDataLoader",
            "PoissonBatchSampler", "FixedSizeBatchSampler", "validate", "fix", "DPLSTM", "DPGRU", "DPRNN",
-           "ParameterAverage", "ChannelAffine", "split_and_load"]
+           "ParameterAverage", "ChannelAffine", "split_and_load", "PolyActivation"]
