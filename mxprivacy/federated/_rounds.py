@@ -79,23 +79,22 @@ def client_contribution(arrays: Sequence[np.ndarray], global_arrays: Sequence[np
     return clipped, norm
 
 
-def secure_sum(results, global_arrays: Sequence[np.ndarray], clip_norm: float
+def secure_sum(results, global_arrays: Sequence[np.ndarray], radius: float
                ) -> Tuple[Optional[List[np.ndarray]], Optional[str]]:
-    """(sum of the clipped updates, None) from SecAgg's results, or (None, reason).
+    """(sum of the clipped updates, note) from SecAgg's results.
 
-    SecAggPlusWorkflow puts the same aggregate in every FitRes: the mean of the active
-    clients' vectors weighted by their num_examples, which ``clip_update_mod`` sets to 1.
-    The sum is that mean times their count. The aggregate is discarded (the round then
-    releases noise only) if a weight is not 1 (a client without the mod: its weight
-    would scale its update past C) or its norm exceeds count x C (some client did not
-    clip), or it is not a finite array list of the model's shapes.
+    SecAggPlusWorkflow puts the same aggregate in every FitRes: the sum of the active
+    clients' vectors divided by their count (:func:`.secure.secagg_workflow` makes the
+    divisor the server's count, whatever weights the clients claim). The sum is that
+    mean times the count. Nothing here decides on the sum before the noise except a
+    projection onto the ball of the fixed, public radius K x C: a projection never
+    stretches distances, so one honest client still moves the result by at most C,
+    while a client that did not clip cannot push the model past the bound. A
+    non-finite aggregate or one of the wrong shapes is replaced by zeros (noise only).
+    The note never quotes the aggregate (it is not noised).
     """
     if not results:
         return None, None
-    weights = [res.num_examples for _, res in results]
-    if any(w != 1 for w in weights):
-        return None, (f"secure aggregate discarded: num_examples {sorted(set(weights))} "
-                      "instead of 1 (run clip_update_mod inside secaggplus_mod on every client)")
     from flwr.common import parameters_to_ndarrays
 
     try:
@@ -105,10 +104,10 @@ def secure_sum(results, global_arrays: Sequence[np.ndarray], clip_norm: float
         return None, f"secure aggregate discarded: {err}"
     total = [a * len(results) for a in wide(mean)]
     norm = float(np.sqrt(sum(float(np.dot(t.ravel(), t.ravel())) for t in total)))
-    if not norm <= len(results) * clip_norm * (1 + 1e-9):
-        return None, (f"secure aggregate discarded: norm {norm:.6g} > {len(results)} clients "
-                      f"x C = {len(results) * clip_norm:.6g} (a client did not clip)")
-    return total, None
+    if norm <= radius:
+        return total, None
+    return ([t * (radius / norm) for t in total],
+            "secure aggregate projected onto the K x C ball (a client did not clip)")
 
 
 def release(global_arrays: Sequence[np.ndarray], total: Optional[List[np.ndarray]],

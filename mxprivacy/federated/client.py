@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from ..errors import ConflictingParametersError, InvalidParameterError
+from ..errors import ConflictingParametersError, InvalidParameterError, PrivacyWarning
 from .mods import (BATCH_SIZE_KEY, EXAMPLE_EPSILON_KEY, LEARNING_RATE_KEY, LOCAL_EPOCHS_KEY,
                    participates)
 from .params import get_weights, set_weights
@@ -134,6 +135,12 @@ class GluonClient(NumPyClient):
         self.dp = None if dp is None else self._check_dp(dp)
         self._dp_trainer = self._dp_net = None
         self.state = state
+        if self.dp is not None and state is None:
+            warnings.warn(
+                "GluonClient(dp=...) without state=: the example-level ledger lives only as "
+                "long as this object, and a client_fn that builds a client per message would "
+                "report the epsilon of one fit. Pass state=context.state.",
+                PrivacyWarning, stacklevel=2)
 
     # -- setup -------------------------------------------------------------------------
     def _materialize(self) -> None:

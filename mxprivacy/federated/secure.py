@@ -36,7 +36,8 @@ Modulus
 Threat model (honest-but-curious server, semi-honest clients)
     - *Server*: sees, per client, a vector masked by pairwise masks and a private mask
       (uniform-looking mod ``M``), plus the plaintext metadata of the fit result
-      (``num_examples``, and fit metrics, which ``clip_update_mod`` empties under SecAgg+). It
+      (``num_examples``, which is ignored, and fit metrics, which ``clip_update_mod``
+      empties under SecAgg+). It
       learns the sum of the active clients' quantized updates and which clients dropped.
       It sees the sum **before** the DP noise: user-level DP protects against everyone
       who sees the released models (clients, users of the model), not against the
@@ -47,15 +48,30 @@ Threat model (honest-but-curious server, semi-honest clients)
       threshold ``t`` of a client's ``num_shares`` neighbours hold too few Shamir shares
       to rebuild its mask seeds, so they learn only the sum (minus their own updates);
       ``t`` or more colluding neighbours can unmask that client's update.
-    - *Clients are trusted to clip*: the sensitivity bound relies on ``clip_update_mod``
-      running inside ``secaggplus_mod``. A malicious client can still shift the sum by at
-      most ``R sqrt(d)`` per round (Flower clips each coordinate to ``[-R, R]``), which
-      spoils utility but not other clients' secrecy; it is not a DP guarantee for it.
+    - *Clients are trusted to run the protocol*: the DP guarantee of an honest client
+      assumes the other clients run ``clip_update_mod`` inside an unmodified
+      ``secaggplus_mod``. A client that deviates can spoil utility, and can also break
+      another client's guarantee:
+        * by claiming a weight factor other than ``Q`` (Flower divides the sum by the sum
+          of the claimed factors, so an honest update could count ``n`` times):
+          **closed** here, :func:`secagg_workflow` divides by the server's own count of
+          active clients and logs a client whose claim differs;
+        * by sending integers chosen near the modulus, so that an honest client's
+          quantized values make the sum wrap around ``M`` (its contribution then jumps by
+          about ``M 2R/Q``): **open**, SecAgg+ sums modulo ``M`` and cannot tell;
+        * by dropping out, or not, depending on which other clients take part (see
+          below): **open**.
     - *Dropouts mid-round*: a client lost before it sends its masked vector counts as a
       zero update (its pairwise masks are removed with the shares of ``>= t`` surviving
       neighbours); one lost after it is still summed. If some client keeps fewer than
       ``t`` live neighbours the workflow halts the round; the strategy still releases a
-      noise-only update and charges the round, so an aborted round costs privacy budget.
+      noise-only update and charges the round. Whether a round halts can depend on
+      whether one client is present (every client is contacted every round, and its
+      presence can be what keeps a neighbour at ``t``): one client can then move the
+      release by the sum of the others. The guarantee assumes dropouts do not sit at the
+      threshold: keep ``t`` well below the expected survivors (the defaults tolerate 4 of
+      10 dropouts) and treat a halted round (``history_`` row with ``aggregated`` false)
+      as an incident.
     - flwr 1.12 seeds its mask generator with a 32-bit fold of each 256-bit secret
       (``numpy.random.RandomState``): the masks' computational security is that of a
       32-bit seed, not of the key exchange. Treat SecAgg+ here as protection against
@@ -269,10 +285,46 @@ def secagg_settings(clip_norm: float, num_params: int, num_clients: int, *,
 
 
 def secagg_workflow(clip_norm: float, num_params: int, num_clients: int, **kwargs):
-    """Flower's ``SecAggPlusWorkflow`` built from :func:`secagg_settings` (same
-    arguments). Use it as ``DefaultWorkflow(fit_workflow=secagg_workflow(...))``."""
-    from flwr.server.workflow import SecAggPlusWorkflow
-
+    """Flower's SecAgg+ workflow built from :func:`secagg_settings` (same arguments),
+    dividing by the server's own count of active clients. Use it as
+    ``DefaultWorkflow(fit_workflow=secagg_workflow(...))``."""
     settings = secagg_settings(clip_norm, num_params, num_clients, **kwargs)
     args = {key: settings[key] for key in WORKFLOW_KEYS}
-    return SecAggPlusWorkflow(args.pop("num_shares"), args.pop("reconstruction_threshold"), **args)
+    workflow_class = counted_weight_workflow_class()
+    return workflow_class(args.pop("num_shares"), args.pop("reconstruction_threshold"), **args)
+
+
+def counted_factor_extract(extract, expected: int, log=None):
+    """Flower's ``factor_extract`` with the summed weight factor replaced by
+    ``expected`` (active clients x Q): a client's claimed weight then cannot rescale the
+    others' updates. A claim that differs is logged."""
+    def extract_counted(parameters):
+        claimed, rest = extract(parameters)
+        if int(claimed) != expected and log is not None:
+            log(f"SecAgg+ weight factors sum to {int(claimed)}, not {expected} (active "
+                "clients x Q): some client changed its weight; the server's count is used.")
+        return expected, rest
+    return extract_counted
+
+
+def counted_weight_workflow_class():
+    """``SecAggPlusWorkflow`` whose unmask stage divides by (active clients x Q)."""
+    import logging
+
+    from flwr.server.workflow import SecAggPlusWorkflow
+    from flwr.server.workflow.secure_aggregation import secaggplus_workflow as flower
+
+    class CountedWeightSecAggPlusWorkflow(SecAggPlusWorkflow):
+        """SecAgg+ that ignores the weight factors the clients claim (see the threat model)."""
+
+        def unmask_stage(self, driver, context, state):
+            expected = len(state.active_node_ids) * self.quantization_range
+            original = flower.factor_extract
+            flower.factor_extract = counted_factor_extract(
+                original, expected, logging.getLogger(__name__).warning)
+            try:
+                return super().unmask_stage(driver, context, state)
+            finally:
+                flower.factor_extract = original
+
+    return CountedWeightSecAggPlusWorkflow

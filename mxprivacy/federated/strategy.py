@@ -97,7 +97,9 @@ class DPFedAvg(Strategy):
         before the next round is configured or the round is evaluated.
     accountant_, noise_multiplier_, clip_norm_ (current C), history_ (a dict per round:
         sampled, available, received, contributed, rejected (+ reasons), failures
-        (+ reasons), clip_norm, aggregated, epsilon).
+        (+ reasons), clip_norm, aggregated, epsilon). ``history_`` is the server's
+        own record: its counts and the reasons clients give depend on who takes part
+        and are not covered by the guarantee (Flower's History gets C and epsilon only).
 
     Why not Flower's DP wrappers
     ----------------------------
@@ -246,7 +248,8 @@ class DPFedAvg(Strategy):
             missing = max(0, tally.available - len(results))
             reasons = list(dict.fromkeys(tally.failures))[:missing]
             tally.failures = reasons + ["no reply"] * (missing - len(reasons))
-            total, reason = secure_sum(results, self.parameters_, self.clip_norm_)
+            total, reason = secure_sum(results, self.parameters_,
+                                       self.num_clients * self.clip_norm_)
             tally.contributed = 0 if total is None else len(results)
             if reason:
                 tally.rejected.append(("secure-aggregate", reason))
@@ -367,10 +370,10 @@ class DPFedAvg(Strategy):
         return None if self.delta is None else self.epsilon()
 
     def _metrics(self, row) -> Dict[str, object]:
+        """What Flower's History records: C and epsilon only. The per-round counts
+        (sampled, received, rejected, failures) depend on who takes part and are not
+        covered by the guarantee: they stay in ``history_``, the server's own record."""
         out: Dict[str, object] = {"clip_norm": float(self.clip_norm_)}
         if self.delta is not None:
             out["epsilon"] = self.epsilon()
-        if row is not None:
-            out.update({k: row[k] for k in ("sampled", "received", "contributed",
-                                            "rejected", "failures")})
         return out

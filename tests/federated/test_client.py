@@ -10,7 +10,7 @@ from mxnet import gluon  # noqa: E402
 
 from mxprivacy.accounting import epsilon_for  # noqa: E402
 from mxprivacy.errors import (ConflictingParametersError, FederatedError,  # noqa: E402
-                              InvalidParameterError)
+                              InvalidParameterError, PrivacyWarning)
 from mxprivacy.federated.client import GluonClient  # noqa: E402
 from mxprivacy.federated.mods import EXAMPLE_EPSILON_KEY, PARTICIPATE_KEY  # noqa: E402
 
@@ -133,6 +133,12 @@ def test_example_epsilon_composes_across_client_objects_sharing_flower_state():
         weights, _, metrics = client.fit(weights, {})
         assert metrics[EXAMPLE_EPSILON_KEY] == pytest.approx(
             epsilon_for(1.1, 0.1, 10 * rounds, 1e-5), rel=1e-12)
+
+
+def test_a_dp_client_without_flower_state_warns():
+    dp = dict(noise_multiplier=1.1, max_grad_norm=1.0)
+    with pytest.warns(PrivacyWarning, match="state=context.state"):
+        GluonClient(_mlp(), _data(), batch_size=20, dp=dp)
 
 
 def test_dp_mode_clips_and_noises():

@@ -312,3 +312,59 @@ def test_client_dropping_mid_round_is_survived(secure_run):
         assert (np.abs(got - want) - np.spacing(np.abs(want).astype(np.float32))).max() <= bound
     with_client_0 = _expected_step(g1, range(K), s["effective_clip_norm"])
     assert max(np.abs(got - w).max() for got, w in zip(g2, with_client_0)) > 100 * bound
+
+
+# -- a client's claimed weight cannot rescale the others ------------------------------------
+def _malicious_factor_sum(n=10, d=50, big_q=2**22, modulus=2**32, clip=0.99999):
+    """Flower's client arithmetic for n clients: honest Y sends a clipped update, n - 2
+    unsampled clients send zeros, and X claims the weight factor that makes the factors
+    sum to Q instead of n Q (masks omitted: they cancel mod M, which is SecAgg's job)."""
+    y = np.full(d, clip / math.sqrt(d), np.float32)
+
+    def vec(x, factor):
+        return factor_combine(factor, quantize([x], 1.0, big_q))
+
+    vecs = [vec(y, big_q)] + [vec(np.zeros(d, np.float32), big_q) for _ in range(n - 2)]
+    vecs.append(vec(np.zeros(d, np.float32), (big_q - (n - 1) * big_q) % modulus))
+    total = vecs[0]
+    for v in vecs[1:]:
+        total = parameters_addition(total, v)
+    return parameters_mod(total, modulus), y, n, big_q
+
+
+def _unmask_as_flower(total, n, big_q, extract):
+    """The arithmetic of SecAggPlusWorkflow.unmask_stage after the masks are removed."""
+    q_total, levels = extract(total)
+    (agg,) = dequantize(levels, 1.0, big_q)
+    return (agg - (n - 1) * 1.0) * (big_q / q_total) * n  # DPFedAvg multiplies the mean by n
+
+
+def test_a_claimed_weight_factor_cannot_multiply_an_honest_update():
+    """Review finding: with Flower's factor the honest update entered the sum n = 10
+    times (norm 10 C where the bound is C); with the server's count it enters once."""
+    total, y, n, big_q = _malicious_factor_sum()
+    flower = _unmask_as_flower(total, n, big_q, factor_extract)
+    assert np.linalg.norm(flower) == pytest.approx(n * np.linalg.norm(y), rel=1e-4)
+    logged = []
+    counted = secure.counted_factor_extract(factor_extract, n * big_q, logged.append)
+    ours = _unmask_as_flower(total, n, big_q, counted)
+    np.testing.assert_allclose(ours, y, atol=3e-6)
+    assert len(logged) == 1 and "weight factors" in logged[0]
+
+
+def test_the_workflow_divides_by_its_count_during_unmask_and_restores_flower(monkeypatch):
+    from flwr.server.workflow.secure_aggregation import secaggplus_workflow as flower
+
+    seen = {}
+
+    def fake_unmask(self, driver, context, state):  # stands for Flower's unmask_stage
+        seen["factor"] = flower.factor_extract([np.array([7]), np.zeros(2)])[0]
+        return True
+
+    monkeypatch.setattr(SecAggPlusWorkflow, "unmask_stage", fake_unmask)
+    workflow = secure.secagg_workflow(1.0, 100, 5)
+    assert isinstance(workflow, SecAggPlusWorkflow)
+    state = type("State", (), {"active_node_ids": {11, 12, 13}})()
+    assert workflow.unmask_stage(None, None, state) is True
+    assert seen["factor"] == 3 * workflow.quantization_range
+    assert flower.factor_extract is factor_extract  # restored
