@@ -46,6 +46,20 @@ def poly_depth(degree: int) -> int:
     return max(1, math.ceil(math.log2(degree + 1)))
 
 
+def add_bias(vector, bias: np.ndarray):
+    """``vector + bias``, the bias encrypted with the public key.
+
+    Adding it as a plaintext list corrupts TenSEAL 0.3.18's later ``pack_vectors`` and
+    ``mm`` (measured: errors of the size of the bias; the list is encoded into the slots
+    those operations assume hold zeros); an encrypted bias has the vector's layout.
+    """
+    import tenseal as ts
+
+    if not np.any(bias):
+        return vector
+    return vector + ts.ckks_vector(vector.context(), bias.tolist())
+
+
 class ConvStep:
     """First-layer Conv2D on an im2col-encoded image (one input channel). Depth: 1 for
     the convolution, plus 1 when several channels are packed into one vector (TenSEAL's
@@ -66,9 +80,9 @@ class ConvStep:
     def encrypted(self, vector, windows: int):
         import tenseal as ts
 
-        channels = [vector.conv2d_im2col(kernel.tolist(), windows) + [float(b)] * windows
-                    for kernel, b in zip(self.weight, self.bias)]
-        return channels[0] if len(channels) == 1 else ts.CKKSVector.pack_vectors(channels)
+        channels = [vector.conv2d_im2col(kernel.tolist(), windows) for kernel in self.weight]
+        packed = channels[0] if len(channels) == 1 else ts.CKKSVector.pack_vectors(channels)
+        return add_bias(packed, np.repeat(self.bias, windows))
 
     def plain(self, image: np.ndarray) -> np.ndarray:
         kh, kw = self.weight.shape[1:]
@@ -100,7 +114,7 @@ class LinearStep:
                           f"{self.name}+{other.name}")
 
     def encrypted(self, vector, windows=None):
-        return vector.mm(self.matrix.tolist()) + self.bias.tolist()
+        return add_bias(vector.mm(self.matrix.tolist()), self.bias)
 
     def plain(self, x: np.ndarray) -> np.ndarray:
         return x @ self.matrix + self.bias

@@ -200,10 +200,12 @@ def check_public(ts_context) -> None:
         raise PublicContextError(
             "This context holds the secret key: the server must never have it. Send the "
             "server client.public() (or its .serialize() bytes) instead.")
-    if not ts_context.has_galois_keys() or not ts_context.has_relin_keys():
+    if not (ts_context.has_galois_keys() and ts_context.has_relin_keys()
+            and ts_context.has_public_key()):
         raise PublicContextError(
-            "This context lacks the Galois or relinearization keys the encrypted "
-            "evaluation needs (convolution and dense layers rotate ciphertexts): make it "
+            "This context lacks the Galois, relinearization or public key the encrypted "
+            "evaluation needs (convolution and dense layers rotate ciphertexts, biases "
+            "are encrypted with the public key): make it "
             "with EncryptionContext.create(...).public(), which includes them.")
 
 
