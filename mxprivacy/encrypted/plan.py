@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import DepthError, EncryptionError, InvalidParameterError, PublicContextError
 from ._layers import ConvStep, LinearStep, convert_layers
-from .context import EncryptionContext, PublicContext, encode_rows
+from .context import EncryptionContext, PublicContext, check_public, encode_rows
 from .serialize import EncryptedBatch
 
 __all__ = ["EncryptedModel"]
@@ -127,6 +127,8 @@ class EncryptedModel:
                 "predict() got the client's context, which holds the secret key: the server "
                 "must only have client.public() (or its serialized bytes).")
         if not isinstance(context, PublicContext):
+            if type(context).__module__.startswith("tenseal"):
+                check_public(context)       # names a secret key or missing keys first
             raise PublicContextError(
                 f"context must be a PublicContext (client.public()), got "
                 f"{type(context).__name__}.")

@@ -1,0 +1,199 @@
+"""EncryptedModel: layer support, depth, plaintext reference, encrypted agreement."""
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import gluon
+from mxnet.gluon import nn, rnn
+
+from mxprivacy.errors import (DepthError, EncryptionError, InvalidParameterError,
+                              PublicContextError, UnsupportedLayerError)
+from mxprivacy.encrypted._layers import convert_layers, poly_depth
+from mxprivacy.encrypted.context import EncryptionContext
+from mxprivacy.encrypted.plan import EncryptedModel
+from mxprivacy.gluon.poly import PolyActivation
+
+INPUT = (1, 9, 11)   # not square: a height/width mix-up shows
+
+
+def small_net(seed=0, extra=()):
+    """Conv2D(2, 3, stride 2) -> square -> Flatten -> Dense(6) -> tanh fit (degree 3)
+    -> Dense(3), with random non-zero biases (Gluon's zero init would hide bias bugs)."""
+    mx.random.seed(seed)
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(2, 3, strides=2), PolyActivation("square"), nn.Flatten(),
+            nn.Dense(6), PolyActivation.fit("tanh", 3, (-3, 3)), *extra, nn.Dense(3))
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((1,) + INPUT))
+    rs = np.random.RandomState(seed)
+    for name, param in net.collect_params().items():
+        if name.endswith("bias"):
+            param.set_data(mx.nd.array(rs.uniform(-0.5, 0.5, param.shape)))
+    return net
+
+
+def images(n, seed=1):
+    return np.random.RandomState(seed).uniform(0, 1, (n,) + INPUT)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    net = small_net()
+    plan = EncryptedModel.from_gluon(net, INPUT)
+    client = plan.create_context()
+    return net, plan, client, client.public()
+
+
+def relative_error(a, b):
+    """|a - b| / max|b|, per row."""
+    return np.abs(a - b).max(axis=1) / np.abs(b).max(axis=1)
+
+
+def test_decrypted_logits_match_plaintext(setup):
+    net, plan, client, server = setup
+    x = images(3)
+    logits = client.decrypt(plan.predict(client.encrypt(x), context=server))
+    reference = net(mx.nd.array(x)).asnumpy().astype(np.float64)
+    assert logits.shape == (3, 3)
+    assert relative_error(logits, reference).max() < 1e-3
+    assert (logits.argmax(1) == reference.argmax(1)).all()
+    # the context is exactly as deep as the plan: the depth rule does not undercount
+    assert client.depth == plan.depth
+
+
+def test_depth_rule_hand_counted(setup):
+    _, plan, _, _ = setup
+    # conv 1 + pack of 2 channels 1, square 1, dense 1, degree-3 polyval 2, dense 1
+    assert plan.depth == 7
+    assert [poly_depth(n) for n in (1, 2, 3, 4, 7, 8)] == [1, 2, 2, 3, 3, 4]
+
+
+def test_plaintext_plan_matches_gluon_including_flatten_order():
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(3, (3, 2), strides=1), nn.AvgPool2D((2, 3), strides=(1, 2)),
+            nn.Flatten(), nn.Dense(5), nn.Dropout(0.5), PolyActivation("square"),
+            nn.Dense(4))
+    net.initialize(mx.init.Xavier())
+    x = images(4)
+    plan = EncryptedModel.from_gluon(net, INPUT)
+    expected = net(mx.nd.array(x)).asnumpy()
+    np.testing.assert_allclose(plan.forward_plain(x), expected, rtol=1e-4, atol=1e-5)
+    # avg pool and the next Dense are merged into one linear step (one level)
+    assert plan.depth == 2 + 1 + 1 + 1
+
+
+def test_conv_output_is_gluon_nchw_flatten():
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(2, 3, strides=2), nn.Flatten())
+    net.initialize(mx.init.Xavier())
+    x = images(1)
+    conv = net[0](mx.nd.array(x)).asnumpy()          # (1, C, H, W)
+    steps, shape = convert_layers(net, INPUT)
+    assert shape == (2 * 4 * 5,)
+    np.testing.assert_allclose(steps[0].plain(x[0]), conv.reshape(-1), rtol=1e-5, atol=1e-6)
+
+
+UNSUPPORTED = [
+    (nn.MaxPool2D(2), "AvgPool2D"),
+    (nn.GlobalMaxPool2D(), "GlobalAvgPool2D"),
+    (nn.Activation("relu"), "PolyActivation"),
+    (nn.LeakyReLU(0.1), "PolyActivation"),
+    (nn.BatchNorm(), "fold it into the preceding"),
+    (nn.Conv2D(2, 1), "only the first layer can be a Conv2D"),
+    (rnn.LSTM(4), "Dense layers"),
+    (nn.Dense(4, activation="relu"), "PolyActivation"),
+]
+
+
+@pytest.mark.parametrize("layer, replacement", UNSUPPORTED,
+                         ids=[type(layer).__name__ for layer, _ in UNSUPPORTED])
+def test_unsupported_layer_names_layer_and_replacement(layer, replacement, monkeypatch):
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(2, 3, strides=2), PolyActivation("square"), layer, nn.Dense(3))
+    net.initialize()
+    monkeypatch.setattr(EncryptionContext, "create", _forbidden)
+    with pytest.raises(UnsupportedLayerError) as info:
+        EncryptedModel.from_gluon(net, INPUT)
+    assert type(layer).__name__ in str(info.value)
+    assert replacement in str(info.value)
+
+
+@pytest.mark.parametrize("conv, words", [
+    (nn.Conv2D(2, 3, padding=1), "pad the images"),
+    (nn.Conv2D(2, 3, strides=(1, 2)), "unequal strides"),
+    (nn.Conv2D(2, 3, dilation=2), "dilation"),
+    (nn.Conv2D(2, 3, activation="relu"), "PolyActivation"),
+])
+def test_first_conv_options_it_cannot_do(conv, words):
+    net = nn.HybridSequential()
+    net.add(conv, nn.Dense(3))
+    net.initialize()
+    with pytest.raises(UnsupportedLayerError, match=words):
+        EncryptedModel.from_gluon(net, INPUT)
+
+
+def test_custom_block_is_refused_with_supported_list():
+    class Custom(gluon.HybridBlock):
+        def hybrid_forward(self, F, x):
+            return x * 2
+
+    net = nn.HybridSequential()
+    net.add(nn.Dense(3), Custom())
+    net.initialize()
+    with pytest.raises(UnsupportedLayerError, match="Supported layers"):
+        EncryptedModel.from_gluon(net, (4,))
+
+
+def _forbidden(*args, **kwargs):
+    raise AssertionError("heavy work (a context or a ciphertext operation) was started")
+
+
+def test_too_shallow_context_raises_depth_error_before_any_evaluation(setup, monkeypatch):
+    _, plan, _, _ = setup
+    shallow = EncryptionContext.create(plan.depth - 1, encoding=plan.input_encoding)
+    batch = shallow.encrypt(images(1))
+    for step in plan.steps:
+        monkeypatch.setattr(step, "encrypted", _forbidden)
+    with pytest.raises(DepthError, match=f"needs {plan.depth}"):
+        plan.predict(batch, context=shallow.public())
+
+
+def test_server_refuses_the_client_context(setup):
+    _, plan, client, _ = setup
+    with pytest.raises(PublicContextError, match="secret key"):
+        plan.predict(client.encrypt(images(1)), context=client)
+    with pytest.raises(PublicContextError, match="secret key"):
+        plan.predict(client.encrypt(images(1)), context=client.ts_context)
+
+
+def test_mismatched_input_shapes(setup):
+    net, plan, client, server = setup
+    with pytest.raises(InvalidParameterError, match=r"\(1, 9, 11\)"):
+        client.encrypt(np.zeros((2, 1, 11, 9)))
+    with pytest.raises(InvalidParameterError, match="input_shape"):
+        EncryptedModel.from_gluon(small_net(), (1, 5, 5))   # conv kernel/Dense mismatch
+    other = EncryptionContext.create(2, encoding={"kind": "flat", "input_shape": [99]})
+    other.key_id = client.key_id
+    with pytest.raises(EncryptionError, match="encoded as"):
+        plan.predict(other.encrypt(np.zeros(99)), context=server)
+
+
+def test_single_row_without_batch_axis(setup):
+    net, plan, client, server = setup
+    x = images(1)
+    logits = client.decrypt(plan.predict(client.encrypt(x[0]), context=server))
+    assert logits.shape == (1, 3)
+    assert relative_error(logits, plan.forward_plain(x)).max() < 1e-3
+
+
+@pytest.mark.slow
+def test_mnist_architecture_default_parameters():
+    from mxprivacy.encrypted.models import he_friendly_mnist_net
+
+    net = he_friendly_mnist_net()
+    net.initialize(mx.init.Xavier())
+    x = np.random.RandomState(0).uniform(0, 1, (1, 1, 28, 28))
+    plan = EncryptedModel.from_gluon(net, (1, 28, 28))
+    client = plan.create_context()
+    assert client.parameters.poly_modulus_degree == 16384 and plan.depth == 6
+    logits = client.decrypt(plan.predict(client.encrypt(x), context=client.public()))
+    assert relative_error(logits, net(mx.nd.array(x)).asnumpy()).max() < 1e-3
