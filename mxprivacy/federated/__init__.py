@@ -19,8 +19,7 @@ Importing this package loads neither Flower nor MXNet: names load on first use.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_names
 
 _LAZY = {
     "GluonClient": "client",
@@ -40,14 +39,4 @@ _LAZY = {
     "dirichlet_partition": "partition",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__all__, __getattr__, __dir__ = lazy_names(__name__, _LAZY)
