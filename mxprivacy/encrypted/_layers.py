@@ -4,8 +4,12 @@ Each step knows its multiplicative depth (the rescales it consumes, measured on 
 0.3.18 from the ciphertext's level before and after) and evaluates both
 on a TenSEAL ``CKKSVector`` and on a numpy vector (the plaintext reference the plan is
 checked against). Activations are kept in Gluon's NCHW order, flattened: the first
-convolution's channels are packed one after another, each in row-major window order,
-which is exactly what ``Flatten`` gives in Gluon.
+convolution's channels come one after another, each in row-major window order, which is
+exactly what ``Flatten`` gives in Gluon. On ciphertexts a multi-channel convolution
+gives one vector per channel (a list): elementwise steps (square, polynomials) run on
+each, and the next linear step multiplies each by its rows of the matrix and sums, so
+the channels are never packed into one vector (TenSEAL's ``pack_vectors`` would cost a
+level). Only when no linear step follows does a final :class:`PackStep` pack them.
 """
 from __future__ import annotations
 
@@ -16,8 +20,8 @@ import numpy as np
 
 from ..errors import UnsupportedLayerError
 
-__all__ = ["ConvStep", "LinearStep", "SquareStep", "PolyStep", "convert_layers",
-           "poly_depth"]
+__all__ = ["ConvStep", "LinearStep", "SquareStep", "PolyStep", "PackStep",
+           "convert_layers", "poly_depth"]
 
 _POLY = ("PolyActivation('square'), or PolyActivation.fit('relu' | 'tanh' | 'sigmoid', "
          "degree, input_range); mxprivacy.encrypted.to_he_friendly(net) swaps them")
@@ -60,15 +64,22 @@ def add_bias(vector, bias: np.ndarray):
     return vector + ts.ckks_vector(vector.context(), bias.tolist())
 
 
+def _each(vector, operation):
+    """``operation`` on a vector, or on each channel's vector of a list."""
+    if isinstance(vector, list):
+        return [operation(channel) for channel in vector]
+    return operation(vector)
+
+
 class ConvStep:
-    """First-layer Conv2D on an im2col-encoded image (one input channel). Depth: 1 for
-    the convolution, plus 1 when several channels are packed into one vector (TenSEAL's
-    ``pack_vectors`` multiplies by masks; measured)."""
+    """First-layer Conv2D on an im2col-encoded image (one input channel). Depth 1 (the
+    im2col product). Several channels give a list of vectors, one per channel."""
+
+    depth = 1
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray, stride: int,
                  in_hw: Tuple[int, int]) -> None:
         self.weight, self.bias, self.stride = weight, bias, stride
-        self.depth = 1 if len(weight) == 1 else 2
         kh, kw = weight.shape[1:]
         self.out_hw = ((in_hw[0] - kh) // stride + 1, (in_hw[1] - kw) // stride + 1)
         self.in_hw = in_hw
@@ -78,11 +89,10 @@ class ConvStep:
         return self.out_hw[0] * self.out_hw[1]
 
     def encrypted(self, vector, windows: int):
-        import tenseal as ts
-
-        channels = [vector.conv2d_im2col(kernel.tolist(), windows) for kernel in self.weight]
-        packed = channels[0] if len(channels) == 1 else ts.CKKSVector.pack_vectors(channels)
-        return add_bias(packed, np.repeat(self.bias, windows))
+        channels = [add_bias(vector.conv2d_im2col(kernel.tolist(), windows),
+                             np.full(windows, bias))
+                    for kernel, bias in zip(self.weight, self.bias)]
+        return channels[0] if len(channels) == 1 else channels
 
     def plain(self, image: np.ndarray) -> np.ndarray:
         kh, kw = self.weight.shape[1:]
@@ -114,7 +124,14 @@ class LinearStep:
                           f"{self.name}+{other.name}")
 
     def encrypted(self, vector, windows=None):
-        return add_bias(vector.mm(self.matrix.tolist()), self.bias)
+        if not isinstance(vector, list):
+            return add_bias(vector.mm(self.matrix.tolist()), self.bias)
+        rows = len(self.matrix) // len(vector)      # one block of rows per channel
+        total = None
+        for index, channel in enumerate(vector):
+            part = channel.mm(self.matrix[index * rows:(index + 1) * rows].tolist())
+            total = part if total is None else total + part
+        return add_bias(total, self.bias)
 
     def plain(self, x: np.ndarray) -> np.ndarray:
         return x @ self.matrix + self.bias
@@ -127,7 +144,7 @@ class SquareStep:
     depth = 1
 
     def encrypted(self, vector, windows=None):
-        return vector.square()
+        return _each(vector, lambda channel: channel.square())
 
     def plain(self, x: np.ndarray) -> np.ndarray:
         return x * x
@@ -142,13 +159,32 @@ class PolyStep:
         self.depth = poly_depth(len(self.coefficients) - 1)
 
     def encrypted(self, vector, windows=None):
-        return vector.polyval(self.coefficients)
+        return _each(vector, lambda channel: channel.polyval(self.coefficients))
 
     def plain(self, x: np.ndarray) -> np.ndarray:
         return np.polynomial.polynomial.polyval(x, self.coefficients)
 
     def __repr__(self) -> str:
         return f"Poly(degree {len(self.coefficients) - 1})"
+
+
+class PackStep:
+    """The channels' vectors packed into one (TenSEAL's ``pack_vectors``, which
+    multiplies by masks: depth 1, measured). Ends a plan whose multi-channel
+    convolution no linear step follows."""
+
+    depth = 1
+
+    def encrypted(self, vector, windows=None):
+        import tenseal as ts
+
+        return ts.CKKSVector.pack_vectors(vector) if isinstance(vector, list) else vector
+
+    def plain(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+    def __repr__(self) -> str:
+        return "Pack"
 
 
 def _unsupported(layer, position: int, reason: str = "") -> UnsupportedLayerError:
@@ -176,36 +212,60 @@ def convert_layers(net, input_shape: Tuple[int, ...]) -> Tuple[List, Tuple[int, 
     steps: List = []
     shape = tuple(input_shape)
     for position, layer in enumerate(flatten_layers(net)):
-        step, shape = _convert_one(layer, position, shape, steps)
-        if step is None:
-            continue
-        if isinstance(step, LinearStep) and steps and isinstance(steps[-1], LinearStep):
-            steps[-1] = steps[-1].then(step)
-        else:
-            steps.append(step)
+        new_steps, shape = _convert_one(layer, position, shape, steps)
+        for step in new_steps:
+            if isinstance(step, LinearStep) and steps and isinstance(steps[-1], LinearStep):
+                steps[-1] = steps[-1].then(step)
+            else:
+                steps.append(step)
+    if steps and isinstance(steps[0], ConvStep) and len(steps[0].weight) > 1 and \
+            not any(isinstance(step, LinearStep) for step in steps):
+        steps.append(PackStep())
     return steps, shape
 
 
-def _convert_one(layer, position: int, shape, steps):
+def _poly_step(layer):
+    coefficients = tuple(layer.coefficients)
+    return SquareStep() if coefficients == (0.0, 0.0, 1.0) else PolyStep(coefficients)
+
+
+def _fused_activation(layer, position) -> List:
+    """The step of a fused ``act`` (Dense/Conv2D ``activation=``): a PolyActivation
+    (what ``to_he_friendly`` puts there) is evaluated after the layer; anything else is
+    refused."""
+    from ..gluon.poly import PolyActivation
+
+    act = getattr(layer, "act", None)
+    if act is None:
+        return []
+    if isinstance(act, PolyActivation):
+        return [_poly_step(act)]
+    raise _unsupported(layer, position, f"a built-in activation ({act!r}): run "
+                       "mxprivacy.encrypted.to_he_friendly(net) to make it a "
+                       "PolyActivation, or use activation=None and a PolyActivation "
+                       f"layer after it; replace the activation by {_POLY}")
+
+
+def _convert_one(layer, position: int, shape, steps) -> Tuple[List, Tuple[int, ...]]:
     from mxnet.gluon import nn
 
     from ..gluon.poly import PolyActivation
 
     if isinstance(layer, nn.Dropout):
-        return None, shape
+        return [], shape
     if isinstance(layer, nn.Flatten):
-        return None, (int(np.prod(shape)),)
+        return [], (int(np.prod(shape)),)
     if isinstance(layer, PolyActivation):
-        coefficients = tuple(layer.coefficients)
-        step = SquareStep() if coefficients == (0.0, 0.0, 1.0) else PolyStep(coefficients)
-        return step, shape
+        return [_poly_step(layer)], shape
     if isinstance(layer, nn.Conv2D):
-        return _conv(layer, position, shape, steps)
-    if isinstance(layer, nn.Dense):
-        return _dense(layer, position, shape)
-    if type(layer) in (nn.AvgPool2D, nn.GlobalAvgPool2D):
-        return _avg_pool(layer, position, shape)
-    raise _unsupported(layer, position)
+        step, shape = _conv(layer, position, shape, steps)
+    elif isinstance(layer, nn.Dense):
+        step, shape = _dense(layer, position, shape)
+    elif type(layer) in (nn.AvgPool2D, nn.GlobalAvgPool2D):
+        step, shape = _avg_pool(layer, position, shape)
+    else:
+        raise _unsupported(layer, position)
+    return [step] + _fused_activation(layer, position), shape
 
 
 def _conv(layer, position, shape, steps):
@@ -224,9 +284,6 @@ def _conv(layer, position, shape, steps):
         problems.append("dilation or groups (use dilation=1, groups=1)")
     if kw_["stride"][0] != kw_["stride"][1]:
         problems.append(f"unequal strides {kw_['stride']} (use one stride for both axes)")
-    if layer.act is not None:
-        problems.append("a built-in activation (use activation=None and a PolyActivation "
-                        "layer after it)")
     if len(shape) != 3 or shape[0] != 1:
         problems.append(f"input shape {shape} (the im2col encoding takes one channel: "
                         "(1, height, width))")
@@ -242,10 +299,6 @@ def _conv(layer, position, shape, steps):
 
 
 def _dense(layer, position, shape):
-    if layer.act is not None:
-        raise _unsupported(layer, position, "a built-in activation (use activation=None "
-                           "and a PolyActivation layer after it); replace the activation "
-                           f"by {_POLY}")
     if not layer._flatten and len(shape) != 1:
         raise _unsupported(layer, position, f"flatten=False on an input of shape {shape} "
                            "(use flatten=True, or a Flatten layer before it)")

@@ -8,8 +8,10 @@ the server with the public context, after checking (cheaply, before any cipherte
 operation) that the context is public and deep enough and that the batch was encrypted
 for this plan under that key.
 
-Depth rule (rescales consumed, each one prime of the modulus chain): the first Conv2D 1,
-plus 1 to pack its channels into one vector when it has more than one, each Dense / average pooling 1 (consecutive ones merged into one), a square 1, a
+Depth rule (rescales consumed, each one prime of the modulus chain): the first Conv2D 1
+(its channels stay separate vectors until the next linear step, so packing costs nothing;
+plus 1 only when no Dense or pooling follows a multi-channel convolution), each Dense /
+average pooling 1 (consecutive ones merged into one), a square 1, a
 polynomial of degree n ``ceil(log2(n + 1))`` (TenSEAL's ``polyval``, measured).
 """
 from __future__ import annotations

@@ -7,7 +7,9 @@ from mxnet.gluon import nn, rnn
 
 from mxprivacy.errors import (DepthError, EncryptionError, InvalidParameterError,
                               PublicContextError, UnsupportedLayerError)
-from mxprivacy.encrypted._layers import convert_layers, poly_depth
+from mxprivacy.encrypted._layers import (ConvStep, LinearStep, PackStep, PolyStep,
+                                         convert_layers, poly_depth)
+from mxprivacy.encrypted.convert import to_he_friendly
 from mxprivacy.encrypted.context import EncryptionContext
 from mxprivacy.encrypted.plan import EncryptedModel
 from mxprivacy.gluon.poly import PolyActivation
@@ -62,8 +64,9 @@ def test_decrypted_logits_match_plaintext(setup):
 
 def test_depth_rule_hand_counted(setup):
     _, plan, _, _ = setup
-    # conv 1 + pack of 2 channels 1, square 1, dense 1, degree-3 polyval 2, dense 1
-    assert plan.depth == 7
+    # conv 1 (its 2 channels are never packed), square 1, dense 1, degree-3 polyval 2,
+    # dense 1
+    assert plan.depth == 6
     assert [poly_depth(n) for n in (1, 2, 3, 4, 7, 8)] == [1, 2, 2, 3, 3, 4]
 
 
@@ -78,7 +81,39 @@ def test_plaintext_plan_matches_gluon_including_flatten_order():
     expected = net(mx.nd.array(x)).asnumpy()
     np.testing.assert_allclose(plan.forward_plain(x), expected, rtol=1e-4, atol=1e-5)
     # avg pool and the next Dense are merged into one linear step (one level)
-    assert plan.depth == 2 + 1 + 1 + 1
+    assert plan.depth == 1 + 1 + 1 + 1
+
+
+def test_fused_activations_after_to_he_friendly_agree_under_encryption():
+    mx.random.seed(3)
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(2, 3, strides=2, activation="relu"), nn.Flatten(),
+            nn.Dense(6, activation="relu"), nn.Dense(3))
+    net.initialize(mx.init.Xavier())
+    to_he_friendly(net, activation=("fit", 2, (-3, 3)))   # act children -> PolyActivation
+    plan = EncryptedModel.from_gluon(net, INPUT)
+    kinds = [type(step) for step in plan.steps]
+    assert kinds == [ConvStep, PolyStep, LinearStep, PolyStep, LinearStep]
+    x = images(2, seed=4)
+    client = plan.create_context()
+    logits = client.decrypt(plan.predict(client.encrypt(x), context=client.public()))
+    reference = net(mx.nd.array(x)).asnumpy().astype(np.float64)
+    assert relative_error(logits, reference).max() < 1e-3
+
+
+def test_multichannel_conv_without_linear_step_is_packed_at_the_end():
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(3, 3, strides=2), PolyActivation("square"), nn.Flatten())
+    net.initialize(mx.init.Xavier())
+    net[0].bias.set_data(mx.nd.array([0.3, -0.2, 0.1]))
+    plan = EncryptedModel.from_gluon(net, INPUT)
+    assert isinstance(plan.steps[-1], PackStep) and plan.depth == 1 + 1 + 1
+    x = images(1, seed=5)
+    client = plan.create_context()
+    out = client.decrypt(plan.predict(client.encrypt(x), context=client.public()))
+    reference = net(mx.nd.array(x)).asnumpy().astype(np.float64)
+    assert out.shape == (1, 3 * 4 * 5)
+    assert relative_error(out, reference).max() < 1e-3
 
 
 def test_conv_output_is_gluon_nchw_flatten():
@@ -194,6 +229,6 @@ def test_mnist_architecture_default_parameters():
     x = np.random.RandomState(0).uniform(0, 1, (1, 1, 28, 28))
     plan = EncryptedModel.from_gluon(net, (1, 28, 28))
     client = plan.create_context()
-    assert client.parameters.poly_modulus_degree == 16384 and plan.depth == 6
+    assert plan.depth == 5
     logits = client.decrypt(plan.predict(client.encrypt(x), context=client.public()))
     assert relative_error(logits, net(mx.nd.array(x)).asnumpy()).max() < 1e-3
