@@ -80,6 +80,7 @@ Threat model (honest-but-curious server, semi-honest clients)
 from __future__ import annotations
 
 import math
+import threading
 from typing import Optional
 
 import numpy as np
@@ -307,6 +308,9 @@ def counted_factor_extract(extract, expected: int, log=None):
     return extract_counted
 
 
+_FACTOR_PATCH_LOCK = threading.Lock()
+
+
 def counted_weight_workflow_class():
     """``SecAggPlusWorkflow`` whose unmask stage divides by (active clients x Q)."""
     import logging
@@ -319,12 +323,13 @@ def counted_weight_workflow_class():
 
         def unmask_stage(self, driver, context, state):
             expected = len(state.active_node_ids) * self.quantization_range
-            original = flower.factor_extract
-            flower.factor_extract = counted_factor_extract(
-                original, expected, logging.getLogger(__name__).warning)
-            try:
-                return super().unmask_stage(driver, context, state)
-            finally:
-                flower.factor_extract = original
+            with _FACTOR_PATCH_LOCK:  # the patch is module-wide: one unmask at a time
+                original = flower.factor_extract
+                flower.factor_extract = counted_factor_extract(
+                    original, expected, logging.getLogger(__name__).warning)
+                try:
+                    return super().unmask_stage(driver, context, state)
+                finally:
+                    flower.factor_extract = original
 
     return CountedWeightSecAggPlusWorkflow
