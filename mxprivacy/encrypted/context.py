@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import secrets
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -28,7 +28,8 @@ from ..errors import EncryptionError, InvalidParameterError, PublicContextError
 from .serialize import EncryptedBatch, pack, unpack
 
 __all__ = ["CKKSParameters", "choose_parameters", "EncryptionContext", "PublicContext",
-           "MAX_COEFF_MODULUS_BITS", "DEFAULT_SCALE_BITS", "DEFAULT_INTEGER_BITS"]
+           "MAX_COEFF_MODULUS_BITS", "DEFAULT_SCALE_BITS", "DEFAULT_INTEGER_BITS",
+           "rescale_primes"]
 
 # SEAL's HomomorphicEncryption.org table, 128-bit classical security
 MAX_COEFF_MODULUS_BITS = {4096: 109, 8192: 218, 16384: 438, 32768: 881}
@@ -124,6 +125,23 @@ def encode_rows(x, input_shape) -> np.ndarray:
     if not np.isfinite(array).all():
         raise InvalidParameterError("Inputs contain NaN or infinity; clean them first.")
     return array
+
+
+def rescale_primes(ts_context) -> Dict[int, int]:
+    """``{chain index: prime}``: the prime a rescale drops from a ciphertext at that level.
+
+    SEAL exposes each level's modulus (the product of its primes) only modulo 2 ** 64
+    through TenSEAL; the primes are odd and below 2 ** 61, so each one is that product
+    times the inverse of the level below's, modulo 2 ** 64.
+    """
+    data = ts_context.seal_context().data.first_context_data()
+    products = {}
+    while data is not None:
+        products[data.chain_index()] = int(data.total_coeff_modulus())
+        data = data.next_context_data()
+    word = 1 << 64
+    return {index: products[index] * pow(products[index - 1], -1, word) % word
+            for index in sorted(products) if index > 0}
 
 
 class _ContextInfo:
@@ -289,7 +307,13 @@ class EncryptionContext(_ContextInfo):
                 "first.")
         batch.check_key(self.key_id)
         size = int(batch.meta["size"])
-        rows = [np.asarray(v.decrypt(), dtype=np.float64)[:size]
+        gain = batch.meta.get("gain", 1.0)
+        if isinstance(gain, bool) or not isinstance(gain, (int, float)) or \
+                not 0.5 < gain < 2.0:
+            raise EncryptionError(
+                f"The results' gain {gain!r} is not a correction of rescaling (a number "
+                "near 1): the results were not made by plan.predict().")
+        rows = [np.asarray(v.decrypt(), dtype=np.float64)[:size] / gain
                 for v in batch.vectors_for(self._ts_context)]
         return np.stack(rows) if rows else np.zeros((0, size))
 

@@ -21,8 +21,9 @@ from typing import Tuple
 import numpy as np
 
 from ..errors import DepthError, EncryptionError, InvalidParameterError, PublicContextError
-from ._layers import ConvStep, LinearStep, convert_layers
-from .context import EncryptionContext, PublicContext, check_public, encode_rows
+from ._layers import ConvStep, Evaluation, LinearStep, convert_layers
+from .context import (EncryptionContext, PublicContext, check_public, encode_rows,
+                      rescale_primes)
 from .serialize import EncryptedBatch
 
 __all__ = ["EncryptedModel"]
@@ -151,13 +152,16 @@ class EncryptedModel:
         results, one ciphertext of ``output_size`` values per row."""
         context = self.check_context(context)
         self._check_batch(batch, context)
-        windows = batch.meta.get("windows")
-        outputs = []
+        primes = rescale_primes(context.ts_context)
+        outputs, gain = [], 1.0
         for vector in batch.vectors_for(context.ts_context):
+            run = Evaluation(context.ts_context, batch.meta.get("windows"), primes)
             for step in self.steps:
-                vector = step.encrypted(vector, windows)
+                vector = step.encrypted(vector, run)
             outputs.append(vector)
-        return EncryptedBatch(outputs, "output", context.key_id, {"size": self.output_size})
+            gain = run.gain            # the same for every row (same levels)
+        return EncryptedBatch(outputs, "output", context.key_id,
+                              {"size": self.output_size, "gain": gain})
 
     def _check_batch(self, batch, context: PublicContext) -> None:
         if not isinstance(batch, EncryptedBatch):

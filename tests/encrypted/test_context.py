@@ -108,3 +108,25 @@ def test_decrypt_trims_to_output_size(client):
     vectors = [ts.ckks_vector(client.ts_context, [1.0, 2.0, 3.0, 4.0])]
     batch = EncryptedBatch(vectors, "output", client.key_id, {"size": 2})
     np.testing.assert_allclose(client.decrypt(batch), [[1.0, 2.0]], atol=1e-4)
+
+
+def test_rescale_primes_are_seal_chain():
+    import tenseal.sealapi as sealapi
+
+    from mxprivacy.encrypted.context import rescale_primes
+
+    bits = [36, 29, 29, 29, 36]
+    context = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=bits)
+    seal = [m.value() for m in sealapi.CoeffModulus.Create(8192, bits)]
+    # chain index c (fresh = 3) drops data prime c; the special prime is never dropped
+    assert rescale_primes(context) == {1: seal[1], 2: seal[2], 3: seal[3]}
+
+
+def test_decrypt_divides_the_gain_and_refuses_a_bogus_one(client):
+    vectors = [ts.ckks_vector(client.ts_context, [2.0, 4.0])]
+    batch = EncryptedBatch(vectors, "output", client.key_id, {"size": 2, "gain": 2.0 ** 0.5})
+    np.testing.assert_allclose(client.decrypt(batch), [[2 ** 0.5, 8 ** 0.5]], atol=1e-4)
+    for gain in (0.0, 1e9, "1", None):
+        batch = EncryptedBatch(vectors, "output", client.key_id, {"size": 2, "gain": gain})
+        with pytest.raises(EncryptionError, match="gain"):
+            client.decrypt(batch)

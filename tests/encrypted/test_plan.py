@@ -7,8 +7,8 @@ from mxnet.gluon import nn, rnn
 
 from mxprivacy.errors import (DepthError, EncryptionError, InvalidParameterError,
                               PublicContextError, UnsupportedLayerError)
-from mxprivacy.encrypted._layers import (ConvStep, LinearStep, PackStep, PolyStep,
-                                         convert_layers, poly_depth)
+from mxprivacy.encrypted._layers import (ConvStep, Evaluation, LinearStep, PackStep,
+                                         PolyStep, convert_layers, poly_depth)
 from mxprivacy.encrypted.convert import to_he_friendly
 from mxprivacy.encrypted.context import EncryptionContext
 from mxprivacy.encrypted.plan import EncryptedModel
@@ -232,3 +232,24 @@ def test_mnist_architecture_default_parameters():
     assert plan.depth == 5
     logits = client.decrypt(plan.predict(client.encrypt(x), context=client.public()))
     assert relative_error(logits, net(mx.nd.array(x)).asnumpy()).max() < 1e-3
+
+
+@pytest.mark.parametrize("tail", [(nn.Dense(3),), ()], ids=["dense-last", "square-last"])
+def test_rescale_drift_is_corrected(tail, monkeypatch):
+    """At 26-bit primes TenSEAL's scale reset after each rescale multiplies values by
+    scale / q (about 1.0003 here); the plan divides it out (weights, final gain)."""
+    mx.random.seed(0)
+    net = nn.HybridSequential()
+    net.add(nn.Dense(4), PolyActivation("square"), *tail)
+    net.initialize(mx.init.Xavier())
+    x = np.random.RandomState(0).uniform(0, 1, (3, 5))
+    plan = EncryptedModel.from_gluon(net, (5,))
+    reference = net(mx.nd.array(x)).asnumpy().astype(np.float64)
+    client = plan.create_context(poly_modulus_degree=8192, scale_bits=26, integer_bits=8)
+    server = client.public()
+    out = plan.predict(client.encrypt(x), context=server)
+    assert (out.meta["gain"] == 1.0) == bool(tail)   # a final square leaves a gain
+    assert relative_error(client.decrypt(out), reference).max() < 1e-3
+    monkeypatch.setattr(Evaluation, "factor", lambda self, vector: 1.0)
+    uncorrected = client.decrypt(plan.predict(client.encrypt(x), context=server))
+    assert relative_error(uncorrected, reference).max() > 2e-3   # the drift is real
