@@ -6,6 +6,7 @@ import nbformat
 from nbclient import NotebookClient
 
 from audit_notebook import AUDIT  # notebooks/ is sys.path[0] when run as a script
+from encrypted_notebook import ENCRYPTED
 from federated_notebook import FEDERATED
 
 HERE = Path(__file__).resolve().parent
@@ -346,6 +347,7 @@ if __name__ == "__main__":
                             ("04_anonymization.ipynb", ANONYMIZATION),
                             ("05_output_noise.ipynb", OUTPUT_NOISE),
                             ("06_privacy_audit.ipynb", AUDIT),
-                            ("07_federated.ipynb", FEDERATED)]:
+                            ("07_federated.ipynb", FEDERATED),
+                            ("08_encrypted_inference.ipynb", ENCRYPTED)]:
         if not wanted or any(w in filename for w in wanted):
             build(filename, cells, execute=execute)
