@@ -42,6 +42,8 @@ bench: $(BENCH_STAMP)
 	$(PY) benchmarks/mechanisms.py --json
 	$(PY) benchmarks/audit.py --json
 	$(PY) benchmarks/distributed.py --json
+	$(PY) benchmarks/federated.py --json
+	MXPRIVACY_DATA=$(DATA_DIR) $(PY) benchmarks/encrypted.py --json
 	$(PY) benchmarks/kanon.py --data-dir $(DATA_DIR) --json
 	MXPRIVACY_DATA=$(DATA_DIR) $(PY) benchmarks/dp_step.py --json
 	MXPRIVACY_DATA=$(DATA_DIR) $(PY) benchmarks/mnist_accuracy.py --model mlp --json

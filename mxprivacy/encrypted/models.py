@@ -2,7 +2,7 @@
 
 :func:`he_friendly_mnist_net` is the network of TenSEAL's encrypted MNIST tutorial:
 ``Conv2D(kernel 7, stride 3, no padding) -> square -> Flatten -> Dense(64) -> square ->
-Dense(10)``, which CKKS evaluates at a multiplicative depth of 6
+Dense(10)``, which CKKS evaluates at a multiplicative depth of 5
 (``EncryptedModel.from_gluon(net, (1, 28, 28)).depth``). :func:`train_he_friendly` trains it in Gluon, with Adam, or with DP-SGD
 through :class:`~mxprivacy.PrivateBlock` and :class:`~mxprivacy.DPTrainer` when given
 ``dp=dict(noise_multiplier=..., max_grad_norm=..., delta=...)``.
