@@ -225,6 +225,24 @@ def check_public(ts_context) -> None:
             "evaluation needs (convolution and dense layers rotate ciphertexts, biases "
             "are encrypted with the public key): make it "
             "with EncryptionContext.create(...).public(), which includes them.")
+    if _can_decrypt(ts_context):
+        raise PublicContextError(
+            "This context has no secret key flag but its SEAL decryptor still decrypts "
+            "(a copy made public with make_context_public() keeps it): the server must "
+            "never have it. Send the server client.public() (or its .serialize() bytes).")
+
+
+def _can_decrypt(ts_context) -> bool:
+    """Whether SEAL's low-level decryptor of ``ts_context`` decrypts a fresh ciphertext
+    (the flags ``is_private``/``has_secret_key`` can say no while it does)."""
+    from tenseal.sealapi import Plaintext
+
+    probe = _tenseal().ckks_vector(ts_context, [0.0]).ciphertext()[0]
+    try:
+        ts_context.decryptor().data.decrypt(probe, Plaintext())
+    except (ValueError, RuntimeError):
+        return False
+    return True
 
 
 class EncryptionContext(_ContextInfo):
@@ -266,11 +284,15 @@ class EncryptionContext(_ContextInfo):
         return cls(ts_context, params, encoding)
 
     def public(self) -> PublicContext:
-        """The server's context: a copy without the secret key, with Galois and
-        relinearization keys."""
-        public = self._ts_context.copy()
-        public.make_context_public()
-        return PublicContext(public, self.key_id, self.encoding)
+        """The server's context, rebuilt from bytes serialized without the secret key
+        (with the public, Galois and relinearization keys).
+
+        Not ``copy()`` + ``make_context_public()``: that copy keeps a working SEAL
+        decryptor in memory (``decryptor().data.decrypt`` still gives the plaintext).
+        """
+        data = self._ts_context.serialize(save_public_key=True, save_secret_key=False,
+                                          save_galois_keys=True, save_relin_keys=True)
+        return PublicContext(_tenseal().context_from(data), self.key_id, self.encoding)
 
     def encrypt(self, x, encoding: Optional[dict] = None) -> EncryptedBatch:
         """Encrypt ``x`` (NDArray or numpy): one row of the input shape, or a batch of

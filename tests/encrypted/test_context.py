@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import tenseal as ts
+import tenseal.sealapi as sealapi
 
 from mxprivacy.errors import (EncryptionError, InvalidParameterError, PublicContextError)
 from mxprivacy.encrypted.context import (EncryptionContext, PublicContext, choose_parameters,
@@ -55,6 +56,9 @@ def test_public_context_holds_no_secret_key_and_cannot_decrypt(client):
     vector = client.encrypt(np.array([1.0, 2.0, 3.0])).vectors_for(context)[0]
     with pytest.raises(ValueError):
         vector.decrypt()
+    # nor through SEAL's low-level decryptor (a copy() + make_context_public() still can)
+    with pytest.raises(ValueError):
+        context.decryptor().data.decrypt(vector.ciphertext()[0], sealapi.Plaintext())
     # the client still decrypts (the server's copy did not strip the client's key)
     assert client.ts_context.is_private()
     np.testing.assert_allclose(vector.decrypt(client.ts_context.secret_key()),
@@ -68,6 +72,11 @@ def test_public_context_refuses_secret_key_and_missing_keys(client):
                   [client.ts_context.serialize(save_secret_key=True)])
     with pytest.raises(PublicContextError, match="secret key"):
         PublicContext.from_bytes(leaked)
+    leaky = client.ts_context.copy()
+    leaky.make_context_public()                     # flags say public, decryptor works
+    assert not leaky.has_secret_key()
+    with pytest.raises(PublicContextError, match="decryptor still decrypts"):
+        PublicContext(leaky, client.key_id)
     bare = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 40, 60])
     bare.global_scale = 2 ** 40
     bare.make_context_public()                      # no Galois keys were generated
