@@ -256,3 +256,12 @@ class PublicContextError(EncryptionError):
 
 
 __all__.append("PublicContextError")
+
+
+class EncryptionWarning(UserWarning):
+    """Encrypted inference may return inaccurate results: CKKS parameters leave too
+    little room for the model's values (results may wrap around the modulus), or too
+    little precision (a low scale). The message says which parameter to raise."""
+
+
+__all__.append("EncryptionWarning")

@@ -92,6 +92,16 @@ class Evaluation:
         return self._scale / self._primes[level]
 
 
+class _AbsorbsGain:
+    """A step whose encryption absorbs its input's gain (in its weights or
+    coefficients): its output's gain is 1."""
+
+    @staticmethod
+    def next_gain(gain: float, factor) -> float:
+        """The gain after this step, given the input's and the rescale's ``factor``."""
+        return 1.0
+
+
 def _each(vector, operation):
     """``operation`` on a vector, or on each channel's vector of a list."""
     if isinstance(vector, list):
@@ -99,7 +109,7 @@ def _each(vector, operation):
     return operation(vector)
 
 
-class ConvStep:
+class ConvStep(_AbsorbsGain):
     """First-layer Conv2D on an im2col-encoded image (one input channel). Depth 1 (the
     im2col product). Several channels give a list of vectors, one per channel."""
 
@@ -121,7 +131,7 @@ class ConvStep:
         channels = [add_bias(vector.conv2d_im2col(kernel.tolist(), run.windows),
                              np.full(run.windows, bias))
                     for kernel, bias in zip(weight, self.bias)]
-        run.gain = 1.0
+        run.gain = self.next_gain(run.gain, None)
         return channels[0] if len(channels) == 1 else channels
 
     def plain(self, image: np.ndarray) -> np.ndarray:
@@ -137,7 +147,7 @@ class ConvStep:
                 f"{self.weight.shape[1:]}, stride {self.stride})")
 
 
-class LinearStep:
+class LinearStep(_AbsorbsGain):
     """``y = x @ matrix + bias`` with plaintext weights (Dense, average pooling, or
     several of them merged)."""
 
@@ -155,7 +165,7 @@ class LinearStep:
 
     def encrypted(self, vector, run: Evaluation):
         matrix = self.matrix / (run.factor(vector) * run.gain)
-        run.gain = 1.0
+        run.gain = self.next_gain(run.gain, None)
         if not isinstance(vector, list):
             return add_bias(vector.mm(matrix.tolist()), self.bias)
         rows = len(matrix) // len(vector)      # one block of rows per channel
@@ -175,8 +185,12 @@ class LinearStep:
 class SquareStep:
     depth = 1
 
+    @staticmethod
+    def next_gain(gain: float, factor: float) -> float:
+        return gain ** 2 * factor
+
     def encrypted(self, vector, run: Evaluation):
-        run.gain = run.gain ** 2 * run.factor(vector)
+        run.gain = self.next_gain(run.gain, run.factor(vector))
         return _each(vector, lambda channel: channel.square())
 
     def plain(self, x: np.ndarray) -> np.ndarray:
@@ -186,14 +200,14 @@ class SquareStep:
         return "Square"
 
 
-class PolyStep:
+class PolyStep(_AbsorbsGain):
     def __init__(self, coefficients: Sequence[float]) -> None:
         self.coefficients = [float(c) for c in coefficients]
         self.depth = poly_depth(len(self.coefficients) - 1)
 
     def encrypted(self, vector, run: Evaluation):
         coefficients = [c / run.gain ** i for i, c in enumerate(self.coefficients)]
-        run.gain = 1.0
+        run.gain = self.next_gain(run.gain, None)
         return _each(vector, lambda channel: channel.polyval(coefficients))
 
     def plain(self, x: np.ndarray) -> np.ndarray:
@@ -210,12 +224,16 @@ class PackStep:
 
     depth = 1
 
+    @staticmethod
+    def next_gain(gain: float, factor: float) -> float:
+        return gain * factor
+
     def encrypted(self, vector, run: Evaluation):
         import tenseal as ts
 
         if not isinstance(vector, list):
             return vector
-        run.gain *= run.factor(vector)
+        run.gain = self.next_gain(run.gain, run.factor(vector))
         return ts.CKKSVector.pack_vectors(vector)
 
     def plain(self, x: np.ndarray) -> np.ndarray:

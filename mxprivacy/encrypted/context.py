@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import math
 import secrets
+import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..errors import EncryptionError, InvalidParameterError, PublicContextError
+from ..errors import (CiphertextError, EncryptionError, EncryptionWarning,
+                      InvalidParameterError, PublicContextError)
 from .serialize import EncryptedBatch, pack, unpack
 
 __all__ = ["CKKSParameters", "choose_parameters", "EncryptionContext", "PublicContext",
@@ -108,10 +110,10 @@ def _tenseal():
     return tenseal
 
 
-def encode_rows(x, input_shape) -> np.ndarray:
+def encode_rows(x, input_shape, max_abs: Optional[float] = None) -> np.ndarray:
     """``x`` (NDArray or numpy) as float64 rows of ``input_shape``; one row alone is
-    accepted without its batch axis. InvalidParameterError on a shape mismatch or a
-    non-finite value."""
+    accepted without its batch axis. InvalidParameterError on a shape mismatch, a
+    non-finite value or a value of magnitude ``max_abs`` or more."""
     if hasattr(x, "asnumpy"):
         x = x.asnumpy()
     array = np.asarray(x, dtype=np.float64)
@@ -124,6 +126,11 @@ def encode_rows(x, input_shape) -> np.ndarray:
             f"{array.shape}: reshape them as the plan's input_shape.")
     if not np.isfinite(array).all():
         raise InvalidParameterError("Inputs contain NaN or infinity; clean them first.")
+    if max_abs is not None and np.abs(array).max() >= max_abs:
+        raise InvalidParameterError(
+            f"Inputs reach |x| = {np.abs(array).max():.3g}, beyond what this context can "
+            f"encode (|x| < {max_abs:.3g}): scale the inputs down (normalize them as in "
+            "training).")
     return array
 
 
@@ -169,6 +176,15 @@ class _ContextInfo:
         return math.log2(self._ts_context.global_scale)
 
     @property
+    def integer_bits(self) -> int:
+        """Bits of the first prime above the scale: decrypted values must stay below
+        ``2 ** (integer_bits - 1)`` in magnitude."""
+        data = self._ts_context.seal_context().data.first_context_data()
+        while data.next_context_data() is not None:
+            data = data.next_context_data()                    # chain index 0: q0 alone
+        return int(round(data.total_coeff_modulus_bit_count() - self.scale_bits))
+
+    @property
     def ts_context(self):
         """The underlying ``tenseal.Context``."""
         return self._ts_context
@@ -198,7 +214,12 @@ class PublicContext(_ContextInfo):
         meta, parts = unpack(data, "public_context")
         if len(parts) != 1:
             raise PublicContextError("A public context envelope holds exactly one part.")
-        ts_context = _tenseal().context_from(parts[0])
+        try:
+            ts_context = _tenseal().context_from(parts[0])
+        except (ValueError, RuntimeError, TypeError) as exc:
+            raise CiphertextError(
+                f"The public context does not parse ({exc}): the bytes were not made by "
+                "client.public().serialize(). Ask the client to send them again.") from None
         return cls(ts_context, meta.get("key_id", ""), meta.get("encoding"))
 
     def __repr__(self) -> str:
@@ -258,6 +279,7 @@ class EncryptionContext(_ContextInfo):
         self.parameters = parameters
         self.encoding = encoding
         self.key_id = key_id or secrets.token_hex(8)
+        self.expected_gain: Optional[float] = None   # set by plan.create_context()
 
     @classmethod
     def create(cls, depth: int, *, poly_modulus_degree: Optional[int] = None,
@@ -302,7 +324,7 @@ class EncryptionContext(_ContextInfo):
             raise EncryptionError(
                 "This context does not know how to lay out inputs: make it with "
                 "plan.create_context(), or pass encrypt(x, encoding=plan.input_encoding).")
-        rows = encode_rows(x, encoding["input_shape"])
+        rows = encode_rows(x, encoding["input_shape"], max_abs=self._max_encodable())
         ts = _tenseal()
         vectors: List = []
         windows = None
@@ -328,16 +350,67 @@ class EncryptionContext(_ContextInfo):
                 "This batch holds encrypted inputs, not results: run plan.predict() on it "
                 "first.")
         batch.check_key(self.key_id)
-        size = int(batch.meta["size"])
-        gain = batch.meta.get("gain", 1.0)
-        if isinstance(gain, bool) or not isinstance(gain, (int, float)) or \
-                not 0.5 < gain < 2.0:
-            raise EncryptionError(
-                f"The results' gain {gain!r} is not a correction of rescaling (a number "
-                "near 1): the results were not made by plan.predict().")
+        size, gain = self._checked_size(batch.meta), self._checked_gain(batch.meta)
         rows = [np.asarray(v.decrypt(), dtype=np.float64)[:size] / gain
                 for v in batch.vectors_for(self._ts_context)]
-        return np.stack(rows) if rows else np.zeros((0, size))
+        result = np.stack(rows) if rows else np.zeros((0, size))
+        self._warn_if_wrapped(result)
+        return result
+
+    def _max_encodable(self) -> float:
+        """TenSEAL refuses to encode ``|x| * scale`` above half the fresh modulus."""
+        bits = self._ts_context.seal_context().data.first_context_data() \
+            .total_coeff_modulus_bit_count()
+        return 2.0 ** (bits - self.scale_bits - 2)
+
+    def _checked_size(self, meta: dict) -> int:
+        size = meta.get("size")
+        if isinstance(size, bool) or not isinstance(size, int) or \
+                not 1 <= size <= self.slots:
+            raise CiphertextError(
+                f"The results' size {size!r} is not a number of outputs (an int from 1 to "
+                f"{self.slots}): the results were not made by plan.predict().")
+        return size
+
+    def _checked_gain(self, meta: dict) -> float:
+        """The rescaling gain, refused (CiphertextError) unless it is the one the plan
+        produces under this context (``expected_gain``, set by plan.create_context),
+        or, when unknown, within what this context's rescales can produce (at most 5 %
+        from 1)."""
+        gain = meta.get("gain", 1.0)
+        if isinstance(gain, bool) or not isinstance(gain, (int, float)) or \
+                not math.isfinite(gain) or gain <= 0:
+            raise CiphertextError(
+                f"The results' gain {gain!r} is not a positive number: the results were "
+                "not made by plan.predict().")
+        if self.expected_gain is not None:
+            ok = abs(gain / self.expected_gain - 1.0) <= 1e-9
+            wanted = f"{self.expected_gain!r}, the plan's"
+        else:
+            ok = abs(math.log(gain)) <= self._gain_limit()
+            wanted = f"within {math.exp(self._gain_limit()) - 1:.2g} of 1"
+        if not ok:
+            raise CiphertextError(
+                f"The results' gain {gain!r} is not what the plan produces under this "
+                f"context ({wanted}): the results were not made by plan.predict() of "
+                "the plan this context was created for.")
+        return float(gain)
+
+    def _gain_limit(self) -> float:
+        """The largest |log gain| this context's rescales can produce, at most log 1.05."""
+        scale = float(self._ts_context.global_scale)
+        worst = max((abs(math.log(scale / prime))
+                     for prime in rescale_primes(self._ts_context).values()), default=0.0)
+        return min(worst * 2.0 ** min(self.depth, 60), math.log(1.05)) + 1e-12
+
+    def _warn_if_wrapped(self, result: np.ndarray) -> None:
+        bound = 2.0 ** (self.integer_bits - 1)
+        if result.size and np.abs(result).max() > bound:
+            warnings.warn(
+                f"Decrypted results reach |y| = {np.abs(result).max():.4g}, above "
+                f"2^(integer_bits - 1) = {bound:g} (integer_bits={self.integer_bits}): "
+                "they may have wrapped around the modulus and be wrong; raise "
+                "integer_bits or scale the inputs.", EncryptionWarning, stacklevel=3)
 
     def __repr__(self) -> str:
         return (f"EncryptionContext(poly_modulus_degree={self.poly_modulus_degree}, "

@@ -16,11 +16,14 @@ polynomial of degree n ``ceil(log2(n + 1))`` (TenSEAL's ``polyval``, measured).
 """
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Tuple
 
 import numpy as np
 
-from ..errors import DepthError, EncryptionError, InvalidParameterError, PublicContextError
+from ..errors import (CiphertextError, DepthError, EncryptionError, EncryptionWarning,
+                      InvalidParameterError, PublicContextError)
 from ._layers import ConvStep, Evaluation, LinearStep, convert_layers
 from .context import (EncryptionContext, PublicContext, check_public, encode_rows,
                       rescale_primes)
@@ -29,6 +32,7 @@ from .serialize import EncryptedBatch
 __all__ = ["EncryptedModel"]
 
 _SELF_CHECK_TOLERANCE = 1e-3   # |plan - net| / max|net|, float32 net against float64 plan
+_HEADROOM = 8.0                # 2 ** (integer_bits - 1) over the reference run's peak
 
 
 class EncryptedModel:
@@ -49,6 +53,7 @@ class EncryptedModel:
         self.depth = sum(step.depth for step in self.steps)
         self.input_encoding = self._encoding()
         self.min_slots = self._min_slots()
+        self.peak_abs = None   # max |value| over the steps on from_gluon's reference run
 
     @classmethod
     def from_gluon(cls, net, input_shape) -> "EncryptedModel":
@@ -92,7 +97,7 @@ class EncryptedModel:
         return max(sizes)
 
     def _self_check(self, x: np.ndarray, reference: np.ndarray) -> None:
-        mine = self.forward_plain(x)
+        mine, self.peak_abs = self._run_plain(x)
         scale = max(np.abs(reference).max(), 1e-12)
         if mine.shape != reference.shape or np.abs(mine - reference).max() / scale > \
                 _SELF_CHECK_TOLERANCE:
@@ -104,21 +109,56 @@ class EncryptedModel:
     def forward_plain(self, x) -> np.ndarray:
         """The plan evaluated in plaintext (float64): what ``predict`` computes,
         without encryption. ``x``: one row of ``input_shape`` or a batch of them."""
+        return self._run_plain(x)[0]
+
+    def _run_plain(self, x) -> Tuple[np.ndarray, float]:
+        """The plaintext outputs, and the largest |value| any step produced."""
         rows = encode_rows(x, self.input_shape)
-        out = []
+        out, peak = [], float(np.abs(rows).max())
         for row in rows:
             value = row if isinstance(self.steps[0], ConvStep) else row.reshape(-1)
             for step in self.steps:
                 value = step.plain(value)
+                peak = max(peak, float(np.abs(value).max()))
             out.append(value)
-        return np.stack(out)
+        return np.stack(out), peak
 
     def create_context(self, **kwargs) -> EncryptionContext:
         """The client's context, sized for this plan (depth, slots) and knowing its
-        input encoding. Keyword arguments go to ``EncryptionContext.create``
-        (``poly_modulus_degree``, ``scale_bits``, ``integer_bits``, ``n_threads``)."""
-        return EncryptionContext.create(self.depth, min_slots=self.min_slots,
-                                        encoding=self.input_encoding, **kwargs)
+        input encoding and output gain. Keyword arguments go to
+        ``EncryptionContext.create`` (``poly_modulus_degree``, ``scale_bits``,
+        ``integer_bits``, ``n_threads``).
+
+        Warns (EncryptionWarning) when ``2 ** (integer_bits - 1)`` is less than 8 times
+        the largest value the plan computed on ``from_gluon``'s reference inputs
+        (uniform in [0, 1)): results could wrap around the modulus.
+        """
+        context = EncryptionContext.create(self.depth, min_slots=self.min_slots,
+                                           encoding=self.input_encoding, **kwargs)
+        context.expected_gain = self.expected_gain(context)
+        self._warn_if_little_headroom(context)
+        return context
+
+    def expected_gain(self, context) -> float:
+        """The gain (decrypted / true value) ``predict`` leaves in its results under
+        ``context`` (a fresh ciphertext at the context's top level)."""
+        primes = rescale_primes(context.ts_context)
+        scale = float(context.ts_context.global_scale)
+        gain, level = 1.0, context.depth
+        for step in self.steps:
+            gain = step.next_gain(gain, scale / primes[level])
+            level -= step.depth
+        return gain
+
+    def _warn_if_little_headroom(self, context: EncryptionContext) -> None:
+        bound = 2.0 ** (context.integer_bits - 1)
+        if self.peak_abs is not None and bound < _HEADROOM * self.peak_abs:
+            wanted = math.ceil(math.log2(_HEADROOM * self.peak_abs)) + 1
+            warnings.warn(
+                f"integer_bits={context.integer_bits} lets values reach {bound:g}, less "
+                f"than {_HEADROOM:g}x the {self.peak_abs:.4g} this plan computed on inputs "
+                f"in [0, 1): results may wrap around the modulus. Use integer_bits >= "
+                f"{wanted} or scale the inputs down.", EncryptionWarning, stacklevel=3)
 
     def check_context(self, context) -> PublicContext:
         """The server-side checks, cheap and before any ciphertext operation: a public
@@ -181,6 +221,26 @@ class EncryptedModel:
             raise EncryptionError(
                 f"The batch has {batch.meta.get('windows')} convolution windows per image, "
                 f"the plan {first.windows}: it was encrypted for another input shape.")
+        self._check_vectors(batch.vectors_for(context.ts_context), context)
+
+    def _check_vectors(self, vectors, context: PublicContext) -> None:
+        """Each ciphertext holds as many values as the encoding gives and has the plan's
+        depth of levels left (a result or an evaluated ciphertext has fewer)."""
+        data = context.ts_context.seal_context().data
+        first = self.steps[0]
+        size = (_next_pow2(np.prod(first.weight.shape[1:])) * first.windows
+                if isinstance(first, ConvStep) else int(np.prod(self.input_shape)))
+        for row, vector in enumerate(vectors):
+            levels = data.get_context_data(vector.ciphertext()[0].parms_id()).chain_index()
+            if levels < self.depth:
+                raise DepthError(
+                    f"Row {row}'s ciphertext has {levels} multiplicative levels left, the "
+                    f"plan needs {self.depth}: it is not a fresh client.encrypt() "
+                    "ciphertext (a result, or already evaluated).")
+            if vector.size() != size:
+                raise CiphertextError(
+                    f"Row {row}'s ciphertext holds {vector.size()} values, the plan's "
+                    f"encoding {size}: it was not made by client.encrypt() for this plan.")
 
     def __repr__(self) -> str:
         inner = ", ".join(repr(step) for step in self.steps)

@@ -73,8 +73,25 @@ def unpack(data, expected_kind: str) -> Tuple[Dict, List[bytes]]:
             f"The {expected_kind.replace('_', ' ')} bytes fail their SHA-256 check: they "
             "were altered or corrupted in transit. Nothing was parsed; ask the sender to "
             "send them again (over an authenticated channel).")
-    meta = json.loads(meta_bytes.decode())
-    return meta, _split_parts(payload)
+    return _parse_meta(meta_bytes, expected_kind), _split_parts(payload)
+
+
+def _parse_meta(meta_bytes: bytes, expected_kind: str) -> Dict:
+    """The meta JSON object; CiphertextError when it is not UTF-8 JSON of an object
+    (crafted bytes with a recomputed digest get here)."""
+    try:
+        meta = json.loads(meta_bytes.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CiphertextError(
+            f"The {expected_kind.replace('_', ' ')} envelope's meta is not valid UTF-8 "
+            f"JSON ({type(exc).__name__}): the bytes were not made by .serialize(). "
+            "Nothing was parsed; ask the sender to send them again.") from None
+    if not isinstance(meta, dict):
+        raise CiphertextError(
+            f"The {expected_kind.replace('_', ' ')} envelope's meta is a JSON "
+            f"{type(meta).__name__}, not an object: the bytes were not made by "
+            ".serialize(). Nothing was parsed.")
+    return meta
 
 
 def _as_bytes(data) -> bytes:
@@ -100,8 +117,13 @@ def _check_header(data: bytes, expected_kind: str):
         raise CiphertextError(
             f"These bytes hold a {found.replace('_', ' ')}, not a "
             f"{expected_kind.replace('_', ' ')}: pass them to the matching from_bytes().")
+    if meta_len > _MAX_META:
+        raise CiphertextError(
+            f"The {expected_kind.replace('_', ' ')} envelope declares {meta_len} bytes of "
+            f"meta, more than the {_MAX_META} an mxprivacy envelope ever holds: the bytes "
+            "were not made by .serialize(). Nothing was parsed.")
     expected = _HEADER.size + _DIGEST_SIZE + meta_len + payload_len
-    if meta_len > _MAX_META or len(data) != expected:
+    if len(data) != expected:
         raise CiphertextError(
             f"The {expected_kind.replace('_', ' ')} bytes are truncated or padded "
             f"({len(data)} bytes, the header says {expected}); ask the sender to send "
@@ -164,6 +186,11 @@ class EncryptedBatch:
             stage = "output" if found == "encrypted_output" else "input"
         kind = "encrypted_input" if stage == "input" else "encrypted_output"
         meta, parts = unpack(data, kind)
+        if not parts or not all(parts):
+            raise CiphertextError(
+                f"The {kind.replace('_', ' ')} envelope holds "
+                f"{'no ciphertext' if not parts else 'an empty ciphertext'}: a batch has "
+                "one non-empty ciphertext per row. Ask the sender to send it again.")
         key_id = meta.pop("key_id", "")
         vectors = [ts.lazy_ckks_vector_from(part) for part in parts]
         batch = cls(vectors, stage, key_id, meta)

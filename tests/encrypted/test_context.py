@@ -1,10 +1,13 @@
 """CKKS parameters from the depth; the key split between client and server."""
+import warnings
+
 import numpy as np
 import pytest
 import tenseal as ts
 import tenseal.sealapi as sealapi
 
-from mxprivacy.errors import (EncryptionError, InvalidParameterError, PublicContextError)
+from mxprivacy.errors import (CiphertextError, EncryptionError, EncryptionWarning,
+                              InvalidParameterError, PublicContextError)
 from mxprivacy.encrypted.context import (EncryptionContext, PublicContext, choose_parameters,
                                          encode_rows)
 from mxprivacy.encrypted.serialize import EncryptedBatch, pack
@@ -131,11 +134,58 @@ def test_rescale_primes_are_seal_chain():
     assert rescale_primes(context) == {1: seal[1], 2: seal[2], 3: seal[3]}
 
 
-def test_decrypt_divides_the_gain_and_refuses_a_bogus_one(client):
+def test_decrypt_divides_the_plans_gain_and_refuses_any_other(client):
     vectors = [ts.ckks_vector(client.ts_context, [2.0, 4.0])]
+    mine = EncryptionContext(client.ts_context, client.parameters, key_id=client.key_id)
+    mine.expected_gain = 2.0 ** 0.5                 # what plan.create_context() sets
     batch = EncryptedBatch(vectors, "output", client.key_id, {"size": 2, "gain": 2.0 ** 0.5})
-    np.testing.assert_allclose(client.decrypt(batch), [[2 ** 0.5, 8 ** 0.5]], atol=1e-4)
-    for gain in (0.0, 1e9, "1", None):
+    np.testing.assert_allclose(mine.decrypt(batch), [[2 ** 0.5, 8 ** 0.5]], atol=1e-4)
+    for gain in (2.0 ** 0.5 * 1.01, 1.0, 0.0, -1.0, 1e9, float("nan"), "1", None, True):
         batch = EncryptedBatch(vectors, "output", client.key_id, {"size": 2, "gain": gain})
-        with pytest.raises(EncryptionError, match="gain"):
+        with pytest.raises(CiphertextError, match="gain"):
+            mine.decrypt(batch)
+    # without a plan's gain: only what this context's 40-bit rescales can produce
+    assert client.expected_gain is None and client._gain_limit() < 1e-5
+    ok = EncryptedBatch(vectors, "output", client.key_id, {"size": 2, "gain": 1.0})
+    np.testing.assert_allclose(client.decrypt(ok), [[2.0, 4.0]], atol=1e-4)
+    for gain in (1.001, 1.9, 0.6):
+        batch = EncryptedBatch(vectors, "output", client.key_id, {"size": 2, "gain": gain})
+        with pytest.raises(CiphertextError, match="gain"):
             client.decrypt(batch)
+
+
+@pytest.mark.parametrize("size", [None, 0, -1, 4097, 10 ** 9, "x", 2.7, True])
+def test_decrypt_refuses_a_bogus_size(client, size):
+    vectors = [ts.ckks_vector(client.ts_context, [2.0, 4.0])]
+    meta = {} if size is None else {"size": size}
+    with pytest.raises(CiphertextError, match="size"):
+        client.decrypt(EncryptedBatch(vectors, "output", client.key_id, meta))
+
+
+def test_decrypt_warns_above_the_integer_bits_bound(client):
+    bound = 2.0 ** (client.integer_bits - 1)
+    assert client.integer_bits == 20
+    for value, warns in ((0.9 * bound, False), (1.1 * bound, True)):
+        vectors = [ts.ckks_vector(client.ts_context, [value, 1.0])]
+        batch = EncryptedBatch(vectors, "output", client.key_id, {"size": 2})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            client.decrypt(batch)
+        assert [w.category for w in caught] == ([EncryptionWarning] if warns else [])
+    assert "raise integer_bits" in str(caught[0].message)
+
+
+def test_encrypt_refuses_values_tenseal_cannot_encode(client):
+    limit = client._max_encodable()
+    client.encrypt(np.array([limit / 2, 0.0, 0.0]))
+    with pytest.raises(InvalidParameterError, match="scale the inputs"):
+        client.encrypt(np.array([1e40, 0.0, 0.0]))
+    with pytest.raises(ValueError, match="too large"):     # what TenSEAL says otherwise
+        ts.ckks_vector(client.ts_context, [1e40])
+
+
+def test_public_context_bytes_that_do_not_parse(client):
+    part = client.public().ts_context.serialize()
+    for bad in (part[:len(part) // 2], b"\x00" * 64):
+        with pytest.raises(CiphertextError, match="does not parse"):
+            PublicContext.from_bytes(pack("public_context", {"key_id": "k"}, [bad]))

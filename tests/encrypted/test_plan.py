@@ -251,5 +251,88 @@ def test_rescale_drift_is_corrected(tail, monkeypatch):
     assert (out.meta["gain"] == 1.0) == bool(tail)   # a final square leaves a gain
     assert relative_error(client.decrypt(out), reference).max() < 1e-3
     monkeypatch.setattr(Evaluation, "factor", lambda self, vector: 1.0)
+    client.expected_gain = None            # the uncorrected run's gain is not the plan's
     uncorrected = client.decrypt(plan.predict(client.encrypt(x), context=server))
     assert relative_error(uncorrected, reference).max() > 2e-3   # the drift is real
+
+
+@pytest.fixture(scope="module")
+def flat():
+    """Dense(5) -> square -> Dense(3) on 8 inputs, a 8192 context (28-bit scale)."""
+    mx.random.seed(0)
+    net = nn.HybridSequential()
+    net.add(nn.Dense(5), PolyActivation("square"), nn.Dense(3))
+    net.initialize(mx.init.Xavier())
+    plan = EncryptedModel.from_gluon(net, (8,))
+    client = plan.create_context(poly_modulus_degree=8192, scale_bits=28, integer_bits=9)
+    return plan, client, client.public()
+
+
+def test_batch_of_wrong_size_or_level_is_refused_before_any_evaluation(flat, monkeypatch):
+    import tenseal as ts
+
+    from mxprivacy.encrypted.serialize import EncryptedBatch
+    from mxprivacy.errors import CiphertextError
+
+    plan, client, server = flat
+    meta = {"encoding": plan.input_encoding, "windows": None}
+    fresh = client.encrypt(np.ones(8))
+    result = plan.predict(fresh, context=server).vectors_for(server.ts_context)
+    squared = ts.ckks_vector(client.ts_context, [1.0] * 8).square()
+    for step in plan.steps:
+        monkeypatch.setattr(step, "encrypted", _forbidden)
+    for values in (6, 20):
+        vector = ts.ckks_vector(client.ts_context, [1.0] * values)
+        with pytest.raises(CiphertextError, match=f"holds {values} values"):
+            plan.predict(EncryptedBatch([vector], "input", client.key_id, meta),
+                         context=server)
+    for vectors, left in ((result, 0), ([squared], plan.depth - 1)):
+        batch = EncryptedBatch(vectors, "input", client.key_id, meta)
+        with pytest.raises(DepthError, match=f"has {left} multiplicative levels left"):
+            plan.predict(batch, context=server)
+
+
+def test_expected_gain_is_the_one_predict_produces():
+    """A square-last plan leaves a gain (26-bit primes): create_context knows it
+    exactly, so decrypt accepts it and nothing else."""
+    mx.random.seed(0)
+    net = nn.HybridSequential()
+    net.add(nn.Dense(4), PolyActivation("square"), nn.Dense(3), PolyActivation("square"))
+    net.initialize(mx.init.Xavier())
+    plan = EncryptedModel.from_gluon(net, (5,))
+    client = plan.create_context(poly_modulus_degree=8192, scale_bits=26, integer_bits=8)
+    out = plan.predict(client.encrypt(np.full(5, 0.5)), context=client.public())
+    assert out.meta["gain"] != 1.0 and out.meta["gain"] == client.expected_gain
+    assert relative_error(client.decrypt(out), plan.forward_plain(np.full(5, 0.5))) < 1e-3
+
+
+def test_create_context_warns_without_headroom_and_decrypt_flags_a_wrap(flat):
+    import warnings
+
+    from mxprivacy.errors import EncryptionWarning
+
+    plan, client, server = flat
+    assert 0 < plan.peak_abs < 2.0 ** 8 / 8           # inputs in [0, 1): 9 bits suffice
+    plan_big = EncryptedModel.from_gluon(_scaled_net(1000.0), (8,))
+    with pytest.warns(EncryptionWarning, match="integer_bits >= "):
+        big_client = plan_big.create_context(poly_modulus_degree=8192, scale_bits=28,
+                                             integer_bits=9)
+    x = np.random.RandomState(3).uniform(0, 1, (1, 8))
+    plain = plan_big.forward_plain(x)
+    assert np.abs(plain).max() > 2.0 ** 8                 # past the first prime's range
+    with pytest.warns(EncryptionWarning, match="may have wrapped"):
+        big_client.decrypt(plan_big.predict(big_client.encrypt(x),
+                                            context=big_client.public()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        client.decrypt(plan.predict(client.encrypt(x), context=server))   # no warning
+
+
+def _scaled_net(factor):
+    mx.random.seed(0)
+    net = nn.HybridSequential()
+    net.add(nn.Dense(5), PolyActivation("square"), nn.Dense(3))
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((1, 8)))
+    net[0].weight.set_data(net[0].weight.data() * factor ** 0.5)
+    return net

@@ -128,3 +128,38 @@ def test_results_of_another_key_are_refused(small):
 def _forbidden(*args, **kwargs):
     raise AssertionError("TenSEAL parsed bytes that failed the envelope checks")
 
+
+
+def _crafted(kind_code, meta_bytes, payload=b""):
+    """An envelope with a recomputed (valid) digest around arbitrary meta bytes."""
+    from mxprivacy.encrypted import serialize
+
+    header = serialize._HEADER.pack(serialize.MAGIC, serialize.VERSION, kind_code,
+                                    len(meta_bytes), len(payload))
+    return header + serialize._digest(header, meta_bytes, payload) + meta_bytes + payload
+
+
+@pytest.mark.parametrize("meta, words", [
+    (b"\xff\xfe", "not valid UTF-8 JSON"),
+    (b"{not json", "not valid UTF-8 JSON"),
+    (b"[" * 100000 + b"]" * 100000, "not valid UTF-8 JSON"),       # RecursionError
+    (b"[1, 2]", "JSON list, not an object"),
+    (b"3", "JSON int, not an object"),
+])
+def test_crafted_meta_with_a_valid_digest_is_a_ciphertext_error(meta, words):
+    with pytest.raises(CiphertextError, match=words):
+        unpack(_crafted(2, meta), "encrypted_input")
+
+
+def test_meta_length_over_the_maximum_has_its_own_message():
+    data = _crafted(2, b'{"x":"' + b"a" * (1 << 20) + b'"}')
+    with pytest.raises(CiphertextError, match="declares .* bytes of meta"):
+        unpack(data, "encrypted_input")
+
+
+def test_empty_ciphertexts_are_refused(monkeypatch):
+    monkeypatch.setattr(ts, "lazy_ckks_vector_from", _forbidden)
+    for parts, words in (([b""], "an empty ciphertext"), ([b"x", b""], "an empty"),
+                         ([], "no ciphertext")):
+        with pytest.raises(CiphertextError, match=words):
+            EncryptedBatch.from_bytes(pack("encrypted_input", {"key_id": "k"}, parts))
