@@ -33,6 +33,8 @@ __all__ = ["EncryptedModel"]
 
 _SELF_CHECK_TOLERANCE = 1e-3   # |plan - net| / max|net|, float32 net against float64 plan
 _HEADROOM = 8.0                # 2 ** (integer_bits - 1) over the reference run's peak
+_CHECK_TOLERANCE = 1e-3        # create_context(check=True): |decrypted - plain| / max|plain|
+_LOW_SCALE_BITS, _DEEP = 30, 3  # below 30-bit scale at depth >= 3: errors reach 1e-2
 
 
 class EncryptedModel:
@@ -54,6 +56,7 @@ class EncryptedModel:
         self.input_encoding = self._encoding()
         self.min_slots = self._min_slots()
         self.peak_abs = None   # max |value| over the steps on from_gluon's reference run
+        self.reference_input = None   # from_gluon's inputs (uniform in [0, 1))
 
     @classmethod
     def from_gluon(cls, net, input_shape) -> "EncryptedModel":
@@ -98,6 +101,7 @@ class EncryptedModel:
 
     def _self_check(self, x: np.ndarray, reference: np.ndarray) -> None:
         mine, self.peak_abs = self._run_plain(x)
+        self.reference_input = x
         scale = max(np.abs(reference).max(), 1e-12)
         if mine.shape != reference.shape or np.abs(mine - reference).max() / scale > \
                 _SELF_CHECK_TOLERANCE:
@@ -123,7 +127,7 @@ class EncryptedModel:
             out.append(value)
         return np.stack(out), peak
 
-    def create_context(self, **kwargs) -> EncryptionContext:
+    def create_context(self, *, check: bool = False, **kwargs) -> EncryptionContext:
         """The client's context, sized for this plan (depth, slots) and knowing its
         input encoding and output gain. Keyword arguments go to
         ``EncryptionContext.create`` (``poly_modulus_degree``, ``scale_bits``,
@@ -132,12 +136,39 @@ class EncryptedModel:
         Warns (EncryptionWarning) when ``2 ** (integer_bits - 1)`` is less than 8 times
         the largest value the plan computed on ``from_gluon``'s reference inputs
         (uniform in [0, 1)): results could wrap around the modulus.
+
+        ``check=True`` encrypts one reference input, evaluates it and warns
+        (EncryptionWarning) when the decrypted result is off the plaintext plan by more
+        than 1e-3 relative. It costs a ``public()`` and an evaluation (0.3x to 4.5x the
+        context's creation, measured), so it is off by default; without it, a scale
+        below 2^30 at depth 3 or more warns that precision is unchecked.
         """
         context = EncryptionContext.create(self.depth, min_slots=self.min_slots,
                                            encoding=self.input_encoding, **kwargs)
         context.expected_gain = self.expected_gain(context)
         self._warn_if_little_headroom(context)
+        if check and self.reference_input is not None:
+            self._check_accuracy(context)
+        elif context.scale_bits < _LOW_SCALE_BITS and self.depth >= _DEEP:
+            warnings.warn(
+                f"scale_bits={context.scale_bits:g} at depth {self.depth} can lose accuracy "
+                "silently (relative errors near 1e-2 measured at 28 bits): raise "
+                "scale_bits, or pass create_context(check=True) to measure the error.",
+                EncryptionWarning, stacklevel=2)
         return context
+
+    def _check_accuracy(self, context: EncryptionContext) -> None:
+        """EncryptionWarning when one encrypted reference row is off the plain plan."""
+        x = self.reference_input[:1]
+        plain = self.forward_plain(x)
+        result = context.decrypt(self.predict(context.encrypt(x), context=context.public()))
+        error = np.abs(result - plain).max() / max(np.abs(plain).max(), 1e-12)
+        if error > _CHECK_TOLERANCE:
+            warnings.warn(
+                f"An encrypted reference input decrypts {error:.2g} (relative) away from "
+                f"the plaintext plan, more than {_CHECK_TOLERANCE:g}: raise scale_bits "
+                f"(now {context.scale_bits:g}) or poly_modulus_degree.",
+                EncryptionWarning, stacklevel=3)
 
     def expected_gain(self, context) -> float:
         """The gain (decrypted / true value) ``predict`` leaves in its results under
@@ -189,7 +220,13 @@ class EncryptedModel:
 
     def predict(self, batch: EncryptedBatch, *, context) -> EncryptedBatch:
         """Evaluate the plan on an encrypted batch (server side); returns the encrypted
-        results, one ciphertext of ``output_size`` values per row."""
+        results, one ciphertext of ``output_size`` values per row.
+
+        Bound: every value the plan computes, results included, must stay below
+        ``2 ** (integer_bits - 1)`` in magnitude (the first prime's room above the
+        scale); past it CKKS wraps around silently. ``create_context`` warns when the
+        reference run leaves less than 8x headroom, ``decrypt`` when a result exceeds
+        the bound (EncryptionWarning): raise integer_bits or scale the inputs."""
         context = self.check_context(context)
         self._check_batch(batch, context)
         primes = rescale_primes(context.ts_context)

@@ -336,3 +336,34 @@ def _scaled_net(factor):
     net(mx.nd.zeros((1, 8)))
     net[0].weight.set_data(net[0].weight.data() * factor ** 0.5)
     return net
+
+
+def _three_channel_square_plan():
+    mx.random.seed(0)
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(3, 3), PolyActivation("square"), nn.Flatten())
+    net.initialize(mx.init.Xavier())
+    return EncryptedModel.from_gluon(net, (1, 6, 6))       # conv, square, pack: depth 3
+
+
+def test_create_context_check_measures_the_encrypted_error():
+    """At a 28-bit scale this plan decrypts ~2.5e-3 off (measured): check=True says so;
+    at 40 bits it is ~1e-6 and nothing is said."""
+    import warnings
+
+    from mxprivacy.errors import EncryptionWarning
+
+    plan = _three_channel_square_plan()
+    low = dict(poly_modulus_degree=8192, scale_bits=28, integer_bits=9)
+    with pytest.warns(EncryptionWarning, match=r"decrypts .* away from the plaintext"):
+        plan.create_context(check=True, **low)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan.create_context(check=True, poly_modulus_degree=8192, scale_bits=40,
+                            integer_bits=9)
+    with pytest.warns(EncryptionWarning, match="check=True"):       # unchecked low scale
+        plan.create_context(**low)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan.create_context(poly_modulus_degree=8192, scale_bits=40,
+                            integer_bits=9)
