@@ -8,7 +8,7 @@ DATA_DIR  ?= $(abspath ../shared/data)
 export MXNET_ENGINE_TYPE ?= ThreadedEnginePerDevice
 export PYTHONHASHSEED := 0
 
-.PHONY: install demo test test-fast bench clean notebooks
+.PHONY: install demo federated-demo encrypted-demo test test-fast bench clean notebooks
 
 install: $(STAMP)
 
@@ -26,6 +26,12 @@ $(STAMP): setup.py
 
 demo: install
 	MXPRIVACY_DATA=$(DATA_DIR) $(VENV)/bin/mxprivacy train --dataset mnist --epochs 3
+
+federated-demo: install
+	MXPRIVACY_DATA=$(DATA_DIR) $(VENV)/bin/mxprivacy federated-demo --clients 10 --rounds 30
+
+encrypted-demo: install
+	MXPRIVACY_DATA=$(DATA_DIR) $(PY) examples/encrypted_inference.py --images 4
 
 test: install
 	MXPRIVACY_DATA=$(DATA_DIR) $(PY) -m pytest -q tests
