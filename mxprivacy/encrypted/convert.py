@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from mxnet import gluon
 
 from ..errors import InvalidParameterError, UnsupportedLayerError
-from ..gluon.fixer import LayerFix
+from ..gluon.fixer import LayerFix, swap_children
 from ..gluon.poly import FIT_TARGETS, PolyActivation
 
 __all__ = ["to_he_friendly", "LayerFix"]
@@ -146,15 +146,6 @@ def _build(child, path: str, make) -> Tuple[gluon.Block, LayerFix]:
                          type(new).__name__, tuple(notes))
 
 
-def _swap(targets, done: Dict[int, gluon.Block]) -> None:
-    for parent, key, child, _, _ in targets:
-        new = done[id(child)]
-        parent._children[key] = new
-        for attr, value in list(vars(parent).items()):
-            if value is child:
-                object.__setattr__(parent, attr, new)
-
-
 def _clear_graphs(block) -> None:
     if isinstance(block, gluon.HybridBlock):
         block._clear_cached_op()
@@ -204,7 +195,7 @@ def to_he_friendly(net: gluon.Block, *, activation="square", pooling: Optional[s
             if id(child) not in done:
                 done[id(child)], record = _build(child, path, make)
                 records.append(record)
-        _swap(targets, done)
+        swap_children(targets, done)
         if records:
             _clear_graphs(net)  # cached graphs would still run the old layers
     net.he_friendly_changes_ = records

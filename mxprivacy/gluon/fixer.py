@@ -265,12 +265,7 @@ def fix(net: gluon.Block, verbose: bool = False) -> gluon.Block:
         if id(child) not in done:
             done[id(child)], record = _replace(child, path, anchor)
             records.append(record)
-    for parent, key, child, _, _ in targets:
-        new = done[id(child)]
-        parent._children[key] = new
-        for attr, value in list(vars(parent).items()):
-            if value is child:
-                object.__setattr__(parent, attr, new)
+    swap_children(targets, done)
     if records:
         for block in _walk(net):  # cached graphs would still run the old layers
             if isinstance(block, gluon.HybridBlock):
@@ -286,3 +281,14 @@ def _report(net, verbose: bool):
         if not net.fixed_layers_:
             print("fix(): nothing to replace")
     return net
+
+
+def swap_children(targets, done: Dict[int, gluon.Block]) -> None:
+    """Put ``done[id(child)]`` where each ``(parent, key, child, ...)`` target sat: in the
+    parent's children and in any attribute that held the child."""
+    for parent, key, child, *_ in targets:
+        new = done[id(child)]
+        parent._children[key] = new
+        for attr, value in list(vars(parent).items()):
+            if value is child:
+                object.__setattr__(parent, attr, new)
